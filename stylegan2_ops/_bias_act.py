@@ -1,0 +1,225 @@
+"""bias_act: add a bias along one dimension, apply an activation, scale by a gain, clamp.
+
+    y = clamp(act(x + b, alpha) * gain, -clamp, clamp)
+
+One table (ACTIVATIONS) holds each activation's facts and feeds both the reference and the CUDA
+path: its default alpha and gain, its integer id in csrc/bias_act.h, whether its first
+derivative is cheapest from the input x or the output y, and whether it has a non-zero second
+derivative.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import _checks, _dispatch, _loader
+
+OP = "bias_act"
+
+
+@dataclass(frozen=True)
+class Activation:
+    name: str
+    func: Callable[[torch.Tensor, float], torch.Tensor]  # the reference formula
+    def_alpha: float
+    def_gain: float
+    cuda_id: int  # must match enum Activation in csrc/bias_act.h
+    grad_from: str  # 'x' or 'y': what the first derivative is computed from
+    has_2nd_grad: bool  # False where the second derivative is zero almost everywhere
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    a.name: a
+    for a in [
+        Activation("linear", lambda x, _: x, 0.0, 1.0, 0, "y", False),
+        Activation("relu", lambda x, _: torch.relu(x), 0.0, math.sqrt(2), 1, "y", False),
+        Activation("lrelu", lambda x, a: F.leaky_relu(x, a), 0.2, math.sqrt(2), 2, "y", False),
+        Activation("tanh", lambda x, _: torch.tanh(x), 0.0, 1.0, 3, "y", True),
+        Activation("sigmoid", lambda x, _: torch.sigmoid(x), 0.0, 1.0, 4, "y", True),
+        Activation("elu", lambda x, a: F.elu(x, a), 1.0, 1.0, 5, "y", True),
+        Activation("selu", lambda x, _: F.selu(x), 0.0, 1.0, 6, "y", True),
+        Activation("softplus", lambda x, _: F.softplus(x), 0.0, 1.0, 7, "y", True),
+        Activation("swish", lambda x, _: torch.sigmoid(x) * x, 0.0, math.sqrt(2), 8, "x", True),
+    ]
+}
+
+
+def bias_act(
+    x: torch.Tensor,
+    b: Optional[torch.Tensor] = None,
+    dim: int = 1,
+    act: str = "linear",
+    alpha: Optional[float] = None,
+    gain: Optional[float] = None,
+    clamp: Optional[float] = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Fused bias + activation + gain + clamp.
+
+    Args:
+        x: input of any shape, e.g. [batch_size, num_channels, height, width]; float64, float32,
+            float16 or bfloat16, contiguous or channels_last.
+        b: bias [x.shape[dim]] of x's dtype and device, or None.
+        dim: the dimension of x that b runs along.
+        act: one of ACTIVATIONS ('linear', 'relu', 'lrelu', 'tanh', 'sigmoid', 'elu', 'selu',
+            'softplus', 'swish').
+        alpha: the activation's shape parameter (lrelu slope, elu scale); None = its default.
+        gain: scale applied after the activation; None = the activation's default
+            (sqrt(2) for relu, lrelu and swish, else 1).
+        clamp: clamp the result to [-clamp, clamp]; None = no clamping.
+        impl: 'auto', 'ref' or 'cuda' (see the package docs).
+
+    Returns:
+        A tensor of x's shape, dtype and memory format.
+    """
+    _checks.check_tensor(OP, "x", x)
+    if act not in ACTIVATIONS:
+        raise ValueError(f"{OP}: unknown act {act!r}; choose one of {', '.join(ACTIVATIONS)}")
+    if not isinstance(dim, int) or not -x.ndim <= dim < max(x.ndim, 1):
+        raise ValueError(f"{OP}: dim={dim!r} is out of range for x of shape {list(x.shape)}")
+    dim = dim % x.ndim if x.ndim else 0
+    if b is not None:
+        _checks.check_tensor(OP, "b", b, ndim=1)
+        _checks.check_same_device(OP, x=x, b=b)
+        _checks.check_same_dtype(OP, x=x, b=b)
+        if x.ndim == 0 or b.shape[0] != x.shape[dim]:
+            raise ValueError(
+                f"{OP}: b has {b.shape[0]} elements but x has {x.shape[dim] if x.ndim else 0} "
+                f"along dim={dim} (x shape {list(x.shape)})"
+            )
+    spec = ACTIVATIONS[act]
+    alpha = float(alpha if alpha is not None else spec.def_alpha)
+    gain = float(gain if gain is not None else spec.def_gain)
+    clamp = float(clamp if clamp is not None else -1)
+    if not math.isfinite(alpha) or not math.isfinite(gain):
+        raise ValueError(f"{OP}: alpha and gain must be finite, got alpha={alpha}, gain={gain}")
+    if math.isnan(clamp):
+        raise ValueError(f"{OP}: clamp must be a number or None, got nan")
+
+    chosen = _dispatch.choose(OP, impl, "bias_act_forward", {"x": x, "b": b})
+    if chosen == "cuda":
+        return _cuda_function(dim, act, alpha, gain, clamp).apply(x, b)
+    return bias_act_ref(x, b, dim, act, alpha, gain, clamp)
+
+
+def bias_act_ref(
+    x: torch.Tensor,
+    b: Optional[torch.Tensor],
+    dim: int,
+    act: str,
+    alpha: float,
+    gain: float,
+    clamp: float,
+) -> torch.Tensor:
+    """The definition, in plain differentiable PyTorch (clamp < 0 means no clamping)."""
+    if b is not None:
+        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    x = ACTIVATIONS[act].func(x, alpha)
+    if gain != 1:
+        x = x * gain
+    if clamp >= 0:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA path: forward kernel, first-derivative kernel and second-derivative kernel, each wrapped in
+# its own autograd Function so gradients of gradients work (R1, path-length regularization).
+
+
+def _like(t: Optional[torch.Tensor], ref: torch.Tensor) -> Optional[torch.Tensor]:
+    """t with ref's strides (the kernels walk all tensors in one memory order)."""
+    if t is None or t.stride() == ref.stride():
+        return t
+    return torch.empty_like(ref).copy_(t)
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """x if it is contiguous in some standard memory format, else a contiguous copy."""
+    if x.is_contiguous() or (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+        return x
+    return x.contiguous()
+
+
+def _reduce_to_bias(dx: torch.Tensor, dim: int) -> torch.Tensor:
+    """The bias gradient: dx summed over every dimension but `dim`."""
+    others = [i for i in range(dx.ndim) if i != dim]
+    return dx.sum(others) if others else dx
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_function(dim: int, act: str, alpha: float, gain: float, clamp: float) -> type:
+    """The autograd Function for one static configuration (cached, as NVlabs does)."""
+    spec = ACTIVATIONS[act]
+    kernels = _loader.load()
+    empty = torch.empty(0)
+    # Order-1 reads y for 'y' activations; x (with b) for 'x' ones and whenever a second
+    # derivative exists, because the order-2 kernel reads x.
+    save_x = spec.grad_from == "x" or spec.has_2nd_grad
+    save_y = spec.grad_from == "y" and (act != "linear" or clamp >= 0)
+
+    def grad_kernel(g, h, x, b, y, order):
+        return kernels.bias_act_grad(
+            g, h if h is not None else empty.to(g.device),
+            x if x is not None else empty.to(g.device),
+            b if b is not None else empty.to(g.device),
+            y if y is not None else empty.to(g.device),
+            dim, spec.cuda_id, alpha, gain, clamp, order,
+        )
+
+    class BiasActCuda(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, b):
+            x = _dense(x)
+            y = kernels.bias_act_forward(
+                x, b if b is not None else empty.to(x.device), dim, spec.cuda_id, alpha, gain, clamp
+            )
+            ctx.has_b = b is not None
+            ctx.save_for_backward(x if save_x else None, b if save_x else None, y if save_y else None)
+            return y
+
+        @staticmethod
+        def backward(ctx, dy):
+            x, b, y = ctx.saved_tensors
+            dx = db = None
+            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+                ref = y if y is not None else (x if x is not None else _dense(dy))
+                dy = _like(_dense(dy), ref)
+                dx = BiasActCudaGrad.apply(dy, x, b, y)
+            if ctx.has_b and ctx.needs_input_grad[1]:
+                db = _reduce_to_bias(dx, dim)
+            return dx, db
+
+    class BiasActCudaGrad(torch.autograd.Function):
+        """dx = dy * gain * act'(x + b) * [not clamped]; differentiable once more."""
+
+        @staticmethod
+        def forward(ctx, dy, x, b, y):
+            if act == "linear" and clamp < 0:
+                dx = dy * gain if gain != 1 else dy.clone()
+            else:
+                dx = grad_kernel(dy, None, x, b, y, 1)
+            ctx.save_for_backward(dy, x, b, y)
+            return dx
+
+        @staticmethod
+        def backward(ctx, d_dx):
+            dy, x, b, y = ctx.saved_tensors
+            d_dy = d_x = d_b = None
+            ref = y if y is not None else (x if x is not None else dy)
+            d_dx = _like(_dense(d_dx), ref)
+            if ctx.needs_input_grad[0]:
+                # dx is linear in dy, so its derivative along dy is the same operation.
+                d_dy = BiasActCudaGrad.apply(d_dx, x, b, y)
+            if spec.has_2nd_grad and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+                d_x = grad_kernel(d_dx, dy, x, b, y, 2)
+                if b is not None and ctx.needs_input_grad[2]:
+                    d_b = _reduce_to_bias(d_x, dim)
+            return d_dy, d_x, d_b, None
+
+    return BiasActCuda
