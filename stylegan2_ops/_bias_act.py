@@ -103,7 +103,9 @@ def bias_act(
 
     chosen = _dispatch.choose(OP, impl, "bias_act_forward", {"x": x, "b": b})
     if chosen == "cuda":
-        return _cuda_function(dim, act, alpha, gain, clamp).apply(x, b)
+        # Made dense outside the Function, so the copy (if any) stays on the autograd graph and
+        # second derivatives reach the caller's x.
+        return _cuda_function(dim, act, alpha, gain, clamp).apply(_dense(x), b)
     return bias_act_ref(x, b, dim, act, alpha, gain, clamp)
 
 
@@ -157,28 +159,18 @@ def _cuda_function(dim: int, act: str, alpha: float, gain: float, clamp: float) 
     """The autograd Function for one static configuration (cached, as NVlabs does)."""
     spec = ACTIVATIONS[act]
     kernels = _loader.load()
-    empty = torch.empty(0)
     # Order-1 reads y for 'y' activations; x (with b) for 'x' ones and whenever a second
     # derivative exists, because the order-2 kernel reads x.
     save_x = spec.grad_from == "x" or spec.has_2nd_grad
     save_y = spec.grad_from == "y" and (act != "linear" or clamp >= 0)
 
     def grad_kernel(g, h, x, b, y, order):
-        return kernels.bias_act_grad(
-            g, h if h is not None else empty.to(g.device),
-            x if x is not None else empty.to(g.device),
-            b if b is not None else empty.to(g.device),
-            y if y is not None else empty.to(g.device),
-            dim, spec.cuda_id, alpha, gain, clamp, order,
-        )
+        return kernels.bias_act_grad(g, h, x, b, y, dim, spec.cuda_id, alpha, gain, clamp, order)
 
     class BiasActCuda(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, b):
-            x = _dense(x)
-            y = kernels.bias_act_forward(
-                x, b if b is not None else empty.to(x.device), dim, spec.cuda_id, alpha, gain, clamp
-            )
+            y = kernels.bias_act_forward(x, b, dim, spec.cuda_id, alpha, gain, clamp)
             ctx.has_b = b is not None
             ctx.save_for_backward(x if save_x else None, b if save_x else None, y if save_y else None)
             return y

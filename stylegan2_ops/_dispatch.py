@@ -90,3 +90,11 @@ def choose(
     if _loader.kernel(kernel_name) is None:
         raise KernelUnavailableError(f"{op}(impl='cuda'): the compiled module has no '{kernel_name}' kernel")
     return "cuda"
+
+
+# The compiled function each public op needs; doctor reports them.
+KERNEL_NAMES = {
+    "bias_act": "bias_act_forward",
+    "upfirdn2d": "upfirdn2d",
+    "modulated_conv2d": "modulated_conv2d",
+}

@@ -215,6 +215,24 @@ def _jit(force: bool) -> tuple[Optional[ModuleType], str, str]:
     return module, f"JIT module from {build_dir}", ""
 
 
+def jit_status() -> str:
+    """What the JIT cache holds for the current sources and toolchain; builds nothing."""
+    if torch.version.cuda is None:
+        return "not applicable (CPU-only torch)"
+    build_dir = cache_root() / build_key()
+    name = f"stylegan2_ops_kernels_{source_hash()}"
+    if (build_dir / f"{name}.so").exists() or (build_dir / f"{name}.pyd").exists():
+        return f"built, at {build_dir}"
+    marker = build_dir / failure_key()
+    if marker.exists():
+        try:
+            error = json.loads(marker.read_text()).get("error", "")
+        except (OSError, ValueError):
+            error = ""
+        return f"a previous build FAILED ({error}); remembered at {marker}"
+    return f"not built yet (would build into {build_dir})"
+
+
 def load(force_build: bool = False) -> Optional[ModuleType]:
     """Returns the kernel module, or None. Tries at most once per process unless force_build."""
     with _lock:

@@ -26,9 +26,10 @@ DEFAULT_ARCH_LIST = "7.5;8.0;8.6;8.9;9.0+PTX"
 # csrc/ sits beside the package in a source checkout (editable installs use it in place).
 CSRC_DIR = Path(__file__).resolve().parent.parent / "csrc"
 
-# Flags shared by setup.py and the JIT loader, so both compile the same module.
-CXX_FLAGS = ["-O3", "-std=c++17"]
-NVCC_FLAGS = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+# Flags shared by setup.py and the JIT loader, so both compile the same module. No -std: torch
+# adds the standard its headers need (C++17 up to 2.13, C++20 from 2.14).
+CXX_FLAGS = ["-O3"]
+NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
 
 
 def source_files() -> list[Path]:
