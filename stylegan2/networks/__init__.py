@@ -1,0 +1,33 @@
+"""StyleGAN2 networks (config F with the StyleGAN2-ADA refinements).
+
+    ModelConfig      architecture (saved as a plain dict in checkpoints)
+    Generator        z (+ c) -> image; G.mapping(z, c, ...) -> ws, G.synthesis(ws, ...) -> image
+    Discriminator    image (+ c) -> logits [N, 1]
+    ema_update       G_ema <- lerp(G, G_ema, beta); ema_beta gives NVlabs' beta for a batch size
+    count_parameters trainable parameter count of a module (buffers excluded)
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .config import ModelConfig
+from .discriminator import Discriminator
+from .ema import ema_beta, ema_update
+from .generator import Generator
+from .mapping import MappingNetwork
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameter elements (buffers such as w_avg are not counted)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+__all__ = [
+    "Discriminator",
+    "Generator",
+    "MappingNetwork",
+    "ModelConfig",
+    "count_parameters",
+    "ema_beta",
+    "ema_update",
+]
