@@ -117,6 +117,7 @@ setup(
     cmdclass=cmdclass,
     install_requires=[
         "torch>=2.4",
+        "ninja",
         "numpy",
         "click>=8",
         "tqdm",
