@@ -1,0 +1,54 @@
+"""Image grids as PNG files."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N, C, H, W] float in [-1, 1] (clipped) or uint8 -> uint8 [N, H, W, C] on the host."""
+    if images.dtype != torch.uint8:
+        images = (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """(rows, cols) for n images: as square as possible, wider than tall."""
+    cols = math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
+
+
+def make_grid(images: torch.Tensor, cols: int | None = None, pad: int = 2) -> np.ndarray:
+    """[N, C, H, W] images -> one uint8 [rows*(H+pad)-pad, cols*(W+pad)-pad, C] canvas (black gaps)."""
+    arr = to_uint8(images)
+    n, h, w, c = arr.shape
+    rows, cols = grid_shape(n) if cols is None else (math.ceil(n / cols), cols)
+    canvas = np.zeros((rows * (h + pad) - pad, cols * (w + pad) - pad, c), dtype=np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        canvas[r * (h + pad):r * (h + pad) + h, q * (w + pad):q * (w + pad) + w] = arr[i]
+    return canvas
+
+
+def save_image(img: np.ndarray, path: str | os.PathLike) -> Path:
+    """uint8 [H, W, C] (C = 1 or 3) -> PNG, written atomically."""
+    path = Path(path)
+    pil = Image.fromarray(img[:, :, 0], "L") if img.shape[2] == 1 else Image.fromarray(img, "RGB")
+    tmp = path.with_name(path.stem + ".tmp.png")
+    pil.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, cols: int | None = None) -> Path:
+    """[N, C, H, W] float in [-1, 1] or uint8 -> a grid PNG. Small images are enlarged (nearest)
+    to at least 64 px so a 16x16 or 32x32 grid can be inspected by eye."""
+    scale = max(1, math.ceil(64 / images.shape[-1]))
+    if scale > 1:
+        images = images.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
+    return save_image(make_grid(images, cols), path)

@@ -1,0 +1,53 @@
+"""Loss curves as PNG files (matplotlib, Agg backend: works without a display)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+G_KEYS = ("Loss/G/main", "Loss/G/reg")
+D_KEYS = ("Loss/D/main", "Loss/D/reg")
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for r in rows:
+        v = r.get(key)
+        if isinstance(v, (int, float)):
+            xs.append(r["kimg"])
+            ys.append(v)
+    return xs, ys
+
+
+def _plot(rows: list[dict[str, Any]], keys: tuple[str, ...], title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for key in keys:
+        xs, ys = _series(rows, key)
+        if xs:
+            ax.plot(xs, ys, label=key, linewidth=1.2, marker="." if len(xs) < 30 else None)
+    ax.set_xlabel("kimg (thousands of real images shown)")
+    ax.set_ylabel("loss (mean over tick)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_losses(rows: list[dict[str, Any]], run_dir: str | os.PathLike) -> list[Path]:
+    """Write loss_G.png, loss_D.png and losses.png (both) from stats rows; returns the paths."""
+    d = Path(run_dir)
+    out = [d / "loss_G.png", d / "loss_D.png", d / "losses.png"]
+    _plot(rows, G_KEYS, "Generator losses", out[0])
+    _plot(rows, D_KEYS, "Discriminator losses", out[1])
+    _plot(rows, G_KEYS + D_KEYS, "Generator and discriminator losses", out[2])
+    return out

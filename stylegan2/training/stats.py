@@ -1,0 +1,101 @@
+"""Training statistics: device-side accumulation between ticks, JSONL + CSV on disk.
+
+The training step only adds detached device tensors into `StatsAccumulator`; nothing is read back
+to the host until `reduce()` at a tick boundary, so the GPU never waits on Python.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+
+class StatsAccumulator:
+    """Running sums of scalar device tensors, keyed by name, reduced to floats once per tick."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, name: str, value: torch.Tensor) -> None:
+        """Add a (detached) tensor's mean; a NaN or Inf anywhere makes the tick's mean NaN/Inf."""
+        v = value.detach().float().mean()
+        if name in self._sums:
+            self._sums[name] = self._sums[name] + v
+            self._counts[name] += 1
+        else:
+            self._sums[name] = v
+            self._counts[name] = 1
+
+    def add_all(self, prefix: str, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            if torch.is_tensor(v):
+                self.add(f"{prefix}{k}", v)
+
+    def reduce(self) -> dict[str, float]:
+        """Means since the last reduce (one host sync for all of them), then reset."""
+        if not self._sums:
+            return {}
+        names = list(self._sums)
+        stacked = torch.stack([self._sums[n] for n in names]).cpu().tolist()
+        out = {n: s / self._counts[n] for n, s in zip(names, stacked)}
+        self._sums.clear()
+        self._counts.clear()
+        return out
+
+
+def non_finite(values: dict[str, float]) -> list[str]:
+    """Names whose value is NaN or infinite."""
+    return [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+
+
+class StatsWriter:
+    """Appends one JSON object per tick to stats.jsonl and keeps stats.csv in step with it."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.jsonl = Path(run_dir) / "stats.jsonl"
+        self.csv = Path(run_dir) / "stats.csv"
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.jsonl.exists():
+            return []
+        rows = []
+        for line in self.jsonl.read_text().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line torn by a kill; the rest is still good
+                    continue
+        return rows
+
+    def truncate_after(self, cur_nimg: int) -> None:
+        """Drop rows written after a checkpoint (a run killed and resumed from it repeats them)."""
+        rows = [r for r in self.rows() if r.get("nimg", 0) <= cur_nimg]
+        self._rewrite(rows)
+
+    def append(self, row: dict[str, Any]) -> None:
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self._write_csv(self.rows())
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        self._write_csv(rows)
+
+    def _write_csv(self, rows: Iterable[dict[str, Any]]) -> None:
+        rows = list(rows)
+        columns: list[str] = []
+        for r in rows:  # union of keys in first-seen order: a phase absent from a tick is blank
+            columns += [k for k in r if k not in columns]
+        tmp = self.csv.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.csv)
