@@ -1,17 +1,13 @@
-// Python bindings for every kernel family: the only translation unit that includes torch headers
-// (each such include costs ~100 s of compile on a 2-core machine, so the .cu files stay plain).
-// Checks every argument again (the Python layer checked first), sets the device guard, maps the
-// dtype and launches on PyTorch's current stream.
+// The one translation unit that includes torch headers (each such include costs ~100 s of compile
+// on a 2-core machine, so the .cu files stay plain C++/CUDA). Each op family's bindings live in
+// its bind_*.h: they check every argument again (the Python layer checked first), set the device
+// guard, map the dtype and launch on PyTorch's current stream.
 
 #include <torch/extension.h>
 
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
-
-#include <optional>
-
-#include "bias_act.h"
-#include "common.h"
+#include "bind_bias_act.h"
+#include "bind_modulated_conv.h"
+#include "bind_upfirdn2d.h"
 
 #define SG2_STRINGIFY2(x) #x
 #define SG2_STRINGIFY(x) SG2_STRINGIFY2(x)
@@ -19,121 +15,11 @@
 #define SG2_SOURCE_HASH unknown
 #endif
 
-namespace {
-
-sg2::DType kernel_dtype(const at::Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return sg2::DType::kFloat32;
-    case at::kHalf: return sg2::DType::kFloat16;
-    case at::kBFloat16: return sg2::DType::kBFloat16;
-    default:
-      TORCH_CHECK(false, name, " has dtype ", t.scalar_type(),
-                  "; the CUDA kernels support float32, float16 and bfloat16");
-  }
-  return sg2::DType::kFloat32;
-}
-
-void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
-}
-
-// An elementwise operand: on ref's device, of ref's dtype, shape and strides.
-void check_like(const at::Tensor& t, const at::Tensor& ref, const char* name) {
-  check_cuda(t, name);
-  TORCH_CHECK(t.device() == ref.device(), name, " is on ", t.device(), " but the gradient is on ", ref.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(), ", expected ",
-              ref.scalar_type());
-  TORCH_CHECK(t.sizes() == ref.sizes(), name, " has shape ", t.sizes(), ", expected ", ref.sizes());
-  TORCH_CHECK(t.strides() == ref.strides(), name, " has strides ", t.strides(), ", expected ", ref.strides(),
-              " (all operands must share one memory format)");
-}
-
-void check_bias(const std::optional<at::Tensor>& b, const at::Tensor& ref, int64_t dim) {
-  if (!b.has_value()) return;
-  check_cuda(*b, "b");
-  TORCH_CHECK(b->device() == ref.device(), "b is on ", b->device(), " but x is on ", ref.device());
-  TORCH_CHECK(b->scalar_type() == ref.scalar_type(), "b has dtype ", b->scalar_type(), ", expected ",
-              ref.scalar_type());
-  TORCH_CHECK(b->dim() == 1 && b->size(0) == ref.size(dim), "b must have shape [", ref.size(dim), "], got ",
-              b->sizes());
-  TORCH_CHECK(b->is_contiguous(), "b must be contiguous");
-}
-
-sg2::BiasActParams bias_act_params(const at::Tensor& ref, const std::optional<at::Tensor>& b, int64_t dim,
-                                   int64_t act, double alpha, double gain, double clamp) {
-  TORCH_CHECK(act >= 0 && act < sg2::kNumActivations, "unknown activation id ", act);
-  TORCH_CHECK(ref.dim() >= 1, "x must have at least one dimension");
-  TORCH_CHECK(dim >= 0 && dim < ref.dim(), "dim ", dim, " is out of range for ", ref.dim(), " dimensions");
-  TORCH_CHECK(ref.is_non_overlapping_and_dense(),
-              "x must be dense in memory (contiguous or channels_last), got strides ", ref.strides());
-  sg2::BiasActParams p{};
-  p.numel = ref.numel();
-  p.channels = b.has_value() ? ref.size(dim) : 1;
-  p.channel_stride = b.has_value() ? ref.stride(dim) : 1;
-  if (p.channel_stride < 1) p.channel_stride = 1;  // a size-1 dimension may report stride 0
-  p.b = b.has_value() ? b->data_ptr() : nullptr;
-  p.act = static_cast<int>(act);
-  p.alpha = static_cast<float>(alpha);
-  p.gain = static_cast<float>(gain);
-  p.clamp = static_cast<float>(clamp);
-  return p;
-}
-
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, " failed to launch: ", cudaGetErrorString(err));
-}
-
-// y = clamp(act(x + b) * gain)
-at::Tensor bias_act_forward(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim, int64_t act,
-                            double alpha, double gain, double clamp) {
-  check_cuda(x, "x");
-  const sg2::DType dtype = kernel_dtype(x, "x");
-  check_bias(b, x, dim);
-  const c10::cuda::CUDAGuard guard(x.device());
-  sg2::BiasActParams p = bias_act_params(x, b, dim, act, alpha, gain, clamp);
-  at::Tensor y = at::empty_like(x);  // keeps x's dense strides
-  TORCH_CHECK(y.strides() == x.strides(), "internal: output strides differ from x");
-  p.x = x.data_ptr();
-  p.out = y.data_ptr();
-  check_launch(sg2::launch_bias_act_forward(p, dtype, c10::cuda::getCurrentCUDAStream().stream()), "bias_act forward");
-  return y;
-}
-
-// order 1: g * gain * act'(x + b) * mask;  order 2: g * h * gain * act''(x + b) * mask
-at::Tensor bias_act_grad(const at::Tensor& g, const std::optional<at::Tensor>& h, const std::optional<at::Tensor>& x,
-                         const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& y, int64_t dim,
-                         int64_t act, double alpha, double gain, double clamp, int64_t order) {
-  check_cuda(g, "dy");
-  const sg2::DType dtype = kernel_dtype(g, "dy");
-  TORCH_CHECK(order == 1 || order == 2, "order must be 1 or 2, got ", order);
-  TORCH_CHECK(x.has_value() || y.has_value(), "bias_act_grad needs the saved input x or output y");
-  TORCH_CHECK(order == 1 || (x.has_value() && h.has_value()), "the second derivative needs x and dy");
-  if (h.has_value()) check_like(*h, g, "dy (order 2)");
-  if (x.has_value()) check_like(*x, g, "x");
-  if (y.has_value()) check_like(*y, g, "y");
-  check_bias(b, g, dim);
-  const c10::cuda::CUDAGuard guard(g.device());
-  sg2::BiasActParams p = bias_act_params(g, b, dim, act, alpha, gain, clamp);
-  at::Tensor out = at::empty_like(g);
-  TORCH_CHECK(out.strides() == g.strides(), "internal: output strides differ from dy");
-  p.g = g.data_ptr();
-  p.h = h.has_value() ? h->data_ptr() : nullptr;
-  p.x = x.has_value() ? x->data_ptr() : nullptr;
-  p.y = y.has_value() ? y->data_ptr() : nullptr;
-  p.out = out.data_ptr();
-  check_launch(sg2::launch_bias_act_grad(p, dtype, static_cast<int>(order), c10::cuda::getCurrentCUDAStream().stream()),
-               "bias_act grad");
-  return out;
-}
-
-}  // namespace
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "stylegan2_ops CUDA kernels";
+  // The loader compares this with the hash of csrc/ to tell a stale prebuilt module.
   m.attr("SOURCE_HASH") = SG2_STRINGIFY(SG2_SOURCE_HASH);
-  m.def("bias_act_forward", &bias_act_forward, "y = clamp(act(x + b) * gain)", py::arg("x"), py::arg("b"),
-        py::arg("dim"), py::arg("act"), py::arg("alpha"), py::arg("gain"), py::arg("clamp"));
-  m.def("bias_act_grad", &bias_act_grad, "first or second derivative of bias_act", py::arg("g"), py::arg("h"),
-        py::arg("x"), py::arg("b"), py::arg("y"), py::arg("dim"), py::arg("act"), py::arg("alpha"),
-        py::arg("gain"), py::arg("clamp"), py::arg("order"));
+  sg2_bind::register_bias_act(m);
+  sg2_bind::register_upfirdn2d(m);
+  sg2_bind::register_modulated_conv(m);
 }

@@ -154,23 +154,76 @@ def _reduce_to_bias(dx: torch.Tensor, dim: int) -> torch.Tensor:
     return dx.sum(others) if others else dx
 
 
+# The raw kernels as torch.library ops with fake (shape-only) implementations, so torch.compile can
+# trace the first-order CUDA path. Eager calls skip the dispatcher and call the module directly:
+# at StyleGAN2's small layers the dispatcher's overhead would rival the kernel itself.
+
+
+@torch.library.custom_op("stylegan2_ops::bias_act_forward", mutates_args=())
+def _forward_op(
+    x: torch.Tensor, b: Optional[torch.Tensor], dim: int, act: int, alpha: float, gain: float, clamp: float
+) -> torch.Tensor:
+    return _loader.load().bias_act_forward(x, b, dim, act, alpha, gain, clamp)
+
+
+@_forward_op.register_fake
+def _(x, b, dim, act, alpha, gain, clamp):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("stylegan2_ops::bias_act_grad", mutates_args=())
+def _grad_op(
+    g: torch.Tensor,
+    h: Optional[torch.Tensor],
+    x: Optional[torch.Tensor],
+    b: Optional[torch.Tensor],
+    y: Optional[torch.Tensor],
+    dim: int,
+    act: int,
+    alpha: float,
+    gain: float,
+    clamp: float,
+    order: int,
+) -> torch.Tensor:
+    return _loader.load().bias_act_grad(g, h, x, b, y, dim, act, alpha, gain, clamp, order)
+
+
+@_grad_op.register_fake
+def _(g, h, x, b, y, dim, act, alpha, gain, clamp, order):
+    return torch.empty_like(g)
+
+
+def _kernel_call(op, direct_name: str):
+    """The registered op inside torch.compile, the module function otherwise."""
+
+    def call(*args):
+        if torch.compiler.is_compiling():
+            return op(*args)
+        return getattr(_loader.load(), direct_name)(*args)
+
+    return call
+
+
+_forward_kernel = _kernel_call(_forward_op, "bias_act_forward")
+_grad_kernel = _kernel_call(_grad_op, "bias_act_grad")
+
+
 @functools.lru_cache(maxsize=None)
 def _cuda_function(dim: int, act: str, alpha: float, gain: float, clamp: float) -> type:
     """The autograd Function for one static configuration (cached, as NVlabs does)."""
     spec = ACTIVATIONS[act]
-    kernels = _loader.load()
     # Order-1 reads y for 'y' activations; x (with b) for 'x' ones and whenever a second
     # derivative exists, because the order-2 kernel reads x.
     save_x = spec.grad_from == "x" or spec.has_2nd_grad
     save_y = spec.grad_from == "y" and (act != "linear" or clamp >= 0)
 
     def grad_kernel(g, h, x, b, y, order):
-        return kernels.bias_act_grad(g, h, x, b, y, dim, spec.cuda_id, alpha, gain, clamp, order)
+        return _grad_kernel(g, h, x, b, y, dim, spec.cuda_id, alpha, gain, clamp, order)
 
     class BiasActCuda(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, b):
-            y = kernels.bias_act_forward(x, b, dim, spec.cuda_id, alpha, gain, clamp)
+            y = _forward_kernel(x, b, dim, spec.cuda_id, alpha, gain, clamp)
             ctx.has_b = b is not None
             ctx.save_for_backward(x if save_x else None, b if save_x else None, y if save_y else None)
             return y

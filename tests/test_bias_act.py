@@ -257,3 +257,30 @@ def test_auto_picks_kernel_on_gpu():
     x = torch.randn(2, 3, 4, 4, device="cuda")
     assert stylegan2_ops._loader.load() is not None, stylegan2_ops._loader.state().reason
     assert stylegan2_ops._dispatch.choose("bias_act", "auto", "bias_act_forward", {"x": x}) == "cuda"
+
+
+@pytest.mark.cuda
+def test_registered_ops_pass_opcheck(gen):
+    x = torch.randn(2, 5, 6, 7, generator=gen).cuda()
+    b = torch.randn(5, generator=gen).cuda()
+    fwd = torch.ops.stylegan2_ops.bias_act_forward.default
+    torch.library.opcheck(fwd, (x, b, 1, ACTIVATIONS["lrelu"].cuda_id, 0.2, 1.4, 0.9))
+    y = fwd(x, b, 1, ACTIVATIONS["tanh"].cuda_id, 0.0, 1.0, -1.0)
+    dy = torch.randn(x.shape, generator=gen).cuda()
+    grad = torch.ops.stylegan2_ops.bias_act_grad.default
+    torch.library.opcheck(grad, (dy, None, x, b, y, 1, ACTIVATIONS["tanh"].cuda_id, 0.0, 1.0, -1.0, 1))
+
+
+@pytest.mark.cuda
+def test_first_order_path_compiles(gen):
+    x = torch.randn(3, 8, 5, 5, generator=gen).cuda().requires_grad_(True)
+    b = torch.randn(8, generator=gen).cuda().requires_grad_(True)
+
+    def step(x, b):
+        return bias_act(x, b, act="lrelu", clamp=2.0, impl="cuda").square().sum()
+
+    compiled = torch.compile(step, fullgraph=False)
+    want = torch.autograd.grad(step(x, b), (x, b))
+    got = torch.autograd.grad(compiled(x, b), (x, b))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)

@@ -1,0 +1,13 @@
+// Bindings of the modulated_conv2d kernels. Included ONLY by bindings.cpp.
+// No kernel yet: registers nothing, so dispatch uses the reference for modulated_conv2d.
+#pragma once
+
+#include <torch/extension.h>
+
+#include "torch_checks.h"
+
+namespace sg2_bind {
+
+inline void register_modulated_conv(pybind11::module& m) { (void)m; }
+
+}  // namespace sg2_bind
