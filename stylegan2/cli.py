@@ -1,0 +1,349 @@
+"""Command line: `python -m stylegan2 train | generate | info`.
+
+    python -m stylegan2 train                        # mni152, preset auto, into runs/<n>-mni152-<preset>
+    python -m stylegan2 train --data /data/oasis --preset gpu256 --kimg 5000
+    python -m stylegan2 train --resume runs/00003-mni152-cpu-small --kimg 20
+    python -m stylegan2 generate --ckpt runs/00003-mni152-cpu-small --seeds 0-7,12 --out out/
+    python -m stylegan2 info --ckpt runs/00003-mni152-cpu-small/checkpoints/ckpt-000006.pt
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .training.config import LOSSES, PRECISIONS, PRESET_NAMES, TrainConfig, make_config, resolve
+
+BUILTIN_DATA = ("mni152",)
+
+# Options that change what the networks are or what data they see: fixed by a checkpoint when
+# resuming. The others (how long, how often, where, with how many threads) may change.
+_MODEL_OPTIONS = ("preset", "resolution", "batch", "cond", "mirror", "gamma", "lr", "loss", "seed",
+                  "precision", "channels", "max_images")
+_RUNTIME_FIELDS = {"kimg": "kimg", "snap": "snap_kimg", "tick": "tick_kimg", "threads": "threads",
+                   "device": "device"}
+
+
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the user typed the option (rather than click filling in its default)."""
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
+def _dataset_name(spec: str) -> str:
+    if spec.strip().lower() in BUILTIN_DATA:
+        return spec.strip().lower()
+    name = Path(spec.rstrip("/\\")).name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "data"
+
+
+def new_run_dir(out: Path, desc: str) -> Path:
+    """out/<NNNNN>-<desc> with the next free number; never reuses an existing folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    while True:
+        ids = [int(m.group(1)) for p in out.iterdir() if (m := re.match(r"^(\d+)-", p.name))]
+        path = out / f"{max(ids, default=-1) + 1:05d}-{desc}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:  # another process took the number first
+            continue
+
+
+def _check_data_path(spec: str) -> None:
+    if spec.strip().lower() not in BUILTIN_DATA and not os.path.exists(spec):
+        raise click.BadParameter(f"'{spec}' does not exist (give a dataset folder or file, or 'mni152' "
+                                 "for the built-in set)", param_hint="--data")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def main() -> None:
+    """StyleGAN2 for brain MRI: train, generate, inspect checkpoints."""
+
+
+# --------------------------------------------------------------------------------------------
+# train
+
+@main.command()
+@click.option("--data", default=None, show_default="mni152",
+              help="Dataset: 'mni152' (built in) or a path (OASIS, ADNI AD_NC, NIfTI, image folder).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              help="Parent folder of the numbered run directories.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="auto",
+              help="auto: gpu256 with a CUDA GPU, else cpu-small.")
+@click.option("--resolution", type=click.IntRange(4, 1024), default=None, show_default="from preset")
+@click.option("--batch", type=click.IntRange(1, 4096), default=None, show_default="from preset")
+@click.option("--kimg", type=click.FloatRange(0, min_open=True), default=None, show_default="from preset",
+              help="Train until this many thousand real images have been shown.")
+@click.option("--snap", type=click.FloatRange(0, min_open=True), default=None, show_default="from preset",
+              help="Checkpoint and fake grid every this many kimg.")
+@click.option("--tick", type=click.FloatRange(0, min_open=True), default=None, show_default="from preset",
+              help="Progress, stats and the NaN check every this many kimg.")
+@click.option("--cond/--no-cond", default=False, help="Condition on the dataset's labels.")
+@click.option("--mirror/--no-mirror", default=False, help="Random x-flips of the real images.")
+@click.option("--gamma", type=click.FloatRange(0), default=None, show_default="0.0002*res^2/batch",
+              help="R1 weight.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, show_default="0.0025")
+@click.option("--loss", type=click.Choice(LOSSES), default=None, show_default="logistic")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None, show_default="from preset",
+              help="fp16/bf16 run the 4 highest resolutions in reduced precision (clamped convs).")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None, show_default="1")
+@click.option("--max-images", type=click.IntRange(1), default=None, help="Use at most this many images.")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None, show_default="0")
+@click.option("--threads", type=click.IntRange(1, 512), default=None, show_default="torch default",
+              help="CPU threads (torch.set_num_threads); on a busy 2-core machine 1 can beat 2.")
+@click.option("--device", default=None, show_default="cuda if available, else cpu")
+@click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Continue from a checkpoint file or a run directory (its newest checkpoint).")
+@click.option("--allow-data-change", is_flag=True, help="Resume even if the dataset differs.")
+@click.option("--keep", type=click.IntRange(0), default=0, help="Keep only the newest N checkpoints (0: all).")
+@click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
+@click.pass_context
+def train(ctx: click.Context, **opts: Any) -> None:
+    """Train a StyleGAN2 (defaults: the built-in mni152 data, preset auto)."""
+    from .training.checkpoint import CheckpointError, load_checkpoint
+
+    ckpt = None
+    if opts["resume"] is not None:
+        try:
+            ckpt = load_checkpoint(opts["resume"])
+        except CheckpointError as e:
+            raise click.ClickException(str(e)) from e
+        cfg, run_dir, why = _resume_config(ctx, opts, ckpt)
+    else:
+        cfg, why = _fresh_config(opts)
+        run_dir = None
+    _check_data_path(cfg.data)
+    click.echo(why)
+    if opts["dry_run"]:
+        click.echo(cfg.to_json())
+        return
+    if cfg.precision == "fp16" and not _cuda_available() and not (cfg.device or "").startswith("cuda"):
+        raise click.BadParameter("fp16 needs a CUDA GPU; use fp32 (or bf16) on a CPU", param_hint="--precision")
+
+    dataset = _open_data(cfg, opts["progress"])
+    if run_dir is None:
+        run_dir = new_run_dir(opts["out"], f"{_dataset_name(cfg.data)}-{cfg.preset}")
+    click.echo(f"data: {dataset.source}" + (f" ({dataset.skipped} unreadable files skipped)" if dataset.skipped else ""))
+    click.echo(f"run directory: {run_dir}")
+    result = _run_training(cfg, run_dir, dataset, ckpt, opts)
+    _print_outputs(result)
+
+
+def _fresh_config(opts: dict[str, Any]) -> tuple[TrainConfig, str]:
+    overrides = dict(data=opts["data"] or "mni152", resolution=opts["resolution"], batch=opts["batch"],
+                     kimg=opts["kimg"], snap_kimg=opts["snap"], tick_kimg=opts["tick"], cond=opts["cond"],
+                     mirror=opts["mirror"], gamma=opts["gamma"], lr=opts["lr"], loss=opts["loss"],
+                     precision=opts["precision"], max_images=opts["max_images"], seed=opts["seed"],
+                     threads=opts["threads"], device=opts["device"],
+                     channels=int(opts["channels"]) if opts["channels"] else None)
+    try:
+        cfg, why = make_config(opts["preset"], overrides, _cuda_available())
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    cfg.extra["command"] = " ".join(["python -m stylegan2", *sys.argv[1:]])
+    return cfg, why
+
+
+def _resume_config(ctx: click.Context, opts: dict[str, Any], ckpt: dict[str, Any]) -> tuple[TrainConfig, Path, str]:
+    fixed = [f"--{n.replace('_', '-')}" for n in _MODEL_OPTIONS if _given(ctx, n)]
+    if fixed:
+        raise click.UsageError(f"{', '.join(fixed)}: fixed by the checkpoint when resuming "
+                               "(only --kimg, --snap, --tick, --threads, --device and --data may change)")
+    values = dict(ckpt["config"])
+    for opt, fieldname in _RUNTIME_FIELDS.items():
+        if opts[opt] is not None:
+            values[fieldname] = opts[opt]
+    if opts["data"] is not None:
+        values["data"] = opts["data"]
+    try:
+        cfg = resolve(TrainConfig.from_dict(values))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    path = Path(ckpt["path"])
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    kimg = ckpt["progress"]["cur_nimg"] / 1000
+    return cfg, run_dir, f"resuming {path} at {kimg:.3f} kimg (preset {cfg.preset}), until {cfg.kimg:g} kimg"
+
+
+def _open_data(cfg: TrainConfig, progress: bool) -> Any:
+    from .data import DatasetError, open_dataset
+    try:
+        return open_dataset(cfg.data, cfg.resolution, cfg.channels, max_images=cfg.max_images,
+                            progress=progress)
+    except DatasetError as e:
+        raise click.ClickException(f"cannot use --data {cfg.data}: {e}") from e
+
+
+def _run_training(cfg: TrainConfig, run_dir: Path, dataset: Any, ckpt: dict[str, Any] | None,
+                  opts: dict[str, Any]) -> Any:
+    from .training.loop import ResumeError, TrainingDiverged, train as train_loop
+    try:
+        return train_loop(cfg, run_dir, dataset, resume=ckpt, allow_data_change=opts["allow_data_change"],
+                          progress=opts["progress"], keep=opts["keep"], log=click.echo)
+    except (TrainingDiverged, ResumeError) as e:
+        raise click.ClickException(str(e)) from e
+    except ValueError as e:  # e.g. --cond on a dataset without labels
+        raise click.ClickException(str(e)) from e
+
+
+def _print_outputs(result: Any) -> None:
+    verb = "finished" if result.status == "done" else "stopped"
+    click.echo(f"\n{verb} at {result.cur_nimg / 1000:.3f} kimg. Outputs in {result.run_dir}:")
+    labels = [("config", "resolved config"), ("stats_jsonl", "stats (JSONL)"), ("stats_csv", "stats (CSV)"),
+              ("losses", "loss plot (G and D)"), ("loss_G", "loss plot (G)"), ("loss_D", "loss plot (D)"),
+              ("reals", "training images"), ("fakes", "latest fake grid"), ("checkpoint", "latest checkpoint")]
+    for key, label in labels:
+        if key in result.files:
+            click.echo(f"  {label:22s} {result.files[key]}")
+
+
+# --------------------------------------------------------------------------------------------
+# generate
+
+@main.command()
+@click.option("--ckpt", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Checkpoint file, or a run directory (its newest checkpoint).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for seedNNNN.png files and grid.png.")
+@click.option("--seeds", default=None, show_default="0..n-1", help="Seeds, e.g. '0-7,12'.")
+@click.option("--n", "count", type=click.IntRange(1, 100000), default=16, help="Number of images when --seeds is not given.")
+@click.option("--trunc", type=click.FloatRange(0, 2), default=1.0, help="Truncation psi (1: off).")
+@click.option("--class", "class_", default=None, help="Class label name or index (conditional models).")
+@click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const")
+@click.option("--batch", type=click.IntRange(1, 1024), default=16, help="Images per forward pass.")
+@click.option("--raw", is_flag=True, help="Use the raw generator instead of its EMA.")
+@click.option("--device", default=None, show_default="cuda if available, else cpu")
+@click.option("--progress/--no-progress", default=True)
+def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float, class_: str | None,
+             noise_mode: str, batch: int, raw: bool, device: str | None, progress: bool) -> None:
+    """Generate images from a checkpoint: one PNG per seed and a grid."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .training.checkpoint import CheckpointError, load_checkpoint
+    from .training.grids import make_grid, save_grid, save_image
+    from .training.seeds import parse_seeds
+
+    try:
+        seed_list = parse_seeds(seeds) if seeds is not None else list(range(count))
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--seeds") from e
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        ck = load_checkpoint(ckpt)
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from e
+    G = _load_generator(ck, "G" if raw else "G_ema", dev)
+    c = _class_vector(ck, class_, G.c_dim, dev)
+    out.mkdir(parents=True, exist_ok=True)
+    # Random noise is drawn per image from its seed, so an image does not depend on the batch.
+    step = 1 if noise_mode == "random" else batch
+    images = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(seed_list), step), desc="generate", unit="batch", disable=not progress):
+            chunk = seed_list[i:i + step]
+            z = torch.stack([torch.randn(G.z_dim, generator=torch.Generator().manual_seed(s)) for s in chunk]).to(dev)
+            if noise_mode == "random":
+                torch.manual_seed(chunk[0])
+            cc = None if c is None else c.expand(len(chunk), -1)
+            img = G(z, cc, truncation_psi=trunc, noise_mode=noise_mode).float().cpu()
+            for s, im in zip(chunk, img):
+                save_image(make_grid(im[None], cols=1, pad=0), out / f"seed{s:04d}.png")
+            images.append(img)
+    grid = save_grid(torch.cat(images), out / "grid.png")
+    click.echo(f"wrote {len(seed_list)} images (seed{seed_list[0]:04d}.png ...) and {grid.name} to {out}")
+
+
+def _load_generator(ck: dict[str, Any], key: str, device: Any) -> Any:
+    from .networks import Generator, ModelConfig
+    G = Generator(ModelConfig.from_dict(ck["model_config"]))
+    G.load_state_dict(ck[key])
+    return G.to(device).eval().requires_grad_(False)
+
+
+def _class_vector(ck: dict[str, Any], class_: str | None, c_dim: int, device: Any) -> Any:
+    """One-hot [1, c_dim] for --class (a name or an index), None for unconditional models."""
+    import torch
+    names = list(ck["dataset"].get("label_names", []))
+    if c_dim == 0:
+        if class_ is not None:
+            raise click.BadParameter("this model is unconditional (trained without --cond)", param_hint="--class")
+        return None
+    if class_ is None:
+        raise click.BadParameter(f"this model is conditional: choose one of {names or list(range(c_dim))}",
+                                 param_hint="--class")
+    if class_ in names:
+        idx = names.index(class_)
+    elif class_.isdigit() and int(class_) < c_dim:
+        idx = int(class_)
+    else:
+        raise click.BadParameter(f"'{class_}' is not a class; choose a name of {names} or an index "
+                                 f"0..{c_dim - 1}", param_hint="--class")
+    return torch.nn.functional.one_hot(torch.tensor([idx]), c_dim).float().to(device)
+
+
+# --------------------------------------------------------------------------------------------
+# info
+
+@main.command()
+@click.option("--ckpt", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Checkpoint file, or a run directory (its newest checkpoint).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def info(ckpt: Path, as_json: bool) -> None:
+    """Show a checkpoint's metadata: config, progress, dataset, parameter counts."""
+    from .training.checkpoint import CheckpointError, load_checkpoint
+    try:
+        ck = load_checkpoint(ckpt)
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from e
+    counts = {k: _count_parameters(ck, k) for k in ("G", "D")}
+    doc = {"path": ck["path"], "created": ck.get("created"), "torch": ck.get("torch"),
+           "kimg": ck["progress"]["cur_nimg"] / 1000, "step": ck["progress"]["step"],
+           "training_time_s": ck["progress"].get("elapsed_s"), "dataset": ck["dataset"],
+           "parameters": counts, "model": ck["model_config"], "train": ck["config"]}
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    d = ck["dataset"]
+    click.echo(f"checkpoint   {doc['path']}")
+    click.echo(f"created      {doc['created']} (torch {doc['torch']})")
+    click.echo(f"progress     {doc['kimg']:.3f} kimg, {doc['step']} steps, "
+               f"{(doc['training_time_s'] or 0) / 60:.1f} min of training")
+    click.echo(f"dataset      {d.get('source')} ({d.get('num_images')} images)")
+    click.echo(f"fingerprint  {d.get('fingerprint')}")
+    if d.get("label_names"):
+        click.echo(f"labels       {', '.join(d['label_names'])}")
+    click.echo(f"parameters   G {counts['G']:,}  D {counts['D']:,}")
+    m = ck["model_config"]
+    click.echo(f"model        {m['resolution']}x{m['resolution']}x{m['channels']}, z {m['z_dim']}, "
+               f"w {m['w_dim']}, mapping {m['mapping_layers']}, channels {m['channel_base']}/{m['channel_max']}, "
+               f"c_dim {m['c_dim']}, {m['precision']}")
+    click.echo("training config:")
+    for k, v in ck["config"].items():
+        click.echo(f"  {k:14s} {v}")
+
+
+def _count_parameters(ck: dict[str, Any], key: str) -> int:
+    """Trainable parameters (buffers excluded) of the saved network, counted on a rebuilt module."""
+    from .networks import Discriminator, Generator, ModelConfig
+    cls = Generator if key == "G" else Discriminator
+    module = cls(ModelConfig.from_dict(ck["model_config"]))
+    return sum(p.numel() for p in module.parameters())
+
+
+if __name__ == "__main__":
+    main()

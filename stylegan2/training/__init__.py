@@ -1,0 +1,26 @@
+"""Training layer: configuration and presets, the loop, checkpoints, stats, plots and grids.
+
+    TrainConfig, make_config, PRESETS       config.py
+    train, TrainResult, TrainingDiverged    loop.py
+    load_checkpoint, find_checkpoint        checkpoint.py
+    parse_seeds                             seeds.py
+"""
+from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from .config import PRESET_NAMES, PRESETS, TrainConfig, make_config
+from .loop import ResumeError, TrainingDiverged, TrainResult, train
+from .seeds import parse_seeds
+
+__all__ = [
+    "CheckpointError",
+    "PRESETS",
+    "PRESET_NAMES",
+    "ResumeError",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "find_checkpoint",
+    "load_checkpoint",
+    "make_config",
+    "parse_seeds",
+    "train",
+]
