@@ -1,5 +1,410 @@
-"""Placeholder: being written (modulated_conv2d reference)."""
+"""modulated_conv2d: StyleGAN2's style-modulated, optionally demodulated, resampling convolution.
+
+For every sample n of the batch, with s = styles[n]:
+
+    w[o, i, :, :] = weight[o, i, :, :] * s[i]                        (modulation)
+    w[o, :, :, :] *= 1 / sqrt(sum_{i,ky,kx} w[o, i, ky, kx]^2 + 1e-8)  (demodulation, optional)
+    y[n] = conv2d_resample(x[n], w, resample_filter, up, down, padding, flip_weight) + noise[n]
+
+Two equivalent routes compute it, as in NVlabs' stylegan2-ada-pytorch:
+- fused: build the per-sample weights and run one grouped convolution (groups = batch size);
+- not fused: scale x by the styles, convolve with the shared weight, scale by the demodulation
+  coefficients. Cheaper in memory for large batches; the training default in NVlabs.
+
+conv2d_resample (the convolution with up/down sampling) means, along each axis:
+
+    upfirdn2d(x, f if up > 1 else identity, up=up, padding=P, gain=up**2)
+    -> conv2d(., w)  (correlation when flip_weight, true convolution otherwise; no padding)
+    -> upfirdn2d(., f, down=down)  when down > 1
+
+where `padding` is given with respect to the upsampled image and P widens it so that the filter
+stays centred: P0 = padding0 + (fw + up - 1) // 2 and P1 = padding1 + (fw - up) // 2 for up > 1,
+plus (fw - down + 1) // 2 and (fw - down) // 2 for down > 1 (fw: the filter's taps on that
+axis). So a k x k convolution with padding k // 2 keeps the size at up = down = 1, doubles it at
+up = 2 and halves an even size at down = 2. The code takes faster routes that give the same
+result: a transposed convolution with stride `up`, or a strided convolution after filtering.
+
+The optional keyword-only extras (bias, act, alpha, gain, clamp) apply bias_act to the result;
+the CUDA path (a later addition) fuses them into its epilogue.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from . import _checks, _dispatch
+from ._bias_act import ACTIVATIONS, bias_act
+from ._upfirdn2d import upfirdn2d
+
+OP = "modulated_conv2d"
+
+Padding = Union[int, Sequence[int]]
 
 
-def modulated_conv2d(*args, **kwargs):
-    raise NotImplementedError
+def modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    noise: Optional[torch.Tensor] = None,
+    up: int = 1,
+    down: int = 1,
+    padding: Padding = 0,
+    resample_filter: Optional[torch.Tensor] = None,
+    demodulate: bool = True,
+    flip_weight: bool = True,
+    fused_modconv: bool = True,
+    impl: str = "auto",
+    *,
+    bias: Optional[torch.Tensor] = None,
+    act: str = "linear",
+    alpha: Optional[float] = None,
+    gain: Optional[float] = None,
+    clamp: Optional[float] = None,
+) -> torch.Tensor:
+    """Modulated (and demodulated) 2D convolution with optional up/downsampling.
+
+    Args:
+        x: activations [batch_size, in_channels, in_height, in_width]; float64, float32, float16
+            or bfloat16; contiguous or channels_last.
+        weight: [out_channels, in_channels, kernel_height, kernel_width].
+        styles: modulation coefficients [batch_size, in_channels], of weight's dtype.
+        noise: added to the result; broadcastable to [batch_size, out_channels, out_height,
+            out_width] (typically [batch_size, 1, out_height, out_width]), or None.
+        up: integer upsampling factor.
+        down: integer downsampling factor.
+        padding: with respect to the upsampled image: an int, [x, y] or
+            [x_before, x_after, y_before, y_after]; negative values crop.
+        resample_filter: low-pass filter for up/downsampling, float32 [taps] (separable) or
+            [filter_height, filter_width], as setup_filter() makes it. None = the 1x1 identity
+            (as in NVlabs: zero-insertion upsampling scaled by up**2, plain decimation); the
+            model passes setup_filter([1, 3, 3, 1]). Ignored when up = down = 1.
+        demodulate: normalize each output channel's modulated weights to unit L2 norm.
+        flip_weight: True = correlation (as torch.nn.functional.conv2d), False = convolution.
+        fused_modconv: compute with per-sample weights in one grouped convolution (True) or by
+            scaling the activations before and after a shared convolution (False). Both give
+            the same result up to rounding.
+        impl: 'auto', 'ref' or 'cuda' (see the package docs). No CUDA kernel exists yet, so
+            'auto' runs the reference and 'cuda' raises.
+        bias: [out_channels] or None; with act, alpha, gain and clamp (keyword-only), the
+            result goes through bias_act(y, bias, act=act, alpha=alpha, gain=gain, clamp=clamp).
+            Left at their defaults, the function is exactly NVlabs' modulated_conv2d.
+
+    Dtypes: x sets the dtype of the result. weight and styles (the parameters) share one float
+    dtype, which may differ from x's: float32 parameters with float16 or bfloat16 activations is
+    the mixed-precision case. Modulation and demodulation are computed in the parameters' dtype,
+    then cast to x's dtype where they meet the activations; noise and bias are cast to x's dtype
+    too. As in NVlabs, when x is float16 and demodulate is on, weight and styles are first
+    rescaled by their largest magnitudes (which demodulation cancels) so float16 cannot
+    overflow.
+
+    Returns:
+        [batch_size, out_channels, out_height, out_width] in x's dtype.
+    """
+    _checks.check_tensor(OP, "x", x, ndim=4)
+    _checks.check_tensor(OP, "weight", weight, ndim=4)
+    _checks.check_tensor(OP, "styles", styles, ndim=2)
+    batch_size, in_channels, in_h, in_w = x.shape
+    out_channels, w_in_channels, kh, kw = weight.shape
+    if w_in_channels != in_channels:
+        raise ValueError(
+            f"{OP}: weight has {w_in_channels} input channels (shape {list(weight.shape)}) but x "
+            f"has {in_channels} (shape {list(x.shape)})"
+        )
+    if list(styles.shape) != [batch_size, in_channels]:
+        raise ValueError(
+            f"{OP}: styles must have shape [batch_size, in_channels] = "
+            f"{[batch_size, in_channels]}, got {list(styles.shape)}"
+        )
+    _checks.check_same_dtype(OP, weight=weight, styles=styles)
+    if noise is not None:
+        _checks.check_tensor(OP, "noise", noise)
+    if bias is not None:
+        _checks.check_tensor(OP, "bias", bias, ndim=1)
+        if bias.shape[0] != out_channels:
+            raise ValueError(
+                f"{OP}: bias has {bias.shape[0]} elements but weight has {out_channels} "
+                "output channels"
+            )
+    if resample_filter is not None:
+        _check_filter(resample_filter)
+    _checks.check_same_device(
+        OP, x=x, weight=weight, styles=styles, noise=noise, bias=bias,
+        resample_filter=resample_filter,
+    )
+    up = _check_factor("up", up)
+    down = _check_factor("down", down)
+    pads = _parse_padding(padding)
+    for name, flag in (("demodulate", demodulate), ("flip_weight", flip_weight),
+                       ("fused_modconv", fused_modconv)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{OP}: {name} must be True or False, got {flag!r}")
+    extras = _check_extras(act, alpha, gain, clamp, bias)
+
+    fw, fh = _filter_size(resample_filter)
+    pads = _adjusted_padding(pads, fw, fh, up, down)
+    out_w = _output_length("width", in_w, kw, fw, up, down, pads[0], pads[1])
+    out_h = _output_length("height", in_h, kh, fh, up, down, pads[2], pads[3])
+    out_shape = [batch_size, out_channels, out_h, out_w]
+    if noise is not None:
+        try:
+            fits = list(torch.broadcast_shapes(noise.shape, out_shape)) == out_shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"{OP}: noise of shape {list(noise.shape)} does not broadcast to the output "
+                f"shape {out_shape}"
+            )
+
+    _dispatch.choose(OP, impl, OP, {"x": x, "weight": weight, "styles": styles})
+    # No CUDA kernel exists yet: choose() raises for impl='cuda' and returns 'ref' otherwise
+    # (until the compiled module has a 'modulated_conv2d' kernel, which comes with its route).
+    # The resampling filters go through upfirdn2d with the same impl request, so 'ref' stays
+    # pure PyTorch throughout and 'auto' may use upfirdn2d's kernel.
+    y = modulated_conv2d_ref(
+        x, weight, styles, noise, up, down, pads, resample_filter, demodulate, flip_weight,
+        fused_modconv, impl,
+    )
+    if extras:
+        b = bias.to(y.dtype) if bias is not None else None
+        y = bias_act(y, b, dim=1, act=act, alpha=alpha, gain=gain, clamp=clamp, impl=impl)
+    return y
+
+
+def modulated_conv2d_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    noise: Optional[torch.Tensor],
+    up: int,
+    down: int,
+    pads: tuple[int, int, int, int],
+    f: Optional[torch.Tensor],
+    demodulate: bool,
+    flip_weight: bool,
+    fused_modconv: bool,
+    impl: str = "ref",
+) -> torch.Tensor:
+    """The reference, in differentiable public PyTorch ops; arguments already checked.
+
+    pads: the adjusted padding (x0, x1, y0, y1) of _adjusted_padding(), not the user's.
+    impl: passed on to upfirdn2d. Shapes as in modulated_conv2d().
+    """
+    batch_size, in_channels = x.shape[:2]
+    out_channels, _, kh, kw = weight.shape
+
+    if x.dtype == torch.float16 and demodulate:
+        # Demodulation cancels any per-output-channel scale of weight and any per-sample scale
+        # of styles, so bring both to magnitude <= 1 (weight to about 1/sqrt(fan_in)) first:
+        # x * styles and the convolution's sums then stay inside float16's range.
+        fan_in = in_channels * kh * kw
+        weight = weight * (
+            1 / math.sqrt(fan_in) / weight.abs().amax(dim=[1, 2, 3], keepdim=True)
+        )
+        styles = styles / styles.abs().amax(dim=1, keepdim=True)
+
+    w = dcoefs = None
+    if demodulate or fused_modconv:
+        w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, in_channels, 1, 1)  # [N,O,I,kh,kw]
+    if demodulate:
+        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
+
+    if not fused_modconv:
+        x = x * styles.to(x.dtype).reshape(batch_size, in_channels, 1, 1)
+        y = _conv2d_resample(x, weight.to(x.dtype), f, up, down, pads, 1, flip_weight, impl)
+        if demodulate:
+            y = y * dcoefs.to(y.dtype).reshape(batch_size, out_channels, 1, 1)
+    else:
+        if demodulate:
+            w = w * dcoefs.reshape(batch_size, out_channels, 1, 1, 1)
+        # One grouped convolution: the batch becomes the groups of a single image.
+        xg = x.reshape(1, batch_size * in_channels, *x.shape[2:])
+        wg = w.reshape(batch_size * out_channels, in_channels, kh, kw).to(x.dtype)
+        y = _conv2d_resample(xg, wg, f, up, down, pads, batch_size, flip_weight, impl)
+        y = y.reshape(batch_size, out_channels, *y.shape[2:])
+    if noise is not None:
+        y = y + noise.to(y.dtype)
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolution with up/downsampling.
+
+
+def _conv2d_resample(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    f: Optional[torch.Tensor],
+    up: int,
+    down: int,
+    pads: tuple[int, int, int, int],
+    groups: int,
+    flip_weight: bool,
+    impl: str,
+) -> torch.Tensor:
+    """conv2d_resample as defined in the module docstring, by the cheapest equivalent route.
+
+    x: [batch_size, in_channels, in_height, in_width]; w: [out_channels, in_channels // groups,
+    kernel_height, kernel_width] of x's dtype; f: float32 filter or None; pads: adjusted padding
+    (x0, x1, y0, y1). Each route below rests on the filter, the convolution and the zero
+    insertion all being linear and shift-invariant, so they may be reordered.
+    """
+    px0, px1, py0, py1 = pads
+    out_channels, in_per_group, kh, kw = w.shape
+    one_by_one = kh == 1 and kw == 1
+
+    if up == 1 and down == 1:
+        if px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
+            return _correlate(x, w, flip_weight, padding=(py0, px0), groups=groups)
+        return _correlate(F.pad(x, [px0, px1, py0, py1]), w, flip_weight, groups=groups)
+
+    if up == 1:
+        if one_by_one:  # pointwise: decimate first, then mix channels on fewer pixels
+            x = upfirdn2d(x, f, down=down, padding=[px0, px1, py0, py1], impl=impl)
+            return _correlate(x, w, flip_weight, groups=groups)
+        # Filtering before the convolution lets the decimation be the convolution's stride.
+        x = upfirdn2d(x, f, padding=[px0, px1, py0, py1], impl=impl)
+        return _correlate(x, w, flip_weight, stride=down, groups=groups)
+
+    if one_by_one and down == 1:  # pointwise: mix channels before the image grows
+        x = _correlate(x, w, flip_weight, groups=groups)
+        return upfirdn2d(x, f, up=up, padding=[px0, px1, py0, py1], gain=up * up, impl=impl)
+
+    # Zero insertion followed by the convolution is a transposed convolution with stride `up`.
+    # That one computes sum_i x[i] * w't[o - i*up], a true convolution of the zero-inserted
+    # signal, so correlation semantics need the taps flipped; its output at o equals the
+    # correlation's output at o - (k - 1) + P0, hence the shifted padding below.
+    wt = w.reshape(groups, out_channels // groups, in_per_group, kh, kw).transpose(1, 2)
+    wt = wt.reshape(groups * in_per_group, out_channels // groups, kh, kw)
+    if flip_weight:
+        wt = wt.flip([2, 3])
+    qx0, qx1 = px0 - (kw - 1), px1 - (kw - up)
+    qy0, qy1 = py0 - (kh - 1), py1 - (kh - up)
+    # Crop what both sides would crop inside the transposed convolution (saves its work).
+    cx = max(min(-qx0, -qx1), 0)
+    cy = max(min(-qy0, -qy1), 0)
+    x = F.conv_transpose2d(x, wt, stride=up, padding=(cy, cx), groups=groups)
+    x = upfirdn2d(x, f, padding=[qx0 + cx, qx1 + cx, qy0 + cy, qy1 + cy], gain=up * up, impl=impl)
+    if down > 1:
+        x = upfirdn2d(x, f, down=down, impl=impl)
+    return x
+
+
+def _correlate(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    flip_weight: bool,
+    stride: int = 1,
+    padding: tuple[int, int] = (0, 0),
+    groups: int = 1,
+) -> torch.Tensor:
+    """F.conv2d (a correlation), or a true convolution when flip_weight is False."""
+    if not flip_weight:
+        w = w.flip([2, 3])
+    return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
+
+
+def _adjusted_padding(
+    pads: tuple[int, int, int, int], fw: int, fh: int, up: int, down: int
+) -> tuple[int, int, int, int]:
+    """The user's padding widened so that the resampling filter stays centred."""
+    px0, px1, py0, py1 = pads
+    if up > 1:
+        px0, px1 = px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2
+        py0, py1 = py0 + (fh + up - 1) // 2, py1 + (fh - up) // 2
+    if down > 1:
+        px0, px1 = px0 + (fw - down + 1) // 2, px1 + (fw - down) // 2
+        py0, py1 = py0 + (fh - down + 1) // 2, py1 + (fh - down) // 2
+    return px0, px1, py0, py1
+
+
+def _output_length(
+    axis: str, size: int, k: int, taps: int, up: int, down: int, pad0: int, pad1: int
+) -> int:
+    """Output length along one axis (adjusted padding); raises if it would be empty."""
+    n = size * up + pad0 + pad1
+    if up > 1:
+        n -= taps - 1
+    n -= k - 1
+    if down > 1 and n >= taps:
+        n = (n - taps) // down + 1
+    elif down > 1:
+        n = 0
+    if n < 1:
+        raise ValueError(
+            f"{OP}: the output would be empty along {axis}: input {size}, kernel {k}, "
+            f"filter {taps} taps, up {up}, down {down}; give more padding or a larger x"
+        )
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks.
+
+
+def _filter_size(f: Optional[torch.Tensor]) -> tuple[int, int]:
+    """(filter_width, filter_height); a separable 1-D filter has the same taps on both axes."""
+    if f is None:
+        return 1, 1
+    return int(f.shape[-1]), int(f.shape[0])
+
+
+def _check_filter(f: object) -> None:
+    _checks.check_tensor(OP, "resample_filter", f, ndim=(1, 2))
+    if f.dtype != torch.float32:
+        raise ValueError(
+            f"{OP}: resample_filter has dtype {f.dtype}; filters are float32 (make them with "
+            "setup_filter)"
+        )
+    if f.numel() == 0:
+        raise ValueError(f"{OP}: resample_filter must have at least one tap")
+    if f.requires_grad:
+        raise ValueError(
+            f"{OP}: resample_filter requires grad, but filters are constants; register it as a "
+            "buffer or pass resample_filter.detach()"
+        )
+
+
+def _check_factor(name: str, value: object) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{OP}: {name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+def _parse_padding(padding: object) -> tuple[int, int, int, int]:
+    """int, [x, y] or [x_before, x_after, y_before, y_after] -> (x0, x1, y0, y1)."""
+    def is_int(v: object) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if is_int(padding):
+        return (int(padding),) * 4
+    if isinstance(padding, (list, tuple)) and all(is_int(v) for v in padding):
+        if len(padding) == 2:
+            px, py = (int(v) for v in padding)
+            return px, px, py, py
+        if len(padding) == 4:
+            x0, x1, y0, y1 = (int(v) for v in padding)
+            return x0, x1, y0, y1
+    raise ValueError(
+        f"{OP}: padding must be an int, [x, y] or [x_before, x_after, y_before, y_after] of "
+        f"ints, got {padding!r}"
+    )
+
+
+def _check_extras(
+    act: object, alpha: object, gain: object, clamp: object, bias: Optional[torch.Tensor]
+) -> bool:
+    """Validates the bias_act extras up front; returns whether any is in use."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"{OP}: unknown act {act!r}; choose one of {', '.join(ACTIVATIONS)}")
+    for name, value in (("alpha", alpha), ("gain", gain), ("clamp", clamp)):
+        if value is None:
+            continue
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not number or not math.isfinite(value):
+            raise ValueError(f"{OP}: {name} must be a finite number or None, got {value!r}")
+    return bias is not None or act != "linear" or any(v is not None for v in (alpha, gain, clamp))
