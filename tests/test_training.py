@@ -1,0 +1,350 @@
+"""Training layer: seeds parser, config presets, feeder, stats, atomic and weights_only
+checkpoints, bit-exact resume, NaN stop, signal stop. Tiny networks (16x16, channel base 256,
+max 32, z = w = 32, 2 mapping layers, batch 4) on small synthetic datasets."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from stylegan2.data import ImageDataset
+from stylegan2.training import checkpoint as ckpt_io
+from stylegan2.training import loop
+from stylegan2.training.config import PRESETS, TrainConfig, make_config
+from stylegan2.training.feed import BatchFeeder
+from stylegan2.training.grids import make_grid
+from stylegan2.training.seeds import parse_seeds
+from stylegan2.training.stats import StatsAccumulator, StatsWriter, non_finite
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Bitwise comparisons need a fixed thread count; one thread is also fastest on a busy box.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def blob_dataset(gen: torch.Generator, n: int, res: int = 16, labeled: bool = False) -> ImageDataset:
+    """n uint8 images [n, 1, res, res]: bright ellipses of random size and position on noise."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, res), torch.linspace(-1, 1, res), indexing="ij")
+    p = torch.rand(n, 5, generator=gen)
+    cx, cy = (p[:, 0] - 0.5)[:, None, None] * 0.6, (p[:, 1] - 0.5)[:, None, None] * 0.6
+    ax, ay = 0.3 + 0.5 * p[:, 2, None, None], 0.3 + 0.5 * p[:, 3, None, None]
+    inside = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 < 1
+    img = inside * (120 + 120 * p[:, 4, None, None]) + 15 * torch.rand(n, res, res, generator=gen)
+    images = img.clamp(0, 255).to(torch.uint8)[:, None].numpy()
+    if labeled:
+        labels = torch.randint(0, 3, (n,), generator=gen).numpy().astype(np.int64)
+        return ImageDataset(images, labels, ["inferior", "middle", "superior"], source=f"blobs ({n})")
+    return ImageDataset(images, source=f"blobs ({n})")
+
+
+def tiny(**overrides) -> TrainConfig:
+    cfg, _ = make_config("tiny", dict(dict(r1_interval=3, pl_interval=2, grid_images=4), **overrides))
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# seeds
+
+@pytest.mark.parametrize("text, expected", [
+    ("0-7,12", [0, 1, 2, 3, 4, 5, 6, 7, 12]),
+    ("5", [5]),
+    (" 3 - 5 , 1 ", [3, 4, 5, 1]),
+    ("2,2,1-3", [2, 1, 3]),
+    ("9-9", [9]),
+    ("4294967295", [4294967295]),
+])
+def test_parse_seeds(text, expected):
+    assert parse_seeds(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", " ", "7-3", "a", "1,,2", "-1", "1-", "1.5", "4294967296"])
+def test_parse_seeds_rejects(text):
+    with pytest.raises(ValueError, match="seeds"):
+        parse_seeds(text)
+
+
+# --------------------------------------------------------------------------------------------
+# config
+
+def test_auto_preset_follows_the_device():
+    cfg, why = make_config("auto", {}, cuda_available=False)
+    assert cfg.preset == "cpu-small" and "cpu-small" in why and cfg.resolution >= 32
+    cfg, why = make_config("auto", {}, cuda_available=True)
+    assert cfg.preset == "gpu256" and "gpu256" in why
+    assert (cfg.resolution, cfg.channel_base, cfg.channel_max, cfg.mapping_layers) == (256, 16384, 512, 8)
+    assert (cfg.r1_interval, cfg.pl_interval, cfg.lr, cfg.beta1, cfg.beta2) == (16, 4, 0.0025, 0.0, 0.99)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_presets_resolve_derived_fields(preset):
+    cfg, _ = make_config(preset, {"batch": 12})
+    assert math.isclose(cfg.gamma, 0.0002 * cfg.resolution**2 / 12)
+    assert math.isclose(cfg.ema_kimg, 12 * 10 / 32)
+    assert 12 % cfg.mbstd_group == 0 and cfg.mbstd_group <= 4
+    assert (cfg.num_fp16_res > 0) == (cfg.precision != "fp32")
+    again = TrainConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+
+
+def test_explicit_values_win_and_bad_values_are_named():
+    cfg, _ = make_config("tiny", {"gamma": 3.5, "ema_kimg": 0.5, "precision": "bf16", "batch": 6})
+    assert (cfg.gamma, cfg.ema_kimg, cfg.num_fp16_res, cfg.conv_clamp, cfg.mbstd_group) == (3.5, 0.5, 4, 256.0, 3)
+    cfg, _ = make_config("tiny", {"loss": "wgan-gp"})
+    assert cfg.r1_interval == 1
+    for bad, name in [({"resolution": 48}, "resolution"), ({"batch": 0}, "batch"),
+                      ({"precision": "fp8"}, "precision"), ({"kimg": 0}, "kimg")]:
+        with pytest.raises(ValueError, match=name):
+            make_config("tiny", bad)
+    with pytest.raises(ValueError, match="preset"):
+        make_config("huge")
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_dict({"nonsense": 1})
+
+
+# --------------------------------------------------------------------------------------------
+# feeder, stats, grids
+
+def test_feeder_visits_every_image_once_per_epoch_and_resumes(gen):
+    ds = blob_dataset(gen, 10, labeled=True)
+    f = BatchFeeder(ds.images, ds.labels, 3, 4, torch.device("cpu"), seed=5)
+    seen = torch.cat([f._indices(4) for _ in range(5)])  # 20 = two epochs
+    assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
+    state = f.state_dict()
+    a = [f.reals() for _ in range(3)] + [f.fake_labels(7)]
+    f2 = BatchFeeder(ds.images, ds.labels, 3, 4, torch.device("cpu"), seed=99)
+    f2.load_state_dict(state)
+    b = [f2.reals() for _ in range(3)] + [f2.fake_labels(7)]
+    for x, y in zip(a[:3], b[:3]):
+        assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
+    assert torch.equal(a[3], b[3])
+    img, c = a[0]
+    assert img.dtype == torch.float32 and img.shape == (4, 1, 16, 16) and -1 <= img.min() and img.max() <= 1
+    assert c.shape == (4, 3) and torch.equal(c.sum(1), torch.ones(4))
+
+
+def test_feeder_mirror_flips_some_images(gen):
+    ds = blob_dataset(gen, 8)
+    plain = BatchFeeder(ds.images, None, 0, 8, torch.device("cpu"), seed=1)
+    flipped = BatchFeeder(ds.images, None, 0, 8, torch.device("cpu"), seed=1, mirror=True)
+    x, _ = plain.reals()
+    y, _ = flipped.reals()
+    same = [torch.equal(a, b) for a, b in zip(x, y)]
+    mirrored = [torch.equal(a.flip(-1), b) for a, b in zip(x, y)]
+    assert all(s or m for s, m in zip(same, mirrored)) and any(mirrored) and any(same)
+
+
+def test_stats_reduce_and_files(tmp_path):
+    acc = StatsAccumulator()
+    for v in (1.0, 2.0, 4.5):
+        acc.add("a", torch.tensor(v))
+    acc.add("b", torch.tensor([1.0, float("nan")]))
+    out = acc.reduce()
+    assert out["a"] == pytest.approx(2.5) and math.isnan(out["b"]) and non_finite(out) == ["b"]
+    assert acc.reduce() == {}
+    w = StatsWriter(tmp_path)
+    for i in range(1, 5):
+        w.append({"tick": i, "kimg": i / 10, "nimg": i * 100, **({"x": 1.0} if i % 2 else {"y": 2.0})})
+    w.truncate_after(250)
+    assert [r["tick"] for r in w.rows()] == [1, 2]
+    header = (tmp_path / "stats.csv").read_text().splitlines()[0].split(",")
+    assert header == ["tick", "kimg", "nimg", "x", "y"]
+
+
+def test_make_grid_layout(gen):
+    imgs = torch.rand(5, 3, 6, 7, generator=gen) * 2 - 1
+    g = make_grid(imgs, cols=3, pad=1)
+    assert g.shape == (2 * 7 - 1, 3 * 8 - 1, 3) and g.dtype == np.uint8
+    expect = ((imgs[4] * 127.5 + 128).clamp(0, 255).to(torch.uint8)).permute(1, 2, 0).numpy()
+    assert np.array_equal(g[7:13, 8:15], expect)
+    assert (g[6] == 0).all() and (g[7:, 16:] == 0).all()
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+
+def _run(cfg, run_dir, ds, **kw):
+    return loop.train(cfg, run_dir, ds, progress=False, log=lambda s: None, **kw)
+
+
+def _assert_same_state(a, b):
+    for key in ("G", "D", "G_ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    for key in ("opt_G", "opt_D"):
+        for i, s in a[key]["state"].items():
+            for k, v in s.items():
+                assert torch.equal(v, b[key]["state"][i][k]), f"{key} state {i}.{k} differs"
+    assert torch.equal(a["loss"]["pl_mean"], b["loss"]["pl_mean"])
+    assert a["progress"]["cur_nimg"] == b["progress"]["cur_nimg"]
+    assert a["progress"]["step"] == b["progress"]["step"]
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(cond=True, mirror=True, batch=6)])
+def test_resume_is_bit_exact(tmp_path, gen, variant):
+    """2k steps in one go == k steps, a checkpoint, a fresh process state, k more steps."""
+    ds = blob_dataset(gen, 9, labeled=True)
+    batch = variant.get("batch", 4)
+    k = 5  # with intervals 2 and 3 both lazy penalties run in each half
+    whole = tiny(kimg=2 * k * batch / 1000, snap_kimg=1.0, **variant)
+    _run(whole, tmp_path / "whole", ds)
+
+    half = tiny(kimg=k * batch / 1000, snap_kimg=1.0, **variant)
+    _run(half, tmp_path / "split", ds)
+    torch.manual_seed(12345)  # whatever the process did in between must not matter
+    ck = ckpt_io.load_checkpoint(tmp_path / "split")
+    assert ck["progress"]["step"] == k
+    cont = TrainConfig.from_dict(dict(ck["config"], kimg=whole.kimg))
+    _run(cont, tmp_path / "split", ds, resume=ck)
+
+    a = ckpt_io.load_checkpoint(tmp_path / "whole")
+    b = ckpt_io.load_checkpoint(tmp_path / "split")
+    assert a["progress"]["step"] == 2 * k
+    _assert_same_state(a, b)
+    rows = StatsWriter(tmp_path / "split").rows()
+    assert [r["nimg"] for r in rows] == sorted(r["nimg"] for r in rows)
+
+
+def test_checkpoint_loads_with_weights_only_and_holds_everything(tmp_path, gen):
+    ds = blob_dataset(gen, 6)
+    res = _run(tiny(kimg=0.008), tmp_path / "r", ds)
+    raw = torch.load(res.checkpoint, map_location="cpu", weights_only=True)
+    assert raw["format"] == ckpt_io.FORMAT
+    for key in ("G", "D", "G_ema", "opt_G", "opt_D", "loss", "config", "model_config", "progress", "rng", "dataset"):
+        assert key in raw, key
+    assert raw["dataset"]["fingerprint"] == ds.fingerprint()
+    assert set(raw["rng"]) >= {"torch_cpu", "torch_cuda", "numpy", "python", "feeder"}
+    assert raw["progress"]["cur_nimg"] == 8 and raw["progress"]["step"] == 2
+    assert TrainConfig.from_dict(raw["config"]).resolution == 16
+
+    def leaves(x):
+        if isinstance(x, dict):
+            for v in x.values():
+                yield from leaves(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                yield from leaves(v)
+        else:
+            yield x
+    allowed = (torch.Tensor, int, float, str, bool, type(None))
+    assert all(isinstance(v, allowed) for v in leaves(raw))
+
+
+def test_restore_rng_round_trip():
+    state = ckpt_io.capture_rng()
+    a = (torch.rand(3), np.random.rand(3), __import__("random").random())
+    ckpt_io.restore_rng(state)
+    b = (torch.rand(3), np.random.rand(3), __import__("random").random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_failing_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, gen):
+    path = tmp_path / "checkpoints" / "ckpt-000001.pt"
+    good = ckpt_io.new_checkpoint(w=torch.rand(5, generator=gen))
+    ckpt_io.atomic_save(good, path)
+
+    def broken_save(obj, f, *a, **kw):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt_io.atomic_save(ckpt_io.new_checkpoint(w=torch.zeros(5)), path)
+    monkeypatch.undo()
+    assert os.listdir(path.parent) == [path.name]  # no temporary file left behind
+    assert torch.equal(ckpt_io.load_checkpoint(path)["w"], good["w"])
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(ckpt_io.CheckpointError, match="not found"):
+        ckpt_io.load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ckpt_io.CheckpointError, match="no checkpoints"):
+        ckpt_io.load_checkpoint(tmp_path / "run")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip file at all")
+    with pytest.raises(ckpt_io.CheckpointError, match="cannot read"):
+        ckpt_io.load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"a": torch.ones(1)}, tmp_path / "other.pt")
+    with pytest.raises(ckpt_io.CheckpointError, match="not a stylegan2 checkpoint"):
+        ckpt_io.load_checkpoint(tmp_path / "other.pt")
+
+
+def test_checkpoint_names_sort_by_progress(tmp_path):
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    for nimg in (64, 1000, 2032, 12000):
+        (d / ckpt_io.ckpt_name(nimg)).write_bytes(b"")
+    (d / "notes.txt").write_bytes(b"")
+    assert [n for n, _ in ckpt_io.list_checkpoints(tmp_path)] == [64, 1000, 2032, 12000]
+    assert ckpt_io.find_checkpoint(tmp_path).name == "ckpt-000012.pt"
+    ckpt_io.prune_checkpoints(tmp_path, keep=2)
+    assert [n for n, _ in ckpt_io.list_checkpoints(tmp_path)] == [2032, 12000]
+
+
+def test_resume_on_other_data_is_refused(tmp_path, gen):
+    ds = blob_dataset(gen, 6)
+    _run(tiny(kimg=0.004), tmp_path / "r", ds)
+    ck = ckpt_io.load_checkpoint(tmp_path / "r")
+    other = blob_dataset(gen, 6)
+    cfg = TrainConfig.from_dict(dict(ck["config"], kimg=0.008))
+    with pytest.raises(loop.ResumeError, match="dataset differs.*--allow-data-change"):
+        _run(cfg, tmp_path / "r", other, resume=ck)
+    res = _run(cfg, tmp_path / "r", other, resume=ck, allow_data_change=True)
+    assert res.cur_nimg == 8
+
+
+# --------------------------------------------------------------------------------------------
+# stopping
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, gen):
+    ds = blob_dataset(gen, 8)
+    real_build = loop.build_loss
+    calls = {"n": 0}
+
+    def poisoned_build(G, D, cfg):
+        loss = real_build(G, D, cfg)
+        d_main = loss.d_main
+
+        def d_main_nan(*a, **kw):
+            calls["n"] += 1
+            out = d_main(*a, **kw)
+            return out * float("nan") if calls["n"] > 6 else out  # from step 7 on
+        loss.d_main = d_main_nan
+        return loss
+    monkeypatch.setattr(loop, "build_loss", poisoned_build)
+    cfg = tiny(kimg=0.1, tick_kimg=0.008, snap_kimg=0.016)
+    with pytest.raises(loop.TrainingDiverged) as err:
+        _run(cfg, tmp_path / "r", ds)
+    msg = str(err.value)
+    assert "Loss/D/main" in msg and "nan" in msg and "ckpt-000000.016.pt" in msg
+    found = ckpt_io.list_checkpoints(tmp_path / "r")
+    assert [n for n, _ in found] == [16]
+    ck = ckpt_io.load_checkpoint(found[-1][1])
+    assert all(v.isfinite().all() for v in ck["G"].values() if v.is_floating_point())
+
+
+def test_signal_saves_and_stops(tmp_path, monkeypatch, gen):
+    ds = blob_dataset(gen, 8)
+    real_step = loop.train_step
+    steps = {"n": 0}
+
+    def step_then_signal(run, acc):
+        real_step(run, acc)
+        steps["n"] += 1
+        if steps["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives between steps, like a real one
+    monkeypatch.setattr(loop, "train_step", step_then_signal)
+    messages = []
+    before = signal.getsignal(signal.SIGTERM)
+    res = loop.train(tiny(kimg=0.1), tmp_path / "r", ds, progress=False, log=messages.append)
+    assert res.status == "stopped" and res.cur_nimg == 12
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert any("SIGTERM" in m and "--resume" in m for m in messages)
+    assert ckpt_io.load_checkpoint(tmp_path / "r")["progress"]["step"] == 3
