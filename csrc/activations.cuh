@@ -30,7 +30,7 @@ __device__ __forceinline__ float act_value(float v, float alpha) {
 // Whether act' is computed from the output (true) or from the input (false). Must agree with
 // ACTIVATIONS[*].grad_from in _bias_act.py, which decides what the forward pass saves.
 template <int A>
-constexpr bool grad_from_output() { return A != kSwish; }
+__host__ __device__ constexpr bool grad_from_output() { return A != kSwish; }
 
 // act'(v), given the unscaled output u = act(v) (for output-based activations) or v itself.
 template <int A>

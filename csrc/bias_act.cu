@@ -1,6 +1,8 @@
 // Kernels for bias_act: forward, first derivative, second derivative.
 // Elementwise and memory bound: each element is loaded once, computed in float32, stored once.
 
+#include <cstdint>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -11,102 +13,166 @@
 namespace sg2 {
 namespace {
 
-template <typename T, typename Index>
-__device__ __forceinline__ float biased(const BiasActParams& p, const T* x, Index i) {
-  float v = load_float(x + i);
-  if (p.b != nullptr) {
-    const Index c = (i / static_cast<Index>(p.channel_stride)) % static_cast<Index>(p.channels);
-    v += load_float(static_cast<const T*>(p.b) + c);
+// How the bias channel of consecutive elements advances, decided once per launch:
+enum ChannelWalk : int {
+  kNoBias = 0,    // no bias to add
+  kStrideOne = 1, // channels_last-like: consecutive elements are consecutive channels
+  kPerVector = 2, // the channel stride is a multiple of the vector width: one channel per vector
+  kGeneral = 3,   // anything else: one division per element
+};
+
+// The result for one element. mode 0: forward; 1: first derivative; 2: second derivative.
+// xv: input (without bias), yv: saved output, gv/hv: gradients, bias: this element's bias.
+template <int A, int Mode>
+__device__ __forceinline__ float element(const BiasActParams& p, bool use_y, float inv_gain, float xv, float yv,
+                                         float gv, float hv, float bias) {
+  if (Mode == 0) {
+    float r = act_value<A>(xv + bias, p.alpha) * p.gain;
+    if (p.clamp >= 0.f) r = fminf(fmaxf(r, -p.clamp), p.clamp);
+    return r;
   }
-  return v;
+  float v = 0.f, u, scaled;
+  if (use_y) {
+    scaled = yv;  // already clamped
+    u = scaled * inv_gain;
+  } else {
+    v = xv + bias;
+    u = act_value<A>(v, p.alpha);
+    scaled = u * p.gain;
+  }
+  // A clamped element passes no gradient. From a saved (clamped) y, |y| == clamp counts as
+  // clamped; torch.clamp passes the gradient at exact equality: a difference on a set of
+  // measure zero only.
+  if (p.clamp >= 0.f && (use_y ? fabsf(scaled) >= p.clamp : fabsf(scaled) > p.clamp)) return 0.f;
+  if (Mode == 1) return gv * p.gain * act_deriv<A>(v, u, p.alpha);
+  return gv * hv * p.gain * act_deriv2<A>(v, p.alpha);
 }
 
-template <typename T, typename Index, int A>
-__global__ void forward_kernel(BiasActParams p) {
-  const T* x = static_cast<const T*>(p.x);
-  T* out = static_cast<T*>(p.out);
-  const Index n = static_cast<Index>(p.numel);
-  for (Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<Index>(gridDim.x) * blockDim.x) {
-    float v = act_value<A>(biased<T, Index>(p, x, i), p.alpha) * p.gain;
-    if (p.clamp >= 0.f) v = fminf(fmaxf(v, -p.clamp), p.clamp);
-    store_float(out + i, v);
-  }
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+// Loads N consecutive elements starting at i (aligned when N > 1), as float.
+template <typename T, int N, typename Index>
+__device__ __forceinline__ void load_pack(const void* base, Index i, float (&out)[N]) {
+  const Pack<T, N> pack = *reinterpret_cast<const Pack<T, N>*>(static_cast<const T*>(base) + i);
+#pragma unroll
+  for (int k = 0; k < N; ++k) out[k] = load_float(&pack.v[k]);
 }
 
-template <typename T, typename Index, int A, int Order>
-__global__ void grad_kernel(BiasActParams p) {
-  const T* g = static_cast<const T*>(p.g);
-  T* out = static_cast<T*>(p.out);
-  const Index n = static_cast<Index>(p.numel);
+template <typename T, int N, typename Index>
+__device__ __forceinline__ void store_pack(void* base, Index i, const float (&in)[N]) {
+  Pack<T, N> pack;
+#pragma unroll
+  for (int k = 0; k < N; ++k) store_float(&pack.v[k], in[k]);
+  *reinterpret_cast<Pack<T, N>*>(static_cast<T*>(base) + i) = pack;
+}
+
+// N elements from i on: every operand is read once and the result written once, in packs of N
+// (16-byte accesses when N > 1). The channel is found with at most one division per pack.
+template <typename T, typename Index, int A, int Mode, int N>
+__device__ __forceinline__ void process(const BiasActParams& p, int walk, bool use_y, float inv_gain, Index i) {
+  float xv[N] = {}, yv[N] = {}, gv[N] = {}, hv[N] = {}, bias[N] = {}, out[N];
+  const bool need_x = Mode == 0 || Mode == 2 || !use_y;
+  if (need_x) load_pack<T, N>(p.x, i, xv);
+  if (Mode != 0) load_pack<T, N>(p.g, i, gv);
+  if (Mode == 1 && use_y) load_pack<T, N>(p.y, i, yv);
+  if (Mode == 2) load_pack<T, N>(p.h, i, hv);
+  if (walk != kNoBias && (need_x)) {
+    const T* b = static_cast<const T*>(p.b);
+    const Index channels = static_cast<Index>(p.channels);
+    const Index stride = static_cast<Index>(p.channel_stride);
+    Index c = (i / stride) % channels;
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      if (walk == kGeneral && k > 0) c = ((i + k) / stride) % channels;
+      bias[k] = load_float(b + c);
+      if (walk == kStrideOne && ++c == channels) c = 0;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < N; ++k) out[k] = element<A, Mode>(p, use_y, inv_gain, xv[k], yv[k], gv[k], hv[k], bias[k]);
+  store_pack<T, N>(p.out, i, out);
+}
+
+// Grid-stride loop over packs of N, then the last numel % N elements one at a time.
+template <typename T, typename Index, int A, int Mode, int N>
+__global__ void bias_act_kernel(BiasActParams p, int walk) {
+  const bool use_y = Mode == 1 && grad_from_output<A>() && p.y != nullptr;
   const float inv_gain = p.gain != 0.f ? 1.f / p.gain : 0.f;
-  for (Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<Index>(gridDim.x) * blockDim.x) {
-    const bool use_y = Order == 1 && grad_from_output<A>() && p.y != nullptr;
-    float v = 0.f, u = 0.f, scaled = 0.f;
-    if (use_y) {
-      scaled = load_float(static_cast<const T*>(p.y) + i);  // already clamped
-      u = scaled * inv_gain;
-    } else {
-      v = biased<T, Index>(p, static_cast<const T*>(p.x), i);
-      u = act_value<A>(v, p.alpha);
-      scaled = u * p.gain;
-    }
-    // A clamped element passes no gradient. From a saved (clamped) y, |y| == clamp is taken as
-    // clamped; torch.clamp passes the gradient at exact equality, which differs on a set of
-    // measure zero only.
-    bool pass = true;
-    if (p.clamp >= 0.f) pass = use_y ? fabsf(scaled) < p.clamp : fabsf(scaled) <= p.clamp;
-    float r = 0.f;
-    if (pass) {
-      if (Order == 1) {
-        r = load_float(g + i) * p.gain * act_deriv<A>(v, u, p.alpha);
-      } else {
-        r = load_float(g + i) * load_float(static_cast<const T*>(p.h) + i) * p.gain *
-            act_deriv2<A>(v, p.alpha);
-      }
-    }
-    store_float(out + i, r);
+  const Index n = static_cast<Index>(p.numel);
+  const Index packs = n / N;
+  const Index first = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const Index step = static_cast<Index>(gridDim.x) * blockDim.x;
+  for (Index j = first; j < packs; j += step) process<T, Index, A, Mode, N>(p, walk, use_y, inv_gain, j * N);
+  if (N > 1) {
+    const int tail_walk = walk == kNoBias ? kNoBias : kGeneral;
+    for (Index i = packs * N + first; i < n; i += step) process<T, Index, A, Mode, 1>(p, tail_walk, use_y, inv_gain, i);
   }
 }
 
-template <typename T, typename Index, int A>
-cudaError_t launch_for_act(const BiasActParams& p, int mode, cudaStream_t stream) {
-  const LaunchShape s = elementwise_launch_shape(p.numel);
-  if (mode == 0) forward_kernel<T, Index, A><<<s.blocks, s.threads, 0, stream>>>(p);
-  if (mode == 1) grad_kernel<T, Index, A, 1><<<s.blocks, s.threads, 0, stream>>>(p);
-  if (mode == 2) grad_kernel<T, Index, A, 2><<<s.blocks, s.threads, 0, stream>>>(p);
-  return cudaGetLastError();
+template <typename T>
+constexpr int pack_width() { return 16 / sizeof(T); }
+
+bool aligned16(const void* ptr) { return ptr == nullptr || reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+template <typename T, typename Index, int A, int Mode, int N>
+void launch_kernel(const BiasActParams& p, int walk, cudaStream_t stream) {
+  const LaunchShape s = elementwise_launch_shape((p.numel + N - 1) / N);
+  bias_act_kernel<T, Index, A, Mode, N><<<s.blocks, s.threads, 0, stream>>>(p, walk);
 }
 
-template <typename T, typename Index>
+template <typename T, int A, int Mode>
+void launch_mode(const BiasActParams& p, cudaStream_t stream) {
+  constexpr int V = pack_width<T>();
+  const bool vector_ok = aligned16(p.x) && aligned16(p.y) && aligned16(p.g) && aligned16(p.h) && aligned16(p.out);
+  int walk = kGeneral;
+  if (p.b == nullptr) walk = kNoBias;
+  else if (p.channel_stride == 1) walk = kStrideOne;
+  else if (vector_ok && p.channel_stride % V == 0) walk = kPerVector;
+  // 32-bit indexing wherever it fits: the channel division is the costliest arithmetic here.
+  // Tensors past 2^31 elements take the 64-bit scalar path (correct, rarely needed).
+  const bool fits32 = p.numel < (int64_t(1) << 31) - 4096;
+  if (!fits32) {
+    launch_kernel<T, int64_t, A, Mode, 1>(p, walk, stream);
+  } else if (vector_ok) {
+    launch_kernel<T, int32_t, A, Mode, V>(p, walk, stream);
+  } else {
+    launch_kernel<T, int32_t, A, Mode, 1>(p, walk, stream);
+  }
+}
+
+template <typename T, int A>
+void launch_act(const BiasActParams& p, int mode, cudaStream_t stream) {
+  if (mode == 0) launch_mode<T, A, 0>(p, stream);
+  if (mode == 1) launch_mode<T, A, 1>(p, stream);
+  if (mode == 2) launch_mode<T, A, 2>(p, stream);
+}
+
+template <typename T>
 cudaError_t launch_typed(const BiasActParams& p, int mode, cudaStream_t stream) {
   switch (p.act) {
-    case kLinear: return launch_for_act<T, Index, kLinear>(p, mode, stream);
-    case kRelu: return launch_for_act<T, Index, kRelu>(p, mode, stream);
-    case kLrelu: return launch_for_act<T, Index, kLrelu>(p, mode, stream);
-    case kTanh: return launch_for_act<T, Index, kTanh>(p, mode, stream);
-    case kSigmoid: return launch_for_act<T, Index, kSigmoid>(p, mode, stream);
-    case kElu: return launch_for_act<T, Index, kElu>(p, mode, stream);
-    case kSelu: return launch_for_act<T, Index, kSelu>(p, mode, stream);
-    case kSoftplus: return launch_for_act<T, Index, kSoftplus>(p, mode, stream);
-    case kSwish: return launch_for_act<T, Index, kSwish>(p, mode, stream);
+    case kLinear: launch_act<T, kLinear>(p, mode, stream); break;
+    case kRelu: launch_act<T, kRelu>(p, mode, stream); break;
+    case kLrelu: launch_act<T, kLrelu>(p, mode, stream); break;
+    case kTanh: launch_act<T, kTanh>(p, mode, stream); break;
+    case kSigmoid: launch_act<T, kSigmoid>(p, mode, stream); break;
+    case kElu: launch_act<T, kElu>(p, mode, stream); break;
+    case kSelu: launch_act<T, kSelu>(p, mode, stream); break;
+    case kSoftplus: launch_act<T, kSoftplus>(p, mode, stream); break;
+    case kSwish: launch_act<T, kSwish>(p, mode, stream); break;
     default: return cudaErrorInvalidValue;
   }
+  return cudaGetLastError();
 }
 
 cudaError_t launch(const BiasActParams& p, DType dtype, int mode, cudaStream_t stream) {
   if (p.numel == 0) return cudaSuccess;
-  // 32-bit indexing wherever it fits: the channel division is the costliest arithmetic here.
-  const bool small = p.numel <= 0x7fffffff - 0x10000;
   switch (dtype) {
-    case DType::kFloat32:
-      return small ? launch_typed<float, int32_t>(p, mode, stream) : launch_typed<float, int64_t>(p, mode, stream);
-    case DType::kFloat16:
-      return small ? launch_typed<__half, int32_t>(p, mode, stream) : launch_typed<__half, int64_t>(p, mode, stream);
-    case DType::kBFloat16:
-      return small ? launch_typed<__nv_bfloat16, int32_t>(p, mode, stream)
-                   : launch_typed<__nv_bfloat16, int64_t>(p, mode, stream);
+    case DType::kFloat32: return launch_typed<float>(p, mode, stream);
+    case DType::kFloat16: return launch_typed<__half>(p, mode, stream);
+    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(p, mode, stream);
   }
   return cudaErrorInvalidValue;
 }
