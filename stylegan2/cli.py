@@ -135,6 +135,8 @@ def train(ctx: click.Context, **opts: Any) -> None:
         raise click.BadParameter("fp16 needs a CUDA GPU; use fp32 (or bf16) on a CPU", param_hint="--precision")
 
     dataset = _open_data(cfg, opts["progress"])
+    if cfg.cond and (dataset.labels is None or not dataset.label_names):
+        raise click.UsageError(f"--cond: the dataset ({dataset.source}) has no labels to condition on")
     if run_dir is None:
         run_dir = new_run_dir(opts["out"], f"{_dataset_name(cfg.data)}-{cfg.preset}")
     click.echo(f"data: {dataset.source}" + (f" ({dataset.skipped} unreadable files skipped)" if dataset.skipped else ""))
