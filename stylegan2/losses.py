@@ -88,7 +88,9 @@ def default_r1_gamma(resolution: int, batch_size: int) -> float:
     return 0.0002 * resolution**2 / batch_size
 
 
-def lazy_optimizer_settings(lr: float, betas: tuple[float, float], reg_interval: int) -> tuple[float, tuple[float, float]]:
+def lazy_optimizer_settings(
+    lr: float, betas: tuple[float, float], reg_interval: int
+) -> tuple[float, tuple[float, float]]:
     """Adam settings for a network regularized lazily every `reg_interval` steps.
 
     With lazy regularization the optimizer takes reg_interval + 1 steps per reg_interval
@@ -172,7 +174,9 @@ class StyleGAN2Loss:
 
     # --- shared pieces -----------------------------------------------------------------------
 
-    def run_G(self, z: torch.Tensor, c: Optional[torch.Tensor], update_emas: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def run_G(
+        self, z: torch.Tensor, c: Optional[torch.Tensor], update_emas: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """z -> (img [N, C, R, R], ws [N, num_ws, w_dim]) with style mixing regularization.
 
         With probability style_mixing_prob the whole batch switches, from a random layer

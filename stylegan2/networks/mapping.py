@@ -5,16 +5,18 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .layers import FullyConnected, normalize_2nd_moment
 
 
-def as_condition(c: Optional[torch.Tensor], c_dim: int, batch_size: int, device: torch.device) -> Optional[torch.Tensor]:
+def as_condition(
+    c: Optional[torch.Tensor], c_dim: int, batch_size: int, device: torch.device
+) -> Optional[torch.Tensor]:
     """Normalizes a class condition to float32 one-hot-like rows [batch_size, c_dim].
 
     Accepts float rows [batch_size, c_dim] (one-hot or soft labels) or integer labels
-    [batch_size]. Returns None when c_dim == 0 (c is then ignored, as NVlabs ignores an empty c).
+    [batch_size] (converted to one-hot rows on the device). Returns None when c_dim == 0 (c is
+    then ignored, as NVlabs ignores an empty c).
     """
     if c_dim == 0:
         return None
@@ -23,7 +25,9 @@ def as_condition(c: Optional[torch.Tensor], c_dim: int, batch_size: int, device:
     if not c.is_floating_point():
         if c.ndim != 1:
             raise ValueError(f"integer c must be labels of shape [N], got {list(c.shape)}")
-        c = F.one_hot(c.long(), c_dim)
+        # A comparison rather than F.one_hot: no range check that reads values back to the host.
+        # Labels outside [0, c_dim) give an all-zero row.
+        c = c[:, None] == torch.arange(c_dim, device=c.device)
     if c.ndim != 2 or c.shape[1] != c_dim:
         raise ValueError(f"c must have shape [N, {c_dim}], got {list(c.shape)}")
     if c.shape[0] != batch_size:
