@@ -105,6 +105,9 @@ def test_config_round_trip_and_derived_values():
     assert cfg.resolved_conv_clamp == 256.0
     assert ModelConfig().resolved_conv_clamp is None
     assert [cfg.channels_at(r) for r in (4, 32, 64, 256)] == [512, 512, 256, 64]
+    big = ModelConfig(resolution=1024, channel_base=32768, precision="fp16", num_fp16_res=4)
+    assert big.num_ws == 18 and big.block_resolutions[-1] == 1024 and big.fp16_resolution == 128
+    assert ModelConfig(resolution=4).num_ws == 2 and ModelConfig(resolution=4, num_fp16_res=1, precision="fp16").fp16_resolution == 8
 
 
 # --- layers against the definitions -----------------------------------------------------------
