@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One GPU round on a lent H100/H200 (the `device` tool), in stages that each fit its 10-minute limit:
+#
+#   bash tools/gpu_round.sh build      # compile the extension for this GPU, doctor        (~3 min)
+#   bash tools/gpu_round.sh test       # every `cuda` test, JUnit XML + log                  (~3 min)
+#   bash tools/gpu_round.sh sanitize   # compute-sanitizer memcheck over the kernel tests    (~5 min)
+#   bash tools/gpu_round.sh bench      # benchmarks/run.py, full mode, raw JSON + markdown   (~8 min)
+#   bash tools/gpu_round.sh all        # all of the above (only when the budget allows one long call)
+#
+# Logs and JSON go under $OUT (the device tool brings that folder back), else ./gpu-round-out.
+# The device machine has torch, nvcc and ninja but no package registry: Python packages it lacks
+# travel as wheels in .whl/ (see the device README) and are installed to /tmp/site first.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu-round-out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+# Build for the GPU that is there (torch reads its capability when the list is unset).
+unset TORCH_CUDA_ARCH_LIST
+
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+KERNEL_TESTS=$(ls tests/test_bias_act.py tests/test_upfirdn2d*.py tests/test_modulated_conv*.py 2>/dev/null | tr '\n' ' ')
+
+stage_build() {
+  nvidia-smi | tee "$OUT/nvidia-smi.txt"
+  git rev-parse HEAD > "$OUT/commit.txt" 2>/dev/null
+  STYLEGAN2_OPS_REQUIRE_BUILD=1 MAX_JOBS=16 python3 -m pip install -v --no-build-isolation --no-deps -e . \
+    > "$OUT/build.log" 2>&1
+  local rc=$?
+  grep "stylegan2_ops setup" "$OUT/build.log"
+  python3 -m stylegan2_ops doctor 2>&1 | tee "$OUT/doctor.txt"
+  return $rc
+}
+
+stage_test() {
+  python3 -m pytest -m cuda -v -p no:cacheprovider --continue-on-collection-errors \
+    --junitxml="$OUT/cuda-tests.xml" tests 2>&1 | tee "$OUT/cuda-tests.log" | tail -40
+}
+
+stage_sanitize() {
+  if ! command -v compute-sanitizer >/dev/null; then
+    echo "compute-sanitizer not found" | tee "$OUT/sanitizer.log"; return 0
+  fi
+  # memcheck over the kernel tests; PyTorch's caching allocator hides some overruns inside its
+  # blocks, so it is switched off for this run.
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \
+    python3 -m pytest -m cuda -x -q -p no:cacheprovider $KERNEL_TESTS > "$OUT/sanitizer.log" 2>&1
+  local rc=$?
+  tail -30 "$OUT/sanitizer.log"
+  echo "compute-sanitizer exit code: $rc" | tee -a "$OUT/sanitizer.log"
+  return $rc
+}
+
+stage_bench() {
+  python3 benchmarks/run.py --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -60
+}
+
+case "${1:-all}" in
+  build) stage_build ;;
+  test) stage_test ;;
+  sanitize) stage_sanitize ;;
+  bench) stage_bench ;;
+  all) stage_build && stage_test; stage_sanitize; stage_bench ;;
+  *) echo "usage: $0 build|test|sanitize|bench|all" >&2; exit 2 ;;
+esac
