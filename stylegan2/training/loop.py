@@ -378,26 +378,28 @@ def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[s
     bar = tqdm(total=total_nimg, initial=min(run.cur_nimg, total_nimg), unit="img", unit_scale=True,
                disable=not progress, dynamic_ncols=True, desc="train")
     status = "done"
-    with (stop or StopRequest()) as stop:
-        while run.cur_nimg < total_nimg:
-            prev = run.cur_nimg
-            train_step(run, acc)
-            done = run.cur_nimg >= total_nimg
-            snap = done or stop.requested is not None or _crossed(prev, run.cur_nimg, snap_nimg)
-            if snap or _crossed(prev, run.cur_nimg, tick_nimg):
-                tick_start = _end_tick(run, acc, stats, bar, tick_start, last_ckpt)
-            if snap:
-                t0 = time.perf_counter()
-                last_ckpt = _snapshot(run, run_dir, grid_z, grid_c, stats, keep, files)
-                # Snapshot time counts in the run's total but not in the next tick's img/s.
-                run.elapsed_s += time.perf_counter() - t0
-                tick_start = (time.perf_counter(), run.cur_nimg)
-            if stop.requested is not None and not done:
-                status = "stopped"
-                log(f"{stop.requested}: saved {last_ckpt} at {run.cur_nimg / 1000:.3f} kimg; "
-                    f"continue with --resume {run_dir}")
-                break
-    bar.close()
+    try:
+        with (stop or StopRequest()) as stop:
+            while run.cur_nimg < total_nimg:
+                prev = run.cur_nimg
+                train_step(run, acc)
+                done = run.cur_nimg >= total_nimg
+                snap = done or stop.requested is not None or _crossed(prev, run.cur_nimg, snap_nimg)
+                if snap or _crossed(prev, run.cur_nimg, tick_nimg):
+                    tick_start = _end_tick(run, acc, stats, bar, tick_start, last_ckpt)
+                if snap:
+                    t0 = time.perf_counter()
+                    last_ckpt = _snapshot(run, run_dir, grid_z, grid_c, stats, keep, files)
+                    # Snapshot time counts in the run's total but not in the next tick's img/s.
+                    run.elapsed_s += time.perf_counter() - t0
+                    tick_start = (time.perf_counter(), run.cur_nimg)
+                if stop.requested is not None and not done:
+                    status = "stopped"
+                    log(f"{stop.requested}: saved {last_ckpt} at {run.cur_nimg / 1000:.3f} kimg; "
+                        f"continue with --resume {run_dir}")
+                    break
+    finally:
+        bar.close()
     if last_ckpt is None:  # kimg already reached when resuming: still leave a complete directory
         last_ckpt = _snapshot(run, run_dir, grid_z, grid_c, stats, keep, files)
     files["checkpoint"] = last_ckpt
