@@ -53,6 +53,13 @@ class BatchFeeder:
             return host.to(device)
         return host.pin_memory()
 
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """Host tensor -> device without making the host wait for the GPU's queue (a plain .to()
+        from pageable memory synchronizes the stream; a pinned, non-blocking copy does not)."""
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
     def _indices(self, n: int) -> torch.Tensor:
         out = []
         while n > 0:
@@ -70,19 +77,21 @@ class BatchFeeder:
         """Next batch: images float32 [batch, C, R, R] in [-1, 1] and labels [batch, c_dim]."""
         idx = self._indices(self.batch)
         flip = torch.rand(self.batch, generator=self.gen) < 0.5 if self.mirror else None
-        x = self.images[idx.to(self.images.device)] if self.images.is_cuda else self.images[idx]
-        x = x.to(self.device, non_blocking=True).float() / 127.5 - 1
+        idx_dev = self._to_device(idx)
+        if self.images.device == self.device:
+            x = self.images[idx_dev]
+        else:  # dataset too large for the GPU: gather on the host, copy the batch
+            x = self._to_device(self.images[idx])
+        x = x.float() / 127.5 - 1
         if flip is not None:
-            flip = flip.to(self.device, non_blocking=True).view(-1, 1, 1, 1)
-            x = torch.where(flip, x.flip(-1), x)
-        return x, self.onehot[idx.to(self.onehot.device)]
+            x = torch.where(self._to_device(flip).view(-1, 1, 1, 1), x.flip(-1), x)
+        return x, self.onehot[idx_dev]
 
     def fake_labels(self, n: int) -> torch.Tensor:
         """Labels for generated images [n, c_dim], drawn with the dataset's class frequencies."""
         if self.c_dim == 0:
-            return self.onehot[:0].new_zeros(n, 0)
-        idx = torch.randint(self.n, (n,), generator=self.gen)
-        return self.onehot[idx.to(self.onehot.device)]
+            return self.onehot.new_zeros(n, 0)
+        return self.onehot[self._to_device(torch.randint(self.n, (n,), generator=self.gen))]
 
     def state_dict(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state(), "epoch": self.epoch, "pos": self.pos,
