@@ -1,0 +1,26 @@
+"""Datasets for training: every source decoded into one in-memory uint8 array.
+
+    ds = open_dataset("mni152", resolution=256)        # built-in, no download
+    ds = open_dataset("/data/keras_png_slices_data", 256)   # OASIS, ADNI AD_NC, NIfTI or a folder
+    img, label = ds[0]     # uint8 tensor [C, R, R], label index or -1
+    ds.images              # uint8 [N, C, R, R]; ds.labels int64 [N] or None; ds.label_names
+
+See `open_dataset` for the sources and options.
+"""
+from .base import DatasetError, DatasetWarning, ImageDataset
+from .cache import CACHE_ENV, default_cache_dir
+from .detect import LAYOUTS, detect_layout
+from .mni152 import DEFAULT_COUNT as MNI152_DEFAULT_COUNT
+from .opener import open_dataset
+
+__all__ = [
+    "CACHE_ENV",
+    "DatasetError",
+    "DatasetWarning",
+    "ImageDataset",
+    "LAYOUTS",
+    "MNI152_DEFAULT_COUNT",
+    "default_cache_dir",
+    "detect_layout",
+    "open_dataset",
+]

@@ -1,0 +1,113 @@
+"""`open_dataset`: one entry point from a dataset spec to an in-memory ImageDataset."""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+from .adni import open_adni
+from .base import DatasetWarning, ImageDataset
+from .cache import cache_file, load_cached, save_cached
+from .detect import detect_layout
+from .folder import open_image_folder
+from .imageops import FIT_MODES
+from .mni152 import DEFAULT_COUNT, GENERATOR_VERSION, WarpStrength, build_mni152, template_path
+from .nifti import list_nifti_files, open_nifti
+from .oasis import open_oasis
+
+BUILTIN = "mni152"
+
+
+def _check_args(spec: object, resolution: object, channels: object, max_images: object, fit: object) -> None:
+    if not isinstance(spec, (str, os.PathLike)) or not str(spec):
+        raise ValueError(f"spec must be 'mni152' or a dataset path, got {spec!r}")
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 4:
+        raise ValueError(f"resolution must be an int >= 4, got {resolution!r}")
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int)
+                                   or max_images < 1):
+        raise ValueError(f"max_images must be None or an int >= 1, got {max_images!r}")
+    if fit not in FIT_MODES:
+        raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
+
+
+def _file_stats(files: list[Path]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime) of each file: a change to any of them gives a new cache key."""
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append((str(f.resolve()), st.st_size, st.st_mtime_ns))
+    return out
+
+
+def _cached(cache_dir: Optional[str], kind: str, params: dict[str, Any], build) -> ImageDataset:
+    path = cache_file(cache_dir, kind, params)
+    ds = load_cached(path)
+    if ds is None:
+        ds = build()
+        save_cached(path, ds)
+    elif ds.skipped:
+        # The build warned about these; a cache hit must not hide them.
+        warnings.warn(f"{ds.source}: {ds.skipped} unreadable files were skipped when this dataset "
+                      f"was built (cached in {path})", DatasetWarning, stacklevel=3)
+    return ds
+
+
+def open_dataset(
+    spec: str,
+    resolution: int,
+    channels: int = 1,
+    *,
+    seed: int = 0,
+    cache_dir: Optional[str] = None,
+    max_images: Optional[int] = None,
+    progress: bool = True,
+    fit: str = "pad",
+) -> ImageDataset:
+    """Opens a dataset and decodes it into memory as uint8 [N, channels, resolution, resolution].
+
+    spec: "mni152" for the built-in set (warped slices of the MNI152 T1 template shipped with
+        nilearn; `max_images` images, default DEFAULT_COUNT), or a path: a NIfTI file, or a
+        folder auto-detected as OASIS keras_png_slices_data, ADNI AD_NC, NIfTI volumes, or a
+        generic recursive folder of PNG/JPEG images.
+    resolution: side R of the square output images. channels: 1 (grayscale) or 3 (RGB; grayscale
+        sources are replicated).
+    seed: seeds the MNI152 warps and the choice of the `max_images` subset of larger datasets.
+    cache_dir: where built MNI152 and NIfTI sets are cached (default $STYLEGAN2_CACHE or
+        ~/.cache/stylegan2). Image folders are not cached: decoding them is as fast as reading a
+        cache would be.
+    max_images: keep at most this many images (a seeded random subset).
+    progress: show tqdm progress bars while loading.
+    fit: how non-square images become square: "pad" (centred on black) or "crop" (centre).
+
+    Raises DatasetError (a ValueError) naming the path if it does not exist, is empty or holds
+    nothing readable; ValueError for bad arguments. Unreadable files are skipped, counted in
+    `skipped` and summarised in one DatasetWarning.
+    """
+    _check_args(spec, resolution, channels, max_images, fit)
+    common = dict(seed=seed, max_images=max_images, progress=progress)
+    if isinstance(spec, str) and spec.strip().lower() == BUILTIN:
+        count = max_images or DEFAULT_COUNT
+        tpl = template_path()
+        params = dict(resolution=resolution, channels=channels, count=count, seed=seed,
+                      version=GENERATOR_VERSION, strength=asdict(WarpStrength()),
+                      template=(tpl.name, tpl.stat().st_size) if tpl else None)
+        return _cached(cache_dir, BUILTIN, params,
+                       lambda: build_mni152(resolution, channels, count, seed, progress=progress))
+
+    layout = detect_layout(Path(spec).expanduser())
+    root = layout.root
+    if layout.kind == "oasis":
+        return open_oasis(root, resolution, channels, fit=fit, **common)
+    if layout.kind == "adni":
+        return open_adni(root, resolution, channels, fit=fit, **common)
+    if layout.kind == "nifti":
+        files = list_nifti_files(root)
+        params = dict(resolution=resolution, channels=channels, seed=seed, max_images=max_images,
+                      files=_file_stats(files))
+        return _cached(cache_dir, "nifti", params,
+                       lambda: open_nifti(root, resolution, channels, files=files, **common))
+    return open_image_folder(root, resolution, channels, fit=fit, **common)
