@@ -14,7 +14,7 @@ from PIL import Image
 
 from stylegan2 import cli
 from stylegan2.training import checkpoint as ckpt_io
-from stylegan2.training import loop
+from stylegan2.training import state
 
 FAST = ["--preset", "tiny", "--threads", "1", "--no-progress"]
 
@@ -71,7 +71,7 @@ def test_out_of_range_options_are_rejected():
 def test_bad_data_path_fails_before_any_model_is_built(tmp_path, monkeypatch):
     def no_networks(*a, **kw):
         raise AssertionError("a model was built")
-    monkeypatch.setattr(loop, "build_networks", no_networks)
+    monkeypatch.setattr(state, "build_networks", no_networks)
     r = CliRunner().invoke(cli.main, ["train", "--data", tmp_path / "missing", "--out", tmp_path / "runs", *FAST])
     assert r.exit_code != 0 and "missing" in r.output and "does not exist" in r.output
     empty = tmp_path / "empty"
@@ -124,7 +124,7 @@ def test_train_generate_info_resume_end_to_end(tmp_path, gen):
     assert r.exit_code == 0, r.output
     ck = ckpt_io.load_checkpoint(run)
     assert "0.024 kimg" in r.output and ck["dataset"]["fingerprint"] in r.output
-    g_params = sum(p.numel() for p in loop.build_networks(ck["model_config"], torch.device("cpu"))[0].parameters())
+    g_params = sum(p.numel() for p in state.build_networks(ck["model_config"], torch.device("cpu"))[0].parameters())
     assert f"G {g_params:,}" in r.output
     doc = json.loads(invoke("info", "--ckpt", run, "--json").output)
     assert doc["kimg"] == 0.024 and doc["parameters"]["G"] == g_params and doc["train"]["preset"] == "tiny"

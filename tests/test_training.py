@@ -13,7 +13,7 @@ import torch
 
 from stylegan2.data import ImageDataset
 from stylegan2.training import checkpoint as ckpt_io
-from stylegan2.training import loop
+from stylegan2.training import loop, state
 from stylegan2.training.config import PRESETS, TrainConfig, make_config
 from stylegan2.training.feed import BatchFeeder
 from stylegan2.training.grids import make_grid
@@ -305,7 +305,7 @@ def test_resume_on_other_data_is_refused(tmp_path, gen):
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, gen):
     ds = blob_dataset(gen, 8)
-    real_build = loop.build_loss
+    real_build = state.build_loss
     calls = {"n": 0}
 
     def poisoned_build(G, D, cfg):
@@ -318,7 +318,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
             return out * float("nan") if calls["n"] > 6 else out  # from step 7 on
         loss.d_main = d_main_nan
         return loss
-    monkeypatch.setattr(loop, "build_loss", poisoned_build)
+    monkeypatch.setattr(state, "build_loss", poisoned_build)
     cfg = tiny(kimg=0.1, tick_kimg=0.008, snap_kimg=0.016)
     with pytest.raises(loop.TrainingDiverged) as err:
         _run(cfg, tmp_path / "r", ds)

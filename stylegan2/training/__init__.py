@@ -1,7 +1,10 @@
 """Training layer: configuration and presets, the loop, checkpoints, stats, plots and grids.
 
     TrainConfig, make_config, PRESETS       config.py
-    train, TrainResult, TrainingDiverged    loop.py
+    train, TrainResult, TrainingDiverged    loop.py      (ticks, snapshots, stopping)
+    train_step and the four phases          phases.py
+    setup_run, restore_run, ResumeError     state.py     (networks, optimizers, checkpoints)
+    BatchFeeder                             feed.py      (seeded, resumable data order)
     load_checkpoint, find_checkpoint        checkpoint.py
     parse_seeds                             seeds.py
 """

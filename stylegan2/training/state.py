@@ -1,0 +1,145 @@
+"""Building a run (networks, loss, optimizers, feeder) and moving it in and out of checkpoints.
+
+The builders are module-level functions so tests can swap the networks or the loss.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint as ckpt_io
+from .config import TrainConfig
+from .feed import BatchFeeder
+from .phases import Run
+
+
+class ResumeError(RuntimeError):
+    """A checkpoint that cannot continue this run (other dataset, other model)."""
+
+
+def model_config_dict(cfg: TrainConfig, c_dim: int) -> dict[str, Any]:
+    """The networks' ModelConfig fields this training config decides."""
+    d = dict(resolution=cfg.resolution, channels=cfg.channels, c_dim=c_dim, z_dim=cfg.z_dim,
+             w_dim=cfg.w_dim, mapping_layers=cfg.mapping_layers, channel_base=cfg.channel_base,
+             channel_max=cfg.channel_max, num_fp16_res=cfg.num_fp16_res, precision=cfg.precision,
+             conv_clamp=cfg.conv_clamp, mbstd_group=cfg.mbstd_group)
+    return d
+
+
+def build_networks(model_cfg: dict[str, Any], device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(G, D) on `device` from a ModelConfig dict (unknown keys are an error from ModelConfig)."""
+    from stylegan2.networks import Discriminator, Generator, ModelConfig
+    mc = ModelConfig.from_dict(model_cfg)
+    return Generator(mc).to(device), Discriminator(mc).to(device)
+
+
+def build_loss(G: torch.nn.Module, D: torch.nn.Module, cfg: TrainConfig) -> Any:
+    """The StyleGAN2 loss. It weights each lazy penalty by its interval itself; an interval of 0
+    (off) is passed as 1 because the phase is then never run."""
+    from stylegan2.losses import LossConfig, StyleGAN2Loss
+    lc = LossConfig(kind=cfg.loss, r1_gamma=cfg.gamma, pl_weight=cfg.pl_weight if cfg.pl_interval else 0.0,
+                    style_mixing_prob=cfg.style_mixing, g_reg_interval=max(cfg.pl_interval, 1),
+                    d_reg_interval=max(cfg.r1_interval, 1))
+    return StyleGAN2Loss(G, D, lc)
+
+
+def make_optimizer(module: torch.nn.Module, cfg: TrainConfig, interval: int) -> torch.optim.Adam:
+    """Adam with the lazy-regularization correction: with a penalty every `interval` steps the
+    effective step count grows by (interval + 1) / interval, so lr and betas are scaled back.
+    Intervals 0 (off) and 1 (penalty inside the main step) need no correction."""
+    ratio = interval / (interval + 1) if interval > 1 else 1.0
+    return torch.optim.Adam(module.parameters(), lr=cfg.lr * ratio,
+                            betas=(float(cfg.beta1) ** ratio, float(cfg.beta2) ** ratio),
+                            eps=cfg.eps)
+
+
+def loss_state(loss: Any) -> dict[str, Any]:
+    """The loss's own persistent state (the path-length running mean)."""
+    if hasattr(loss, "state_dict"):
+        return dict(loss.state_dict())
+    return {"pl_mean": loss.pl_mean.detach().clone()} if torch.is_tensor(getattr(loss, "pl_mean", None)) else {}
+
+
+def load_loss_state(loss: Any, state: dict[str, Any]) -> None:
+    if hasattr(loss, "load_state_dict"):
+        loss.load_state_dict(state)
+    elif "pl_mean" in state:
+        loss.pl_mean.copy_(state["pl_mean"])
+
+
+def pick_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device:
+        return torch.device(cfg.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def dataset_info(dataset: Any) -> dict[str, Any]:
+    return {"fingerprint": str(dataset.fingerprint()), "source": str(getattr(dataset, "source", "")),
+            "num_images": int(len(dataset)), "label_names": [str(n) for n in dataset.label_names],
+            "skipped": int(getattr(dataset, "skipped", 0))}
+
+
+def setup_run(cfg: TrainConfig, dataset: Any, device: torch.device) -> Run:
+    """Fresh networks, optimizers and feeder, seeded from cfg.seed."""
+    c_dim = len(dataset.label_names) if cfg.cond else 0
+    if cfg.cond and (c_dim == 0 or dataset.labels is None):
+        raise ValueError(f"--cond: the dataset ({dataset.source}) has no labels to condition on")
+    torch.manual_seed(cfg.seed)
+    model_cfg = model_config_dict(cfg, c_dim)
+    G, D = build_networks(model_cfg, device)
+    G.train()
+    D.train()
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    feeder = BatchFeeder(dataset.images, dataset.labels if c_dim else None, c_dim, cfg.batch, device,
+                         seed=cfg.seed, mirror=cfg.mirror)
+    return Run(cfg=cfg, device=device, G=G, D=D, G_ema=G_ema, loss=build_loss(G, D, cfg),
+               opt_G=make_optimizer(G, cfg, cfg.pl_interval if cfg.pl_weight > 0 else 0),
+               opt_D=make_optimizer(D, cfg, cfg.r1_interval), feeder=feeder, model_cfg=model_cfg,
+               dataset_info=dataset_info(dataset))
+
+
+def checkpoint_dict(run: Run) -> dict[str, Any]:
+    rng = ckpt_io.capture_rng()
+    rng["feeder"] = run.feeder.state_dict()
+    return ckpt_io.new_checkpoint(
+        G=run.G.state_dict(), D=run.D.state_dict(), G_ema=run.G_ema.state_dict(),
+        opt_G=run.opt_G.state_dict(), opt_D=run.opt_D.state_dict(), loss=loss_state(run.loss),
+        config=run.cfg.to_dict(), model_config=dict(run.model_cfg),
+        progress={"cur_nimg": run.cur_nimg, "step": run.step, "tick": run.tick,
+                  "elapsed_s": float(run.elapsed_s)},
+        rng=rng, dataset=dict(run.dataset_info))
+
+
+def save_checkpoint(run: Run, run_dir: Path, keep: int = 0) -> Path:
+    path = ckpt_io.atomic_save(checkpoint_dict(run), Path(run_dir) / "checkpoints" / ckpt_io.ckpt_name(run.cur_nimg))
+    ckpt_io.prune_checkpoints(run_dir, keep)
+    return path
+
+
+def restore_run(run: Run, ckpt: dict[str, Any], allow_data_change: bool = False) -> None:
+    """Load everything a checkpoint holds into a freshly set-up run (same config)."""
+    saved_fp = ckpt["dataset"]["fingerprint"]
+    if saved_fp != run.dataset_info["fingerprint"]:
+        if not allow_data_change:
+            raise ResumeError(
+                f"the dataset differs from the one this checkpoint was trained on "
+                f"(checkpoint: {ckpt['dataset']['source']!r}, fingerprint {saved_fp[:12]}; now: "
+                f"{run.dataset_info['source']!r}, fingerprint {run.dataset_info['fingerprint'][:12]}). "
+                f"Pass --allow-data-change to continue on the new data anyway.")
+    if ckpt["model_config"] != run.model_cfg:
+        raise ResumeError(f"checkpoint model {ckpt['model_config']} differs from {run.model_cfg}")
+    run.G.load_state_dict(ckpt["G"])
+    run.D.load_state_dict(ckpt["D"])
+    run.G_ema.load_state_dict(ckpt["G_ema"])
+    run.opt_G.load_state_dict(ckpt["opt_G"])
+    run.opt_D.load_state_dict(ckpt["opt_D"])
+    load_loss_state(run.loss, ckpt.get("loss", {}))
+    p = ckpt["progress"]
+    run.cur_nimg, run.step, run.tick = int(p["cur_nimg"]), int(p["step"]), int(p["tick"])
+    run.elapsed_s = float(p["elapsed_s"])
+    if saved_fp == run.dataset_info["fingerprint"]:
+        run.feeder.load_state_dict(ckpt["rng"]["feeder"])
+    ckpt_io.restore_rng(ckpt["rng"])
