@@ -262,7 +262,9 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
             if noise_mode == "random":
                 torch.manual_seed(chunk[0])
             cc = None if c is None else c.expand(len(chunk), -1)
-            img = G(z, cc, truncation_psi=trunc, noise_mode=noise_mode).float().cpu()
+            # Reduced-precision layers of a GPU-trained model run in float32 on a CPU.
+            img = G(z, cc, truncation_psi=trunc, noise_mode=noise_mode,
+                    force_fp32=dev.type != "cuda").float().cpu()
             for s, im in zip(chunk, img):
                 save_image(make_grid(im[None], cols=1, pad=0), out / f"seed{s:04d}.png")
             images.append(img)
