@@ -37,5 +37,6 @@ class StopRequest:
 
     def __exit__(self, *exc: object) -> None:
         for s, h in self._old.items():
-            signal.signal(s, h)
+            if h is not None:  # None: the old handler was not set from Python; nothing to restore
+                signal.signal(s, h)
         self._old.clear()
