@@ -1,0 +1,177 @@
+"""Benchmarks: kernel, training and generation throughput, as JSON plus a markdown table.
+
+    python benchmarks/run.py                    # everything, full size (wants a GPU)
+    python benchmarks/run.py --quick --out DIR  # a toy-size run on a CPU in about a minute (CI)
+    python benchmarks/run.py --results          # write into benchmarks/results/ (to commit)
+    python benchmarks/run.py --sections kernels --ops modulated_conv2d --impls cuda,ref
+
+Sections: kernels (each op at the StyleGAN2-256 layer shapes, forward and forward+backward, for
+impl='cuda', impl='ref' and torch.compile of the reference), train (img/s of the training step,
+kernels vs references under one precision policy) and generate (img/s of G forward). The copy
+bandwidth and matmul peaks the percentages refer to are measured at the start of every run.
+Output: benchmarks/out/<date>-<device>-<commit>.{json,md} unless --out or --results says
+otherwise; the markdown table is printed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: import this checkout's packages
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from benchmarks import generate as G  # noqa: E402
+from benchmarks import kernels as K  # noqa: E402
+from benchmarks import report as R  # noqa: E402
+from benchmarks import shapes as S  # noqa: E402
+from benchmarks import train as T  # noqa: E402
+from benchmarks.timing import measure_ceilings  # noqa: E402
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def _list(text: str, allowed: Sequence[str], what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"{what}: {', '.join(bad) or '(empty)'} not in {', '.join(allowed)}")
+    return items
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--quick", action="store_true",
+                   help="toy sizes, few repeats: about a minute on a CPU (what CI runs)")
+    p.add_argument("--sections", default="kernels,train,generate",
+                   type=lambda s: _list(s, R.SECTIONS, "--sections"), help="comma list (default: all)")
+    p.add_argument("--ops", default=",".join(K.OPS), type=lambda s: _list(s, K.OPS, "--ops"),
+                   help="kernel ops to run (default: all)")
+    p.add_argument("--impls", default="cuda,ref,compile", type=lambda s: _list(s, K.IMPLS, "--impls"),
+                   help="kernel impls; train/generate use cuda and ref of these (default: all)")
+    p.add_argument("--passes", default="fwd,fwd+bwd", type=lambda s: _list(s, K.PASSES, "--passes"))
+    p.add_argument("--dtypes", default="policy",
+                   help="kernel dtypes: 'policy' (each layer in the mixed-precision model's dtype: "
+                        "float32 below 32x32, float16 from 32x32 at 256) or a list, e.g. "
+                        "float32,float16,bfloat16")
+    p.add_argument("--precisions", default=None,
+                   type=lambda s: _list(s, PRECISIONS, "--precisions"),
+                   help="train/generate precision policies (default: fp32,fp16; quick: fp32,bf16)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="timed calls per kernel row (default 50, quick 5); train cycles and "
+                        "generate calls scale with it")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 10, quick 1)")
+    p.add_argument("--gen-batch", type=int, default=None, help="generation batch (default 128, quick 8)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if visible)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; quick on a CPU: 1, which keeps the "
+                        "toy timings steady on a shared machine)")
+    p.add_argument("--compile-backend", default=None,
+                   help="torch.compile backend (default inductor; quick: aot_eager, which traces "
+                        "and partitions like inductor without the C++/Triton build)")
+    p.add_argument("--no-flop-check", action="store_true",
+                   help="skip counting training FLOPs with FlopCounterMode on the reference path")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/out)")
+    out.add_argument("--results", action="store_true",
+                     help="write into benchmarks/results/ (measured GPU runs to commit)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    args = p.parse_args(argv)
+    if args.dtypes != "policy":
+        names = _list(args.dtypes, ("float32", "float16", "bfloat16", "float64"), "--dtypes")
+        args.dtypes = [getattr(torch, n) for n in names]
+    else:
+        args.dtypes = None
+    for name in ("repeat", "warmup", "gen_batch", "threads"):
+        v = getattr(args, name)
+        if v is not None and v < (0 if name == "warmup" else 1):
+            p.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'warmup' else '>= 1'}")
+    return args
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in the mode-dependent defaults."""
+    q = args.quick
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.device.type == "cuda" and args.device.index is None:
+        args.device = torch.device("cuda", torch.cuda.current_device())
+    args.repeat = args.repeat or (5 if q else 50)
+    args.warmup = args.warmup if args.warmup is not None else (1 if q else 10)
+    args.gen_batch = args.gen_batch or (8 if q else 128)
+    args.compile_backend = args.compile_backend or ("aot_eager" if q else "inductor")
+    args.precisions = args.precisions or ["fp32", "bf16" if q else "fp16"]
+    if args.threads is None and q and args.device.type == "cpu":
+        args.threads = 1
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    args.out_dir = (ROOT / "benchmarks" / "results" if args.results
+                    else args.out or ROOT / "benchmarks" / "out")
+    return args
+
+
+def tasks(args: argparse.Namespace, ceilings: Any) -> Iterator[tuple[str, Callable[[], Any]]]:
+    """(label, thunk) per unit of work; a thunk returns a row or a list of rows."""
+    dev, q = args.device, args.quick
+    if "kernels" in args.sections:
+        settings = K.Settings(device=dev, warmup=args.warmup, repeat=args.repeat,
+                              compile_backend=args.compile_backend)
+        yield from K.kernel_tasks(S.QUICK if q else S.FULL, args.dtypes, args.impls, args.ops,
+                                  args.passes, settings, ceilings, compile_first_only=q)
+    impls = [i for i in ("ref", "cuda") if i in args.impls]
+    if "train" in args.sections:
+        for prec in args.precisions:
+            yield f"train {prec}", (lambda p=prec: list(T.train_rows(
+                dev, ceilings, quick=q, precisions=[p], impls=impls, warmup_cycles=1,
+                cycles=2 if q else max(3, args.repeat // 10), count=not args.no_flop_check)))
+    if "generate" in args.sections:
+        for prec in args.precisions:
+            yield f"generate {prec}", (lambda p=prec: list(G.generate_rows(
+                dev, ceilings, quick=q, precisions=[p], impls=impls, batch=args.gen_batch,
+                warmup=max(args.warmup // 3, 1), repeat=max(3, args.repeat // 5))))
+
+
+def ceiling_dtypes(args: argparse.Namespace) -> list[str]:
+    names = ["float32"]
+    if args.dtypes is None:
+        names.append("float16")
+    else:
+        names += [K.dtype_name(d) for d in args.dtypes]
+    names += [{"fp16": "float16", "bf16": "bfloat16"}[p] for p in args.precisions if p != "fp32"]
+    return list(dict.fromkeys(n for n in names if n != "float64" or args.device.type == "cpu"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = resolve(parse_args(argv))
+    t0 = time.perf_counter()
+    print(f"benchmarks: {'quick' if args.quick else 'full'} mode on {R.device_name(args.device)}, "
+          f"sections {','.join(args.sections)}", flush=True)
+    ceilings = measure_ceilings(args.device, ceiling_dtypes(args), quick=args.quick)
+    work = list(tasks(args, ceilings))
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(work, desc="benchmarks", unit="row", disable=args.no_progress, dynamic_ncols=True)
+    for label, thunk in bar:
+        bar.set_postfix_str(label[:60], refresh=False)
+        got = thunk()
+        rows.extend(got if isinstance(got, list) else [got])
+    bar.close()
+    settings = {k: (str(v) if isinstance(v, (Path, torch.device)) else v)
+                for k, v in vars(args).items() if k not in ("dtypes",)}
+    settings["dtypes"] = "policy" if args.dtypes is None else [K.dtype_name(d) for d in args.dtypes]
+    settings["wall_s"] = round(time.perf_counter() - t0, 1)
+    doc = R.document(rows, args.device, ceilings.to_dict(), R.git_commit(ROOT), settings)
+    jpath, mpath = R.write(doc, args.out_dir)
+    print()
+    print(R.markdown(doc))
+    print(f"wrote {jpath} and {mpath} ({len(doc['rows'])} rows, {settings['wall_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
