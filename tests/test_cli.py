@@ -100,9 +100,9 @@ def test_train_generate_info_resume_end_to_end(tmp_path, gen):
     assert [row["nimg"] for row in rows] == [8, 12, 16, 24]
     assert all(np.isfinite(row["Loss/G/main"]) and np.isfinite(row["Loss/D/main"]) for row in rows)
     assert (run / "stats.csv").read_text().splitlines()[0].startswith("tick,kimg,nimg,step")
-    # 16 fakes (4x4) but only the dataset's 10 reals (4 + 4 + 2), both enlarged to 64 px tiles.
+    # 16 fakes (4 x 4) but only the dataset's 10 reals (2 x 5), both enlarged to 64 px tiles.
     assert Image.open(run / "fakes_000000.024.png").size == (4 * 66 - 2, 4 * 66 - 2)
-    assert Image.open(run / "reals.png").size == (4 * 66 - 2, 3 * 66 - 2)
+    assert Image.open(run / "reals.png").size == (5 * 66 - 2, 2 * 66 - 2)
 
     # A second run never overwrites the first.
     r = invoke("train", "--data", data, "--out", runs, "--kimg", "0.004", *FAST)

@@ -16,7 +16,7 @@ from stylegan2.training import checkpoint as ckpt_io
 from stylegan2.training import loop, state
 from stylegan2.training.config import PRESETS, TrainConfig, make_config
 from stylegan2.training.feed import BatchFeeder
-from stylegan2.training.grids import make_grid
+from stylegan2.training.grids import grid_shape, make_grid
 from stylegan2.training.seeds import parse_seeds
 from stylegan2.training.stats import StatsAccumulator, StatsWriter, non_finite
 
@@ -156,6 +156,12 @@ def test_stats_reduce_and_files(tmp_path):
     assert [r["tick"] for r in w.rows()] == [1, 2]
     header = (tmp_path / "stats.csv").read_text().splitlines()[0].split(",")
     assert header == ["tick", "kimg", "nimg", "x", "y"]
+
+
+@pytest.mark.parametrize("n, shape", [(1, (1, 1)), (7, (3, 3)), (10, (2, 5)), (16, (4, 4)), (32, (4, 8)),
+                                      (13, (4, 4))])
+def test_grid_shape(n, shape):
+    assert grid_shape(n) == shape
 
 
 def test_make_grid_layout(gen):

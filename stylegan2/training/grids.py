@@ -18,8 +18,10 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def grid_shape(n: int) -> tuple[int, int]:
-    """(rows, cols) for n images: as square as possible, wider than tall."""
-    cols = math.ceil(math.sqrt(n))
+    """(rows, cols) for n images: a full rectangle wider than tall when one is close to square
+    (32 -> 4 x 8), else the nearest square (7 -> 3 x 3)."""
+    side = math.ceil(math.sqrt(n))
+    cols = next((c for c in range(side, 2 * side + 1) if n % c == 0), side)
     return math.ceil(n / cols), cols
 
 
