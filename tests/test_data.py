@@ -175,11 +175,13 @@ def test_adni_small_resolution_rgb_jpeg(tmp_path: Path, rng: np.random.Generator
 
 def brain_volume(rng: np.random.Generator, shape: tuple[int, int, int], z_range: range) -> np.ndarray:
     """float32 [X, Y, Z]: faint noise everywhere, a random-intensity block of "brain" in the
-    slices of z_range (the same area in each, so all of them count as brain)."""
+    slices of z_range (the same area in each, so all of them count as brain), and a 3x3 sliver
+    of tissue in the slice above (too little to count as a brain slice)."""
     vol = rng.uniform(0, 5, shape).astype(np.float32)
     x0, y0 = shape[0] // 5, shape[1] // 5
     block = rng.uniform(300, 1000, (shape[0] - 2 * x0, shape[1] - 2 * y0, len(z_range)))
     vol[x0:shape[0] - x0, y0:shape[1] - y0, z_range.start:z_range.stop] = block
+    vol[x0:x0 + 3, y0:y0 + 3, z_range.stop] = rng.uniform(300, 1000, (3, 3))
     return vol
 
 
