@@ -25,7 +25,8 @@ up = 2 and halves an even size at down = 2. The code takes faster routes that gi
 result: a transposed convolution with stride `up`, or a strided convolution after filtering.
 
 The optional keyword-only extras (bias, act, alpha, gain, clamp) apply bias_act to the result;
-the CUDA path (a later addition) fuses them into its epilogue.
+the CUDA path (_modulated_conv_cuda.py) fuses them, with demodulation and noise, into one
+epilogue kernel after cuDNN's convolution.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _checks, _dispatch
+from . import _modulated_conv_cuda as _cuda
 from ._bias_act import ACTIVATIONS, bias_act
 from ._upfirdn2d import upfirdn2d
 
@@ -87,8 +89,8 @@ def modulated_conv2d(
         fused_modconv: compute with per-sample weights in one grouped convolution (True) or by
             scaling the activations before and after a shared convolution (False). Both give
             the same result up to rounding.
-        impl: 'auto', 'ref' or 'cuda' (see the package docs). No CUDA kernel exists yet, so
-            'auto' runs the reference and 'cuda' raises.
+        impl: 'auto', 'ref' or 'cuda' (see the package docs). The CUDA path's resampling
+            filters go through upfirdn2d with impl='auto'.
         bias: [out_channels] or None; with act, alpha, gain and clamp (keyword-only), the
             result goes through bias_act(y, bias, act=act, alpha=alpha, gain=gain, clamp=clamp).
             Left at their defaults, the function is exactly NVlabs' modulated_conv2d.
@@ -160,11 +162,18 @@ def modulated_conv2d(
                 f"shape {out_shape}"
             )
 
-    _dispatch.choose(OP, impl, OP, {"x": x, "weight": weight, "styles": styles})
-    # No CUDA kernel exists yet: choose() raises for impl='cuda' and returns 'ref' otherwise
-    # (until the compiled module has a 'modulated_conv2d' kernel, which comes with its route).
-    # The resampling filters go through upfirdn2d with the same impl request, so 'ref' stays
-    # pure PyTorch throughout and 'auto' may use upfirdn2d's kernel.
+    chosen = _dispatch.choose(
+        OP, impl, "modconv_epilogue", {"x": x, "weight": weight, "styles": styles, "noise": noise, "bias": bias},
+        unsupported=_cuda.unsupported_reason(x, weight),
+    )
+    if chosen == "cuda":
+        return _cuda.modulated_conv2d_cuda(
+            x, weight, styles, noise, up, down, pads, resample_filter, demodulate, flip_weight,
+            fused_modconv, bias, act, alpha, gain, clamp,
+            conv2d_resample=lambda *args: _conv2d_resample(*args, "auto"),
+        )
+    # The reference's resampling filters go through upfirdn2d with the same impl request, so
+    # 'ref' stays pure PyTorch throughout and 'auto' may use upfirdn2d's kernel.
     y = modulated_conv2d_ref(
         x, weight, styles, noise, up, down, pads, resample_filter, demodulate, flip_weight,
         fused_modconv, impl,
