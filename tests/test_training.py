@@ -285,13 +285,14 @@ def test_load_checkpoint_errors(tmp_path):
 def test_checkpoint_names_sort_by_progress(tmp_path):
     d = tmp_path / "checkpoints"
     d.mkdir()
-    for nimg in (64, 1000, 2032, 12000):
+    for nimg in (64, 1000, 2032, 12000, 999):
         (d / ckpt_io.ckpt_name(nimg)).write_bytes(b"")
     (d / "notes.txt").write_bytes(b"")
-    assert [n for n, _ in ckpt_io.list_checkpoints(tmp_path)] == [64, 1000, 2032, 12000]
+    assert ckpt_io.ckpt_name(2032) == "ckpt-000002.pt" and ckpt_io.ckpt_name(64) == "ckpt-000000.064.pt"
+    assert [n for n, _ in ckpt_io.list_checkpoints(tmp_path)] == [64, 999, 1000, 2000, 12000]
     assert ckpt_io.find_checkpoint(tmp_path).name == "ckpt-000012.pt"
     ckpt_io.prune_checkpoints(tmp_path, keep=2)
-    assert [n for n, _ in ckpt_io.list_checkpoints(tmp_path)] == [2032, 12000]
+    assert [n for n, _ in ckpt_io.list_checkpoints(tmp_path)] == [2000, 12000]
 
 
 def test_resume_on_other_data_is_refused(tmp_path, gen):

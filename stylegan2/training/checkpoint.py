@@ -36,9 +36,11 @@ class CheckpointError(RuntimeError):
 
 
 def ckpt_tag(cur_nimg: int) -> str:
-    """File-name tag for a point in training: "000004" at 4 kimg, "000000.064" at 64 images."""
+    """File-name tag for a point in training: whole kimg from 1 kimg on ("000004" for 4000 to
+    4999 images, as StyleGAN tools name snapshots), images below that ("000000.064" for 64), so
+    short test runs still get one file per snapshot."""
     kimg, rest = divmod(int(cur_nimg), 1000)
-    return f"{kimg:06d}" if rest == 0 else f"{kimg:06d}.{rest:03d}"
+    return f"{kimg:06d}" if kimg > 0 else f"{kimg:06d}.{rest:03d}"
 
 
 def ckpt_name(cur_nimg: int) -> str:
