@@ -121,11 +121,10 @@ setup(
         "numpy",
         "click>=8",
         "tqdm",
-        "pillow",
+        "pillow>=9.1",
         "matplotlib",
         "nibabel",
-        "nilearn",
-        "scipy",
+        "nilearn>=0.8.1",  # only for the MNI152 template file it ships; never imported at run time
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["stylegan2=stylegan2.cli:main"]},
