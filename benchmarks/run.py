@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick --out DIR  # a toy-size run on a CPU in about a minute (CI)
     python benchmarks/run.py --results          # write into benchmarks/results/ (to commit)
     python benchmarks/run.py --sections kernels --ops modulated_conv2d --impls cuda,ref
+    python benchmarks/run.py --merge A.json B.json --results   # one report from split runs
 
 Sections: kernels (each op at the StyleGAN2-256 layer shapes, forward and forward+backward, for
 impl='cuda', impl='ref' and torch.compile of the reference), train (img/s of the training step,
@@ -15,8 +16,10 @@ otherwise; the markdown table is printed at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -83,6 +86,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     out.add_argument("--results", action="store_true",
                      help="write into benchmarks/results/ (measured GPU runs to commit)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="join earlier runs' JSON files (same device) into one report and exit")
     args = p.parse_args(argv)
     if args.dtypes != "policy":
         names = _list(args.dtypes, ("float32", "float16", "bfloat16", "float64"), "--dtypes")
@@ -147,29 +152,87 @@ def ceiling_dtypes(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(n for n in names if n != "float64" or args.device.type == "cpu"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = resolve(parse_args(argv))
-    t0 = time.perf_counter()
-    print(f"benchmarks: {'quick' if args.quick else 'full'} mode on {R.device_name(args.device)}, "
-          f"sections {','.join(args.sections)}", flush=True)
-    ceilings = measure_ceilings(args.device, ceiling_dtypes(args), quick=args.quick)
-    work = list(tasks(args, ceilings))
+def _failed(label: str, section: str, e: BaseException) -> dict[str, Any]:
+    """A row that keeps the place of work that raised, with the error as its note."""
+    op = label.split(" ")[0] if section == "kernels" else label
+    return {"section": section, "op": op, "shape": label, "dtype": "-", "impl": "-",
+            "note": f"error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+
+
+def run_tasks(args: argparse.Namespace, ceilings: Any, on_row: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
+    """Every task in turn under a tqdm bar. A task that raises (out of memory, a kernel bug)
+    becomes an error row and the run goes on: one bad row must not cost a GPU session its
+    other numbers. `on_row` sees the rows so far after each task (for partial files)."""
     rows: list[dict[str, Any]] = []
+    work = list(tasks(args, ceilings))
     bar = tqdm(work, desc="benchmarks", unit="row", disable=args.no_progress, dynamic_ncols=True)
     for label, thunk in bar:
         bar.set_postfix_str(label[:60], refresh=False)
-        got = thunk()
+        section = "kernels" if not label.startswith(("train", "generate")) else label.split()[0]
+        try:
+            got = thunk()
+        except Exception as e:  # noqa: BLE001 - reported in the row and on stderr
+            traceback.print_exc()
+            got = _failed(label, section, e)
+            if args.device.type == "cuda":
+                torch.cuda.empty_cache()
         rows.extend(got if isinstance(got, list) else [got])
+        on_row(rows)
     bar.close()
-    settings = {k: (str(v) if isinstance(v, (Path, torch.device)) else v)
-                for k, v in vars(args).items() if k not in ("dtypes",)}
-    settings["dtypes"] = "policy" if args.dtypes is None else [K.dtype_name(d) for d in args.dtypes]
-    settings["wall_s"] = round(time.perf_counter() - t0, 1)
-    doc = R.document(rows, args.device, ceilings.to_dict(), R.git_commit(ROOT), settings)
+    return rows
+
+
+def _settings(args: argparse.Namespace, t0: float) -> dict[str, Any]:
+    out = {k: (str(v) if isinstance(v, (Path, torch.device)) else v)
+           for k, v in vars(args).items() if k not in ("dtypes", "merge")}
+    out["dtypes"] = "policy" if args.dtypes is None else [K.dtype_name(d) for d in args.dtypes]
+    out["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def merge(paths: Sequence[Path], out_dir: Path) -> int:
+    """Join the rows of several runs on one device (say kernels with and without compile, run as
+    separate commands) into one report; ratios are recomputed across them."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    devices = {d["device"] for d in docs}
+    if len(devices) != 1:
+        print(f"--merge: the runs come from different devices ({', '.join(sorted(devices))}); "
+              "their ratios would compare unlike with unlike", file=sys.stderr)
+        return 2
+    doc = dict(docs[0])
+    doc["rows"] = R.finish_rows([r for d in docs for r in d["rows"]])
+    doc["settings"] = {"merged_from": [str(p) for p in paths],
+                       "runs": [dict(d.get("settings", {}), commit=d.get("commit"), ceilings=d.get("ceilings"))
+                                for d in docs]}
+    jpath, mpath = R.write(doc, out_dir)
+    print(R.markdown(doc))
+    print(f"wrote {jpath} and {mpath} ({len(doc['rows'])} rows from {len(paths)} runs)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = resolve(parse_args(argv))
+    if args.merge:
+        return merge(args.merge, args.out_dir)
+    t0 = time.perf_counter()
+    if args.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the training loop sets it
+    print(f"benchmarks: {'quick' if args.quick else 'full'} mode on {R.device_name(args.device)}, "
+          f"sections {','.join(args.sections)}", flush=True)
+    ceilings = measure_ceilings(args.device, ceiling_dtypes(args), quick=args.quick)
+    commit = R.git_commit(ROOT)
+
+    def save(rows: list[dict[str, Any]]) -> tuple[Path, Path]:
+        doc = R.document(rows, args.device, ceilings.to_dict(), commit, _settings(args, t0))
+        return R.write(doc, args.out_dir)
+
+    rows = run_tasks(args, ceilings, save)  # written after every task: a killed run keeps its rows
+    doc = R.document(rows, args.device, ceilings.to_dict(), commit, _settings(args, t0))
     jpath, mpath = R.write(doc, args.out_dir)
     print()
     print(R.markdown(doc))
-    print(f"wrote {jpath} and {mpath} ({len(doc['rows'])} rows, {settings['wall_s']} s)")
+    print(f"wrote {jpath} and {mpath} ({len(doc['rows'])} rows, {doc['settings']['wall_s']} s)")
     return 0
 
 

@@ -1,0 +1,230 @@
+"""benchmarks/run.py: the quick mode end to end (schema of the JSON, the markdown twin), the
+analytic FLOP counts against torch's FlopCounterMode, and the timing helpers."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import flops as F  # noqa: E402
+from benchmarks import report as R  # noqa: E402
+from benchmarks import shapes as S  # noqa: E402
+from benchmarks.timing import Timing, median, rotation_count, time_calls  # noqa: E402
+
+NUMBERS = ("ms", "gbps", "tflops", "pct_of_peak", "ratio_to_ref", "img_per_s")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, str]:
+    """The CI command, run once: (JSON document, markdown file, stdout)."""
+    out = tmp_path_factory.mktemp("bench")
+    env = {k: v for k, v in os.environ.items() if k != "STYLEGAN2_OPS_IMPL"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out),
+                           "--no-progress"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jsons, mds = sorted(out.glob("*.json")), sorted(out.glob("*.md"))
+    assert len(jsons) == 1 and len(mds) == 1, list(out.iterdir())
+    assert jsons[0].stem == mds[0].stem
+    return json.loads(jsons[0].read_text()), mds[0].read_text(), proc.stdout
+
+
+def test_quick_json_schema(quick_run: tuple[dict, str, str]) -> None:
+    doc, _, _ = quick_run
+    for key in ("date", "device", "torch", "cuda", "commit", "ceilings", "rows"):
+        assert key in doc
+    assert doc["commit"] and doc["commit"] != ""
+    c = doc["ceilings"]
+    assert c["copy_gbps"] > 0 and math.isfinite(c["copy_gbps"])
+    assert c["matmul_tflops"] and all(v > 0 and math.isfinite(v) for v in c["matmul_tflops"].values())
+    rows = doc["rows"]
+    assert {r["section"] for r in rows} == {"kernels", "train", "generate"}
+    timed = 0
+    for r in rows:
+        for key in R.ROW_KEYS:
+            assert key in r, (key, r)
+        assert "gbps" in r or "tflops" in r, r
+        for key in NUMBERS:
+            v = r.get(key)
+            assert v is None or (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)), (key, r)
+        if r["ms"] is None:
+            assert r["note"], f"a row without a timing must say why: {r}"
+        else:
+            timed += 1
+            assert (r.get("gbps") or r.get("tflops")) and r["pct_of_peak"] and r["ratio_to_ref"], r
+        if r["impl"] == "ref" and r["ms"] is not None:
+            assert r["ratio_to_ref"] == pytest.approx(1.0)
+    assert timed >= len(rows) // 3
+
+
+def test_quick_covers_every_op_pass_and_impl(quick_run: tuple[dict, str, str]) -> None:
+    doc, _, _ = quick_run
+    kernels = [r for r in doc["rows"] if r["section"] == "kernels"]
+    assert {r["op"] for r in kernels} == {"bias_act", "upsample2d", "downsample2d", "filter2d", "modulated_conv2d"}
+    assert {r["pass"] for r in kernels} == {"fwd", "fwd+bwd"}
+    assert {r["impl"] for r in kernels} == {"cuda", "ref", "compile"}
+    # The compile path really ran (first shape of each op) in both passes.
+    compiled = [r for r in kernels if r["impl"] == "compile" and r["ms"] is not None]
+    assert {(r["op"], r["pass"]) for r in compiled} == {(o, p) for o in {r["op"] for r in kernels}
+                                                       for p in ("fwd", "fwd+bwd")}
+    # Both precision policies in training and generation.
+    assert len({r["dtype"] for r in doc["rows"] if r["section"] == "train"}) == 2
+    assert len({r["dtype"] for r in doc["rows"] if r["section"] == "generate"}) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the rows a GPU-less run must skip")
+def test_quick_cuda_rows_are_skipped_not_faked(quick_run: tuple[dict, str, str]) -> None:
+    doc, _, _ = quick_run
+    cuda_rows = [r for r in doc["rows"] if r["impl"] == "cuda"]
+    assert cuda_rows
+    for r in cuda_rows:
+        assert r["ms"] is None and r["note"].startswith("skipped:"), r
+
+
+def test_quick_markdown_one_line_per_row(quick_run: tuple[dict, str, str]) -> None:
+    doc, md, stdout = quick_run
+    table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| section")]
+    assert len(table) == len(doc["rows"])
+    for line, r in zip(table, doc["rows"]):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == 13
+        assert cells[0] == r["section"] and cells[1] == r["op"] and cells[5] == r["impl"]
+    assert md in stdout.replace("\r", "") or table[-1] in stdout
+    assert "wrote " in stdout
+
+
+def test_finish_rows_ratio_is_like_for_like() -> None:
+    rows = [
+        dict(section="kernels", op="bias_act", **{"pass": "fwd"}, shape="s", dtype="float16", impl="ref", ms=4.0, gbps=1.0),
+        dict(section="kernels", op="bias_act", **{"pass": "fwd"}, shape="s", dtype="float16", impl="cuda", ms=1.0, gbps=4.0),
+        dict(section="kernels", op="bias_act", **{"pass": "fwd"}, shape="s", dtype="float32", impl="cuda", ms=2.0, gbps=2.0),
+        dict(section="kernels", op="bias_act", **{"pass": "fwd+bwd"}, shape="s", dtype="float16", impl="cuda", ms=3.0),
+        dict(section="kernels", op="bias_act", **{"pass": "fwd"}, shape="s", dtype="float16", impl="compile",
+             note="torch.compile failed: x"),
+    ]
+    out = R.finish_rows(rows)
+    assert [r["ratio_to_ref"] for r in out] == [1.0, 4.0, None, None, None]
+    assert all(set(R.ROW_KEYS) <= set(r) for r in out)
+    assert out[4]["ms"] is None and out[4]["note"]
+
+
+def test_markdown_and_json_round_trip(tmp_path: Path) -> None:
+    rows = [dict(section="train", op="train_step", shape="4x1x16x16 | odd", dtype="fp32", impl="ref",
+                 ms=12.5, tflops=0.5, pct_of_peak=3.0, img_per_s=320.0)]
+    doc = R.document(rows, torch.device("cpu"), {"copy_gbps": 10.0, "matmul_tflops": {"float32": 1.0}},
+                     "abc1234+dirty", {"quick": True})
+    jpath, mpath = R.write(doc, tmp_path)
+    assert jpath.name.endswith("-abc1234+dirty.json") and jpath.name.startswith(doc["date"])
+    back = json.loads(jpath.read_text())
+    assert back["rows"][0]["ratio_to_ref"] == 1.0 and back["commit"] == "abc1234+dirty"
+    lines = [x for x in mpath.read_text().splitlines() if x.startswith("| train")]
+    assert len(lines) == 1 and "4x1x16x16 / odd" in lines[0]  # a '|' in a cell cannot split the row
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOP counts: analytic (flops.py) against FlopCounterMode on the reference path.
+
+TOL = 1e-3  # the forward counts are exact by construction; 0.1% leaves room for nothing else
+
+
+@pytest.mark.parametrize("kw", [
+    dict(resolution=16, z_dim=32, w_dim=32, mapping_layers=2, channel_base=256, channel_max=32),
+    dict(resolution=32, channels=3, z_dim=16, w_dim=24, mapping_layers=3, channel_base=512, channel_max=48),
+    dict(resolution=8, z_dim=8, w_dim=8, mapping_layers=1, channel_base=64, channel_max=16, c_dim=3),
+])
+@pytest.mark.parametrize("training", [True, False])
+def test_generator_and_discriminator_flops_match_counter(kw: dict, training: bool, gen: torch.Generator,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylegan2.networks import Discriminator, Generator, ModelConfig
+    monkeypatch.setenv("STYLEGAN2_OPS_IMPL", "ref")
+    cfg = ModelConfig(**kw)
+    G, D = Generator(cfg).train(training), Discriminator(cfg).train(training)
+    n = 3
+    z = torch.randn(n, cfg.z_dim, generator=gen)
+    c = torch.randint(0, cfg.c_dim, [n], generator=gen) if cfg.c_dim else None
+    img = torch.randn(n, cfg.channels, cfg.resolution, cfg.resolution, generator=gen)
+    arch = F.Arch.of(cfg)
+    with torch.no_grad():
+        g_counted = F.count_flops(lambda: G(z, c))
+        d_counted = F.count_flops(lambda: D(img, c))
+    g_analytic = F.total(F.generator_layers(arch, n))
+    d_analytic = F.total(F.discriminator_layers(arch, n))
+    assert g_counted > 0 and d_counted > 0
+    assert abs(F.relative_gap(g_analytic, g_counted)) < TOL, (g_analytic, g_counted)
+    assert abs(F.relative_gap(d_analytic, d_counted)) < TOL, (d_analytic, d_counted)
+
+
+@pytest.mark.parametrize("up,cin,cout,res", [(1, 8, 12, 5), (2, 6, 4, 8), (1, 3, 3, 7)])
+def test_modconv_flops_match_counter(up: int, cin: int, cout: int, res: int, gen: torch.Generator) -> None:
+    import stylegan2_ops as ops
+    n = 2
+    x = torch.randn(n, cin, res // up, res // up, generator=gen)
+    w = torch.randn(cout, cin, 3, 3, generator=gen)
+    s = 1 + 0.2 * torch.randn(n, cin, generator=gen)
+    f = ops.setup_filter([1, 3, 3, 1])
+    for fused in (True, False):
+        counted = F.count_flops(lambda: ops.modulated_conv2d(
+            x, w, s, up=up, padding=1, resample_filter=f, flip_weight=up == 1, fused_modconv=fused, impl="ref"))
+        conv = F.modconv_flops(n, cin, cout, 3, res, up)
+        filt = F.fir("f", n, cout, res).flops if up == 2 else 0
+        assert counted == conv + filt, (fused, counted, conv, filt)
+
+
+def test_training_flop_estimate_tracks_counter() -> None:
+    """Main phases exactly; the lazy phases' double-backward estimate within 5%."""
+    from benchmarks import train as T
+    setup = T.make_setup(True, "fp32", torch.device("cpu"))
+    _, analytic = T.flops_per_image(setup)
+    counted = T.counted_phases(setup, torch.device("cpu"))
+    assert analytic["g_main"] == counted["g_main"] and analytic["d_main"] == counted["d_main"]
+    for phase in ("g_reg", "d_reg"):
+        assert abs(F.relative_gap(analytic[phase], counted[phase])) < 0.05, (phase, analytic, counted)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing helpers and shapes.
+
+
+@pytest.mark.parametrize("values,expected", [([3.0], 3.0), ([5, 1, 3], 3.0), ([4, 1, 3, 2], 2.5),
+                                             ([9, 9, 1, 1, 5], 5.0), ([2.5, -1.0], 0.75)])
+def test_median(values: list[float], expected: float) -> None:
+    assert median(values) == expected
+    with pytest.raises(ValueError):
+        median([])
+
+
+def test_time_calls_reports_median_and_rotates_inputs() -> None:
+    seen = []
+    t = time_calls(lambda a: seen.append(a), [(0,), (1,), (2,)], torch.device("cpu"), warmup=2, repeat=7)
+    assert isinstance(t, Timing) and len(t.samples) == 7
+    assert t.ms == median(t.samples)
+    assert seen == [i % 3 for i in range(9)]  # warm-up calls, then timed ones, rotating
+    with pytest.raises(ValueError):
+        time_calls(lambda: None, [()], torch.device("cpu"), warmup=0, repeat=0)
+
+
+def test_rotation_count_overflows_cache() -> None:
+    cache = 50 * 2**20
+    assert rotation_count(10 * 2**30, torch.device("cpu"), cache_bytes=cache) == 2
+    assert rotation_count(2**20, torch.device("cpu"), cache_bytes=cache) == 32
+    n = rotation_count(8 * 2**20, torch.device("cpu"), cache_bytes=cache)
+    assert n * 8 * 2**20 >= 2 * cache and (n - 1) * 8 * 2**20 < 2 * cache
+
+
+def test_stylegan2_256_shapes() -> None:
+    convs = S.conv_shapes(S.FULL)
+    got = [(c.res, c.cin, c.cout, c.up) for c in convs]
+    assert got[:2] == [(4, 512, 512, 1), (8, 512, 512, 2)]
+    assert (64, 512, 256, 2) in got and (128, 256, 128, 2) in got and (256, 128, 64, 2) in got
+    assert got[-1] == (256, 64, 64, 1) and len(got) == 13 and all(c.batch == 32 for c in convs)
+    acts = [(a.channels, a.res) for a in S.act_shapes(S.FULL)]
+    assert acts == [(512, 4), (512, 8), (512, 16), (512, 32), (256, 64), (128, 128), (64, 256)]
+    assert [S.FULL.policy_dtype(r) for r in (4, 16, 32, 256)] == [torch.float32] * 2 + [torch.float16] * 2
