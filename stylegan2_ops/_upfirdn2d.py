@@ -16,10 +16,13 @@ and u the upsampled signal (zero outside [0, in*up)):
 A 2-D filter acts on both axes at once; a 1-D filter is separable and runs along x, then y.
 
 Filters are constants: float32 tensors as setup_filter() makes them, never differentiated. The
-reference below uses only differentiable PyTorch ops, so it has gradients of any order.
+reference below uses only differentiable PyTorch ops, so it has gradients of any order. The CUDA
+path (csrc/upfirdn2d.cu) gets its gradient from the same kernel run with the transposed
+configuration (_transposed_config), so it too has gradients of any order.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Optional, Sequence, Union
@@ -27,11 +30,12 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _loader
 
 OP = "upfirdn2d"
 
-# What the (future) CUDA kernel covers; larger configurations go to the reference under 'auto'.
+# What the CUDA kernel covers (csrc/upfirdn2d.h: kUpfirdn2dMaxTaps, kUpfirdn2dMaxFactor; a GPU test
+# compares); larger configurations go to the reference under 'auto'.
 KERNEL_MAX_TAPS = 12
 KERNEL_MAX_FACTOR = 8
 
@@ -353,11 +357,12 @@ def _upfirdn2d(
     _output_length(op, "height", x.shape[2], upxy[1], downxy[1], pad[2], pad[3], fh)
 
     # choose() raises for impl='cuda' (no GPU, a float64 x, a configuration the kernel does not
-    # cover, or no compiled 'upfirdn2d' kernel yet). Until the kernel issue adds the autograd
-    # Function, that last check means 'cuda' is never returned here, so the reference runs.
-    _dispatch.choose(op, impl, "upfirdn2d", {"x": x}, unsupported=_kernel_unsupported(f, upxy, downxy))
+    # cover, or no compiled 'upfirdn2d' kernel).
+    chosen = _dispatch.choose(op, impl, "upfirdn2d", {"x": x}, unsupported=_kernel_unsupported(f, upxy, downxy))
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    if chosen == "cuda":
+        return _cuda_function(upxy, downxy, pad, flip_filter, gain).apply(x, f.contiguous())
     return upfirdn2d_ref(x, f, upxy, downxy, pad, flip_filter, gain)
 
 
@@ -452,3 +457,119 @@ def upfirdn2d_ref(
     if c == 0:
         y = y.reshape(n, 0, y.shape[2], y.shape[3])
     return y
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA path. The kernel takes any strides (so channels_last needs no copies) and writes its output
+# in x's memory format. One autograd Function per static configuration; its backward applies the
+# Function of the transposed configuration, whose backward is the original again: any order.
+
+
+def _transposed_config(
+    up: tuple[int, int],
+    down: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    flip_filter: bool,
+    taps: tuple[int, int],
+    in_size: tuple[int, int],
+    out_size: tuple[int, int],
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int], bool]:
+    """The upfirdn2d configuration that maps dy to dx: (up, down, pad, flip_filter).
+
+    All pairs are (x, y) and pad is (x0, x1, y0, y1); taps, in_size and out_size are the
+    forward's filter size and its input and output (width, height).
+
+    Along one axis, with w the correlation weights (w[k] = f[t-1-k] unless flip_filter) and
+    w[k] = 0 outside [0, t), the forward is
+        y[o] = gain * sum_k w[k] u[o*down + k - pad0] = gain * sum_j x[j] w[j*up + pad0 - o*down],
+    so  dx[j] = gain * sum_o dy[o] w[j*up + pad0 - o*down].
+    upfirdn2d of dy with up' = down, down' = up and weights w'[k] = w[t-1-k] (the other
+    flip_filter) reads tap k = o*down - j*up + pad0' for sample o, i.e. weight
+    w[t-1-pad0' + j*up - o*down]: equal to the above exactly when pad0' = t-1-pad0. pad1' then
+    makes the output exactly in long: the padded length out*down + pad0' + pad1' must be
+    (in-1)*up + t, so pad1' = in*up - out*down + pad0 - up + 1. (NVlabs' docs describe the same
+    transposition.)
+    """
+    t_pad = []
+    for axis in (0, 1):
+        t, n_in, n_out, p0 = taps[axis], in_size[axis], out_size[axis], pad[2 * axis]
+        t_pad += [t - 1 - p0, n_in * up[axis] - n_out * down[axis] + p0 - up[axis] + 1]
+    return down, up, (t_pad[0], t_pad[1], t_pad[2], t_pad[3]), not flip_filter
+
+
+@torch.library.custom_op("stylegan2_ops::upfirdn2d", mutates_args=())
+def _kernel_op(
+    x: torch.Tensor,
+    f: torch.Tensor,
+    up_x: int,
+    up_y: int,
+    down_x: int,
+    down_y: int,
+    pad_x0: int,
+    pad_x1: int,
+    pad_y0: int,
+    pad_y1: int,
+    flip: bool,
+    gain: float,
+    channels_last: bool,
+) -> torch.Tensor:
+    return _loader.load().upfirdn2d(
+        x, f, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, flip, gain, channels_last, 0
+    )
+
+
+@_kernel_op.register_fake
+def _(x, f, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, flip, gain, channels_last):
+    out_w = (x.shape[3] * up_x + pad_x0 + pad_x1 - f.shape[-1]) // down_x + 1
+    out_h = (x.shape[2] * up_y + pad_y0 + pad_y1 - f.shape[0]) // down_y + 1
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.new_empty([x.shape[0], x.shape[1], out_h, out_w], memory_format=fmt)
+
+
+def _run_kernel(
+    x: torch.Tensor,
+    f: torch.Tensor,
+    up: tuple[int, int],
+    down: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    flip_filter: bool,
+    gain: float,
+    channels_last: bool,
+) -> torch.Tensor:
+    """One kernel call: the registered op inside torch.compile, the module directly otherwise
+    (at StyleGAN2's small layers the dispatcher's overhead would rival the kernel)."""
+    args = (x, f, up[0], up[1], down[0], down[1], pad[0], pad[1], pad[2], pad[3], flip_filter, gain, channels_last)
+    if torch.compiler.is_compiling():
+        return _kernel_op(*args)
+    return _loader.load().upfirdn2d(*args, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_function(
+    up: tuple[int, int], down: tuple[int, int], pad: tuple[int, int, int, int], flip_filter: bool, gain: float
+) -> type:
+    """The autograd Function for one static configuration (cached per configuration)."""
+
+    class Upfirdn2dCuda(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+            y = _run_kernel(x, f, up, down, pad, flip_filter, gain, _memory_format(x) == torch.channels_last)
+            ctx.save_for_backward(f)  # the op is linear: the backward needs no x
+            ctx.x_shape = x.shape
+            return y
+
+        @staticmethod
+        def backward(ctx, dy: torch.Tensor):
+            (f,) = ctx.saved_tensors
+            if not ctx.needs_input_grad[0]:
+                return None, None
+            n, c, h, w = ctx.x_shape
+            if h == 0 or w == 0:  # nothing to differentiate; the transposed output would be empty
+                return dy.new_zeros(ctx.x_shape), None
+            fw, fh = _filter_size(f)
+            t_up, t_down, t_pad, t_flip = _transposed_config(
+                up, down, pad, flip_filter, (fw, fh), (w, h), (dy.shape[3], dy.shape[2])
+            )
+            return _cuda_function(t_up, t_down, t_pad, t_flip, gain).apply(dy, f), None
+
+    return Upfirdn2dCuda
