@@ -523,7 +523,7 @@ def _(x, f, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, flip, ga
     out_w = (x.shape[3] * up_x + pad_x0 + pad_x1 - f.shape[-1]) // down_x + 1
     out_h = (x.shape[2] * up_y + pad_y0 + pad_y1 - f.shape[0]) // down_y + 1
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return x.new_empty([x.shape[0], x.shape[1], out_h, out_w], memory_format=fmt)
+    return torch.empty([x.shape[0], x.shape[1], out_h, out_w], dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
 def _run_kernel(

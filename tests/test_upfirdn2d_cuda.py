@@ -122,6 +122,21 @@ def test_cuda_path_keeps_channels_last_through_backward(gen, monkeypatch):
     assert dx.shape == x.shape and dx.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_registered_op_fake_gives_the_kernels_shape_and_format(gen):
+    """The torch.library fake (what torch.compile traces with), run on meta tensors: the
+    reference's output shape, in the requested memory format."""
+    for case in range(8):
+        (h, w), f, up, down, pad, flip, gain = random_config(gen)
+        channels_last = case % 2 == 1
+        x = torch.randn(2, 3, h, w, generator=gen)
+        want = _upfirdn2d.upfirdn2d_ref(x, f, up, down, pad, flip, gain)
+        got = torch.ops.stylegan2_ops.upfirdn2d(x.to("meta"), f.to("meta"), *up, *down, *pad, flip, gain,
+                                                channels_last)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        assert got.shape == want.shape and got.dtype == x.dtype
+        assert got.stride() == torch.empty(want.shape, memory_format=fmt).stride()
+
+
 def test_impl_cuda_on_cpu_tensor_says_which():
     with pytest.raises(ValueError, match="CUDA tensors"):
         upfirdn2d(torch.randn(1, 1, 4, 4), setup_filter([1, 3, 3, 1]), impl="cuda")
