@@ -29,6 +29,14 @@ def build_generator(quick: bool, precision: str, device: torch.device) -> Any:
     return Generator(cfg).to(device).eval().requires_grad_(False)
 
 
+def _sampler(G: Any) -> Any:
+    """z [batch, z_dim] -> images, as generation runs G: no autograd, const noise, psi 1."""
+    @torch.no_grad()
+    def run(z: torch.Tensor) -> torch.Tensor:
+        return G(z, None, truncation_psi=1.0, noise_mode="const")
+    return run
+
+
 def generate_rows(device: torch.device, ceilings: Ceilings, *, quick: bool, precisions: list[str],
                   impls: list[str], batch: int, warmup: int, repeat: int) -> Iterator[dict[str, Any]]:
     """Rows for section 'generate', one per (precision policy, impl)."""
@@ -42,10 +50,7 @@ def generate_rows(device: torch.device, ceilings: Ceilings, *, quick: bool, prec
         policy = "fp32" if precision == "fp32" else f"{precision} in {cfg.num_fp16_res} top res"
         peak, peak_name = ceilings.peak_for({"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision])
 
-        @torch.no_grad()
-        def run(z: torch.Tensor) -> torch.Tensor:
-            return G(z, None, truncation_psi=1.0, noise_mode="const")
-
+        run = _sampler(G)
         for impl in impls:
             base = dict(section="generate", op="G.forward", shape=shape, dtype=policy, impl=impl,
                         flops_per_img=per_img)
@@ -61,4 +66,4 @@ def generate_rows(device: torch.device, ceilings: Ceilings, *, quick: bool, prec
             yield dict(base, ms=t.ms, img_per_s=img_s, tflops=tflops,
                        pct_of_peak=100 * tflops / peak if peak else None, spread=t.spread,
                        note="; ".join(notes))
-        del G
+        del G, run  # free the model before the next policy builds its own

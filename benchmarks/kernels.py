@@ -91,8 +91,10 @@ def resample_case(kind: str, a: S.ActShape, dtype: torch.dtype) -> Case:
     filters: dict[torch.device, torch.Tensor] = {}
 
     def make(device: torch.device) -> list[torch.Tensor]:
-        filters.setdefault(device, ops.setup_filter([1, 3, 3, 1], device=device))
-        return [torch.randn(size, device=device, dtype=dtype)]
+        x = torch.randn(size, device=device, dtype=dtype)
+        # Keyed by the tensor's own device ('cuda:0', never a bare 'cuda'), as op_fn looks it up.
+        filters.setdefault(x.device, ops.setup_filter([1, 3, 3, 1], device=x.device))
+        return [x]
 
     def op_fn(impl: str) -> Callable[..., torch.Tensor]:
         return lambda x: fn(x, filters[x.device], impl=impl)
@@ -109,8 +111,8 @@ def modconv_case(c: S.ConvShape, dtype: torch.dtype, fused: bool) -> Case:
     clamp = _clamp(dtype)
 
     def make(device: torch.device) -> list[torch.Tensor]:
-        filters.setdefault(device, ops.setup_filter([1, 3, 3, 1], device=device))
         x = torch.randn(c.batch, c.cin, c.in_res, c.in_res, device=device, dtype=dtype)
+        filters.setdefault(x.device, ops.setup_filter([1, 3, 3, 1], device=x.device))
         w = torch.randn(c.cout, c.cin, c.kernel, c.kernel, device=device)
         s = 1 + 0.2 * torch.randn(c.batch, c.cin, device=device)  # affine outputs start near 1
         noise = 0.1 * torch.randn(c.batch, 1, c.res, c.res, device=device, dtype=dtype)
@@ -216,43 +218,71 @@ def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return (y64 - r64).norm().item() / den if den > 0 else (y64 - r64).norm().item()
 
 
+def _first_call(case: Case, fn: Callable[..., torch.Tensor], pass_: str,
+                first: list[torch.Tensor]) -> torch.Tensor:
+    """One untimed call in the row's own mode (so a compiled function compiles the graph that is
+    then timed, and nothing else); returns the detached output."""
+    nargs = len(case.grads)
+    if pass_ == "fwd":
+        with torch.no_grad():
+            return fn(*first[:nargs])
+    y = fn(*first[:nargs])
+    torch.autograd.grad(y, [t for t, g in zip(first, case.grads) if g], first[-1])
+    return y.detach()
+
+
+def _error(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
 def run_case(case: Case, pass_: str, impl: str, s: Settings, ceilings: Ceilings,
              compile_this: bool = True) -> dict[str, Any]:
-    """Time one (case, pass, impl) and return its row; never raises for an unavailable impl."""
+    """Time one (case, pass, impl) and return its row; never raises for an unavailable impl or
+    a failed compile (the row's note says what happened)."""
     row: dict[str, Any] = {"section": "kernels", "op": case.op, "pass": pass_, "shape": case.shape,
                            "dtype": dtype_name(case.dtype), "impl": impl}
+    if impl == "cuda" and s.device.type != "cuda":
+        return dict(row, note=f"skipped: impl='cuda' needs a CUDA device (this run: {s.device.type})")
+    if impl == "compile" and not compile_this:
+        return dict(row, note="skipped: --quick compiles only the first shape of each op")
     notes: list[str] = []
     sets = _prepared_sets(case, pass_, s.device)
     nargs = len(case.grads)
-    fn = case.op_fn("cuda" if impl == "cuda" else "ref")
+    ref_fn = case.op_fn("ref")
+    fn = ref_fn
     if impl == "cuda":
-        if s.device.type != "cuda":
-            return dict(row, note=f"skipped: impl='cuda' needs a CUDA device (this run: {s.device.type})")
+        fn = case.op_fn("cuda")
         try:
-            with torch.no_grad():
-                y = fn(*sets[0][:nargs])
-                notes.append(f"rel err vs ref {_rel_err(y, case.op_fn('ref')(*sets[0][:nargs])):.1e}")
+            y = _first_call(case, fn, pass_, sets[0])
         except Exception as e:  # the op's own message says why the kernel cannot run
-            return dict(row, note=f"skipped: {type(e).__name__}: {str(e)[:300]}")
+            return dict(row, note=f"skipped: {_error(e)}")
+        from stylegan2_ops import _loader
+        notes.append(f"{_loader.state().source or 'compiled'} kernel module")
     elif impl == "compile":
-        if not compile_this:
-            return dict(row, note="skipped: --quick compiles only the first shape of each op")
-        torch.compiler.reset()  # a fresh cache per row: dynamo's recompile limit would otherwise fall back to eager
+        # A fresh dynamo cache per row: after 8 shapes of one function its recompile limit
+        # would otherwise fall back to eager without a word.
+        torch.compiler.reset()
         try:
-            fn = torch.compile(case.op_fn("ref"), backend=s.compile_backend, dynamic=False)
+            fn = torch.compile(ref_fn, backend=s.compile_backend, dynamic=False)
             t0 = time.perf_counter()
-            _runner(case, fn, pass_)(*sets[0])
+            y = _first_call(case, fn, pass_, sets[0])
             if s.device.type == "cuda":
                 torch.cuda.synchronize(s.device)
             notes.append(f"{s.compile_backend} compile {time.perf_counter() - t0:.1f} s")
-            with torch.no_grad():
-                y = fn(*sets[0][:nargs])
-                notes.append(f"rel err vs ref {_rel_err(y, case.op_fn('ref')(*sets[0][:nargs])):.1e}")
         except Exception as e:
-            return dict(row, note=f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+            return dict(row, note=f"torch.compile failed: {_error(e)}")
+    if impl != "ref":
+        with torch.no_grad():
+            notes.append(f"rel err vs ref {_rel_err(y, ref_fn(*sets[0][:nargs])):.1e}")
 
     runner = _runner(case, fn, pass_)
-    t = time_calls(runner, sets, s.device, warmup=s.warmup, repeat=s.repeat)
+    try:
+        t = time_calls(runner, sets, s.device, warmup=s.warmup, repeat=s.repeat)
+    except Exception as e:
+        if impl != "compile":
+            raise  # a kernel or reference bug: run.py turns it into an error row
+        return dict(row, note=f"torch.compile failed while timing: {_error(e)}; " + "; ".join(notes))
     row.update(ms=t.ms, spread=t.spread)
     if case.flops_fwd:
         fl = case.flops_fwd * (3 if pass_ == "fwd+bwd" else 1)

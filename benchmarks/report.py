@@ -40,12 +40,18 @@ def finish_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         ref = ref_ms.get(_key(r))
         r["ratio_to_ref"] = ref / r["ms"] if ref and r.get("ms") else None
         r.setdefault("note", "")
+        bad = [k for k, v in r.items() if isinstance(v, float) and not math.isfinite(v)]
+        for k in bad:  # JSON has no inf/nan; say so instead of writing an invalid file
+            r[k] = None
+        if bad:
+            r["note"] = "; ".join(filter(None, [r["note"], f"non-finite {', '.join(bad)}"]))
         out.append(r)
     return out
 
 
 def git_commit(repo: Path) -> str:
-    """Short HEAD hash, with "+dirty" if the tree differs from it (untracked files too); "unknown" outside a checkout."""
+    """Short HEAD hash, with "+dirty" if the tree differs from it (untracked files too);
+    "unknown" outside a checkout."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
                               text=True, timeout=20, check=True).stdout.strip()

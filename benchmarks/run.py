@@ -134,7 +134,7 @@ def tasks(args: argparse.Namespace, ceilings: Any) -> Iterator[tuple[str, Callab
         for prec in args.precisions:
             yield f"train {prec}", (lambda p=prec: list(T.train_rows(
                 dev, ceilings, quick=q, precisions=[p], impls=impls, warmup_cycles=1,
-                cycles=2 if q else max(3, args.repeat // 10), count=not args.no_flop_check)))
+                cycles=2 if q else max(2, args.repeat // 16), count=not args.no_flop_check)))
     if "generate" in args.sections:
         for prec in args.precisions:
             yield f"generate {prec}", (lambda p=prec: list(G.generate_rows(
@@ -159,7 +159,8 @@ def _failed(label: str, section: str, e: BaseException) -> dict[str, Any]:
             "note": f"error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
 
 
-def run_tasks(args: argparse.Namespace, ceilings: Any, on_row: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
+def run_tasks(args: argparse.Namespace, ceilings: Any,
+              on_row: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
     """Every task in turn under a tqdm bar. A task that raises (out of memory, a kernel bug)
     becomes an error row and the run goes on: one bad row must not cost a GPU session its
     other numbers. `on_row` sees the rows so far after each task (for partial files)."""
@@ -220,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True  # as the training loop sets it
     print(f"benchmarks: {'quick' if args.quick else 'full'} mode on {R.device_name(args.device)}, "
           f"sections {','.join(args.sections)}", flush=True)
+    if args.device.type != "cuda" and not args.quick:
+        print("benchmarks: full sizes on a CPU take hours; --quick is the CPU mode", file=sys.stderr)
     ceilings = measure_ceilings(args.device, ceiling_dtypes(args), quick=args.quick)
     commit = R.git_commit(ROOT)
 

@@ -124,7 +124,8 @@ def _new_run(setup: TrainSetup, device: torch.device) -> Any:
     return training_api().setup_run(cfg, data, device)
 
 
-def time_training(setup: TrainSetup, device: torch.device, *, warmup_cycles: int, cycles: int) -> tuple[float, list[float]]:
+def time_training(setup: TrainSetup, device: torch.device, *, warmup_cycles: int,
+                  cycles: int) -> tuple[float, list[float]]:
     """Median ms per training step (whole cycles timed, then divided by the cycle length)."""
     api = training_api()
     train_step = api.train_step

@@ -102,16 +102,20 @@ def test_quick_markdown_one_line_per_row(quick_run: tuple[dict, str, str]) -> No
 
 
 def test_finish_rows_ratio_is_like_for_like() -> None:
+    def row(pass_: str, dtype: str, impl: str, **kw: object) -> dict:
+        return dict(section="kernels", op="bias_act", shape="s", dtype=dtype, impl=impl, **{"pass": pass_}, **kw)
+
     rows = [
-        dict(section="kernels", op="bias_act", **{"pass": "fwd"}, shape="s", dtype="float16", impl="ref", ms=4.0, gbps=1.0),
-        dict(section="kernels", op="bias_act", **{"pass": "fwd"}, shape="s", dtype="float16", impl="cuda", ms=1.0, gbps=4.0),
-        dict(section="kernels", op="bias_act", **{"pass": "fwd"}, shape="s", dtype="float32", impl="cuda", ms=2.0, gbps=2.0),
-        dict(section="kernels", op="bias_act", **{"pass": "fwd+bwd"}, shape="s", dtype="float16", impl="cuda", ms=3.0),
-        dict(section="kernels", op="bias_act", **{"pass": "fwd"}, shape="s", dtype="float16", impl="compile",
-             note="torch.compile failed: x"),
+        row("fwd", "float16", "ref", ms=4.0, gbps=1.0),
+        row("fwd", "float16", "cuda", ms=1.0, gbps=4.0),
+        row("fwd", "float32", "cuda", ms=2.0, gbps=2.0),   # no float32 ref: no ratio
+        row("fwd+bwd", "float16", "cuda", ms=3.0),          # no fwd+bwd ref: no ratio
+        row("fwd", "float16", "compile", note="torch.compile failed: x"),
+        row("fwd", "float16", "cuda", ms=2.0, gbps=float("inf")),
     ]
     out = R.finish_rows(rows)
-    assert [r["ratio_to_ref"] for r in out] == [1.0, 4.0, None, None, None]
+    assert [r["ratio_to_ref"] for r in out] == [1.0, 4.0, None, None, None, 2.0]
+    assert out[5]["gbps"] is None and "non-finite gbps" in out[5]["note"]
     assert all(set(R.ROW_KEYS) <= set(r) for r in out)
     assert out[4]["ms"] is None and out[4]["note"]
 
