@@ -116,6 +116,11 @@ def markdown(doc: dict[str, Any]) -> str:
         f"- ceilings (measured in this run): copy {_fmt(c.get('copy_gbps'))} GB/s; matmul TFLOP/s: {peaks}",
         "- ms: median per call (kernels), per training step, per generated batch; "
         "ratio_to_ref = ref ms / ms, same dtype and policy",
+    ]
+    not_run = doc.get("settings", {}).get("not_run")
+    if not_run:
+        lines.append(f"- stopped by --time-limit: {not_run} tasks not run")
+    lines += [
         "",
         "| section | op | pass | shape | dtype | impl | ms | GB/s | TFLOP/s | img/s | % peak | vs ref | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",

@@ -85,6 +85,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     out.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/out)")
     out.add_argument("--results", action="store_true",
                      help="write into benchmarks/results/ (measured GPU runs to commit)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="start no new row after this many seconds; the report then holds the rows "
+                        "done so far (for a GPU lease with a per-command limit)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                    help="join earlier runs' JSON files (same device) into one report and exit")
@@ -116,6 +119,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.threads = 1
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    args.not_run = 0
     args.out_dir = (ROOT / "benchmarks" / "results" if args.results
                     else args.out or ROOT / "benchmarks" / "out")
     return args
@@ -166,8 +170,14 @@ def run_tasks(args: argparse.Namespace, ceilings: Any,
     other numbers. `on_row` sees the rows so far after each task (for partial files)."""
     rows: list[dict[str, Any]] = []
     work = list(tasks(args, ceilings))
+    start = time.perf_counter()
     bar = tqdm(work, desc="benchmarks", unit="row", disable=args.no_progress, dynamic_ncols=True)
-    for label, thunk in bar:
+    for done, (label, thunk) in enumerate(bar):
+        if args.time_limit is not None and time.perf_counter() - start > args.time_limit:
+            args.not_run = len(work) - done
+            print(f"\nbenchmarks: --time-limit {args.time_limit:g} s reached; {args.not_run} of "
+                  f"{len(work)} tasks not run (from: {label})", file=sys.stderr)
+            break
         bar.set_postfix_str(label[:60], refresh=False)
         section = "kernels" if not label.startswith(("train", "generate")) else label.split()[0]
         try:

@@ -232,3 +232,62 @@ def test_stylegan2_256_shapes() -> None:
     acts = [(a.channels, a.res) for a in S.act_shapes(S.FULL)]
     assert acts == [(512, 4), (512, 8), (512, 16), (512, 32), (256, 64), (128, 128), (64, 256)]
     assert [S.FULL.policy_dtype(r) for r in (4, 16, 32, 256)] == [torch.float32] * 2 + [torch.float16] * 2
+
+
+# ---------------------------------------------------------------------------------------------
+# run.py's driver: error rows, the time limit, merging split runs.
+
+
+def _args(**kw: object) -> object:
+    from types import SimpleNamespace
+    base = dict(no_progress=True, time_limit=None, not_run=0, device=torch.device("cpu"))
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_a_failing_task_becomes_an_error_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import run
+
+    def boom() -> dict:
+        raise RuntimeError("CUDA out of memory\nmore lines")
+
+    ok = dict(section="train", op="train_step", shape="s", dtype="fp32", impl="ref", ms=1.0, tflops=1.0)
+    monkeypatch.setattr(run, "tasks", lambda args, ceilings: iter([
+        ("bias_act fwd 2x3 float32 ref", boom), ("train fp32", lambda: [ok, dict(ok, impl="cuda")])]))
+    seen = []
+    rows = run.run_tasks(_args(), None, lambda rs: seen.append(len(rs)))
+    assert seen == [1, 3]  # the partial report is rewritten after every task
+    assert rows[0]["section"] == "kernels" and rows[0]["op"] == "bias_act"
+    assert rows[0]["note"] == "error: RuntimeError: CUDA out of memory" and "ms" not in rows[0]
+    assert rows[1:] == [ok, dict(ok, impl="cuda")]
+    assert all(set(R.ROW_KEYS) <= set(r) for r in R.finish_rows(rows))
+
+
+def test_time_limit_stops_starting_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import run
+    calls = []
+    monkeypatch.setattr(run, "tasks", lambda args, ceilings: iter(
+        [(f"t{i}", lambda i=i: calls.append(i) or dict(section="kernels", op="x", shape="s", dtype="d",
+                                                        impl="ref", ms=1.0)) for i in range(4)]))
+    args = _args(time_limit=-1.0)
+    assert run.run_tasks(args, None, lambda rs: None) == [] and calls == [] and args.not_run == 4
+    args = _args(time_limit=1e9)
+    assert len(run.run_tasks(args, None, lambda rs: None)) == 4 and calls == [0, 1, 2, 3] and args.not_run == 0
+
+
+def test_merge_recomputes_ratios_across_runs(tmp_path: Path) -> None:
+    from benchmarks import run
+    ceil = {"copy_gbps": 10.0, "matmul_tflops": {"float32": 1.0}}
+    base = dict(section="kernels", op="bias_act", shape="s", dtype="float16", **{"pass": "fwd"})
+    a = R.document([dict(base, impl="ref", ms=6.0, gbps=1.0)], torch.device("cpu"), ceil, "abc", {"n": 1})
+    b = R.document([dict(base, impl="compile", ms=2.0, gbps=3.0)], torch.device("cpu"), ceil, "abc", {"n": 2})
+    pa, _ = R.write(a, tmp_path / "a")
+    pb, _ = R.write(b, tmp_path / "b")
+    assert json.loads(pb.read_text())["rows"][0]["ratio_to_ref"] is None  # no ref in run b alone
+    assert run.merge([pa, pb], tmp_path / "m") == 0
+    (merged,) = (tmp_path / "m").glob("*.json")
+    rows = json.loads(merged.read_text())["rows"]
+    assert [(r["impl"], r["ratio_to_ref"]) for r in rows] == [("ref", 1.0), ("compile", 3.0)]
+    other = dict(b, device="another device")
+    (tmp_path / "o.json").write_text(json.dumps(other))
+    assert run.merge([pa, tmp_path / "o.json"], tmp_path / "m2") == 2  # unlike devices: refused
+    assert not (tmp_path / "m2").exists()
