@@ -149,7 +149,7 @@ def tasks(args: argparse.Namespace, ceilings: Any) -> Iterator[tuple[str, Callab
 def ceiling_dtypes(args: argparse.Namespace) -> list[str]:
     names = ["float32"]
     if args.dtypes is None:
-        names.append("float16")
+        names.append(K.dtype_name((S.QUICK if args.quick else S.FULL).half))
     else:
         names += [K.dtype_name(d) for d in args.dtypes]
     names += [{"fp16": "float16", "bf16": "bfloat16"}[p] for p in args.precisions if p != "fp32"]
