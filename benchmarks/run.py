@@ -48,6 +48,16 @@ def _list(text: str, allowed: Sequence[str], what: str) -> list[str]:
     return items
 
 
+def _batches(text: str) -> list[int]:
+    try:
+        sizes = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--gen-batch: positive integers, comma separated; got {text!r}")
+    return sizes
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -71,7 +81,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="timed calls per kernel row (default 50, quick 5); train cycles and "
                         "generate calls scale with it")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 10, quick 1)")
-    p.add_argument("--gen-batch", type=int, default=None, help="generation batch (default 128, quick 8)")
+    p.add_argument("--gen-batch", default=None, type=_batches,
+                   help="generation batch sizes, comma list (default 64,256; quick 8)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if visible)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; quick on a CPU: 1, which keeps the "
@@ -97,7 +108,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.dtypes = [getattr(torch, n) for n in names]
     else:
         args.dtypes = None
-    for name in ("repeat", "warmup", "gen_batch", "threads"):
+    for name in ("repeat", "warmup", "threads"):
         v = getattr(args, name)
         if v is not None and v < (0 if name == "warmup" else 1):
             p.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'warmup' else '>= 1'}")
@@ -112,7 +123,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.device = torch.device("cuda", torch.cuda.current_device())
     args.repeat = args.repeat or (5 if q else 50)
     args.warmup = args.warmup if args.warmup is not None else (1 if q else 10)
-    args.gen_batch = args.gen_batch or (8 if q else 128)
+    args.gen_batch = args.gen_batch or ([8] if q else [64, 256])
     args.compile_backend = args.compile_backend or ("aot_eager" if q else "inductor")
     args.precisions = args.precisions or ["fp32", "bf16" if q else "fp16"]
     if args.threads is None and q and args.device.type == "cpu":
@@ -141,9 +152,10 @@ def tasks(args: argparse.Namespace, ceilings: Any) -> Iterator[tuple[str, Callab
                 cycles=2 if q else max(2, args.repeat // 16), count=not args.no_flop_check)))
     if "generate" in args.sections:
         for prec in args.precisions:
-            yield f"generate {prec}", (lambda p=prec: list(G.generate_rows(
-                dev, ceilings, quick=q, precisions=[p], impls=impls, batch=args.gen_batch,
-                warmup=max(args.warmup // 3, 1), repeat=max(3, args.repeat // 5))))
+            for batch in args.gen_batch:
+                yield f"generate {prec} batch {batch}", (lambda p=prec, b=batch: list(G.generate_rows(
+                    dev, ceilings, quick=q, precisions=[p], impls=impls, batch=b,
+                    warmup=max(args.warmup // 3, 1), repeat=max(3, args.repeat // 5))))
 
 
 def ceiling_dtypes(args: argparse.Namespace) -> list[str]:
