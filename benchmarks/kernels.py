@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -49,7 +49,6 @@ class Case:
     op_fn: Callable[[str], Callable[..., torch.Tensor]]
     grads: list[bool]
     flops_fwd: int = 0     # matrix FLOPs (0: a memory-bound op, reported in GB/s)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -31,7 +31,7 @@ class SyntheticImages:
 
     def __init__(self, count: int, channels: int, resolution: int, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
-        # Smooth-ish random images rather than constants: never zeros, never a single value.
+        # Uniform random bytes, never constant images: zeros can run faster than real data.
         self.images = rng.integers(0, 256, size=(count, channels, resolution, resolution), dtype=np.uint8)
         self.labels = None
         self.label_names: list[str] = []
