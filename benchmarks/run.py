@@ -99,6 +99,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="start no new row after this many seconds; the report then holds the rows "
                         "done so far (for a GPU lease with a per-command limit)")
+    p.add_argument("--commit", default=None,
+                   help="commit to record (default: git rev-parse --short HEAD, +dirty for a changed "
+                        "tree); for a copy of the tree without .git")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                    help="join earlier runs' JSON files (same device) into one report and exit")
@@ -246,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device.type != "cuda" and not args.quick:
         print("benchmarks: full sizes on a CPU take hours; --quick is the CPU mode", file=sys.stderr)
     ceilings = measure_ceilings(args.device, ceiling_dtypes(args), quick=args.quick)
-    commit = R.git_commit(ROOT)
+    commit = args.commit or R.git_commit(ROOT)
 
     def save(rows: list[dict[str, Any]]) -> tuple[Path, Path]:
         doc = R.document(rows, args.device, ceilings.to_dict(), commit, _settings(args, t0))
