@@ -172,22 +172,32 @@ __device__ __forceinline__ ThreadOrigin epilogue_thread_origin(int64_t tile_a, i
   return t;
 }
 
+// Each thread first loads all of its elements, then computes and stores: the loads of a thread
+// are independent, so they are all in flight at once (the stores could alias x as far as the
+// compiler knows, which would otherwise serialize load, store, load, ...).
 template <typename T, int Act, bool ChannelsLast>
 __device__ __forceinline__ void epilogue_forward_thread(const EpilogueParams& p, int n, ThreadOrigin t, int bx, int by) {
   const int a_len = ChannelsLast ? p.pixels : p.channels;
   const int b_len = ChannelsLast ? p.channels : p.pixels;
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
+  float xv[kTileA][kTileB];
 #pragma unroll
   for (int ja = 0; ja < kTileA; ++ja) {
-    const int a = t.a_first + by * ja;
-    if (a >= a_len) break;
 #pragma unroll
     for (int jb = 0; jb < kTileB; ++jb) {
-      const int b = t.b_first + bx * jb;
-      if (b >= b_len) break;
+      const int a = t.a_first + by * ja, b = t.b_first + bx * jb;
+      xv[ja][jb] = a < a_len && b < b_len ? load_float(x + epilogue_element<ChannelsLast>(p, n, a, b).offset) : 0.f;
+    }
+  }
+#pragma unroll
+  for (int ja = 0; ja < kTileA; ++ja) {
+#pragma unroll
+    for (int jb = 0; jb < kTileB; ++jb) {
+      const int a = t.a_first + by * ja, b = t.b_first + bx * jb;
+      if (a >= a_len || b >= b_len) continue;
       const EpilogueElement e = epilogue_element<ChannelsLast>(p, n, a, b);
-      const float v = epilogue_preact<T>(p, n, e, load_float(x + e.offset));
+      const float v = epilogue_preact<T>(p, n, e, xv[ja][jb]);
       store_float(y + e.offset, epilogue_value<Act>(v, p.alpha, p.gain, p.clamp));
     }
   }
@@ -219,18 +229,28 @@ __device__ __forceinline__ void epilogue_backward_thread(const EpilogueParams& p
   const T* x = static_cast<const T*>(p.x);
   const T* dy = static_cast<const T*>(p.dy);
   T* dx = static_cast<T*>(p.dx);
+  float xs[kTileA][kTileB], dys[kTileA][kTileB];  // all loads first, as in the forward
 #pragma unroll
   for (int ja = 0; ja < kTileA; ++ja) {
-    const int a = t.a_first + by * ja;
-    if (a >= a_len) break;
 #pragma unroll
     for (int jb = 0; jb < kTileB; ++jb) {
-      const int b = t.b_first + bx * jb;
-      if (b >= b_len) break;
+      const int a = t.a_first + by * ja, b = t.b_first + bx * jb;
+      const bool in = a < a_len && b < b_len;
+      const int64_t off = in ? epilogue_element<ChannelsLast>(p, n, a, b).offset : 0;
+      xs[ja][jb] = in && x != nullptr ? load_float(x + off) : 0.f;
+      dys[ja][jb] = in ? load_float(dy + off) : 0.f;
+    }
+  }
+#pragma unroll
+  for (int ja = 0; ja < kTileA; ++ja) {
+#pragma unroll
+    for (int jb = 0; jb < kTileB; ++jb) {
+      const int a = t.a_first + by * ja, b = t.b_first + bx * jb;
+      if (a >= a_len || b >= b_len) continue;
       const EpilogueElement e = epilogue_element<ChannelsLast>(p, n, a, b);
-      const float xv = x != nullptr ? load_float(x + e.offset) : 0.f;
+      const float xv = xs[ja][jb];
       const float v = epilogue_preact<T>(p, n, e, xv);
-      const float dv = epilogue_dv<Act>(load_float(dy + e.offset), v, p.alpha, p.gain, p.clamp);
+      const float dv = epilogue_dv<Act>(dys[ja][jb], v, p.alpha, p.gain, p.clamp);
       const float sc = p.scale != nullptr ? p.scale[static_cast<int64_t>(n) * p.channels + e.c] : 1.f;
       store_float(dx + e.offset, dv * sc);
       const int jc = ChannelsLast ? jb : ja;
