@@ -55,12 +55,14 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _clamp(dtype: torch.dtype) -> float | None:
-    return CLAMP if dtype != torch.float32 else None
+def model_clamp(dtype: torch.dtype, mixed_policy: bool) -> float | None:
+    """The conv_clamp a layer of this dtype gets: the mixed-precision model clamps every layer
+    (float32 ones too, as NVlabs' configs do); a float32 model clamps none."""
+    return CLAMP if mixed_policy or dtype != torch.float32 else None
 
 
-def bias_act_case(a: S.ActShape, dtype: torch.dtype) -> Case:
-    """bias + lrelu (gain sqrt 2, clamp 256 in half precision): the synthesis layers' epilogue."""
+def bias_act_case(a: S.ActShape, dtype: torch.dtype, clamp: float | None) -> Case:
+    """bias + lrelu (gain sqrt 2, the model's clamp): the synthesis layers' epilogue."""
     import stylegan2_ops as ops
 
     def make(device: torch.device) -> list[torch.Tensor]:
@@ -68,8 +70,7 @@ def bias_act_case(a: S.ActShape, dtype: torch.dtype) -> Case:
         b = 0.1 * torch.randn(a.channels, device=device, dtype=dtype)
         return [x, b]
 
-    clamp = _clamp(dtype)
-    return Case("bias_act", a.describe() + " lrelu", dtype, make,
+    return Case("bias_act", a.describe() + " lrelu" + (f" clamp{clamp:g}" if clamp else ""), dtype, make,
                 lambda impl: (lambda x, b: ops.bias_act(x, b, act="lrelu", clamp=clamp, impl=impl)),
                 grads=[True, True])
 
@@ -101,13 +102,12 @@ def resample_case(kind: str, a: S.ActShape, dtype: torch.dtype) -> Case:
     return Case(kind, desc + " f[1,3,3,1]", dtype, make, op_fn, grads=[True])
 
 
-def modconv_case(c: S.ConvShape, dtype: torch.dtype, fused: bool) -> Case:
+def modconv_case(c: S.ConvShape, dtype: torch.dtype, fused: bool, clamp: float | None) -> Case:
     """A synthesis conv as SynthesisLayer calls it: 3x3, demodulated, noise [N, 1, res, res],
-    bias + lrelu (gain sqrt 2, clamp 256 in half precision); float32 weight and styles with x in
-    `dtype`; up=2 with the [1, 3, 3, 1] filter and flip_weight=False."""
+    bias + lrelu (gain sqrt 2, the model's clamp); float32 weight and styles with x in `dtype`;
+    up=2 with the [1, 3, 3, 1] filter and flip_weight=False."""
     import stylegan2_ops as ops
     filters: dict[torch.device, torch.Tensor] = {}
-    clamp = _clamp(dtype)
 
     def make(device: torch.device) -> list[torch.Tensor]:
         x = torch.randn(c.batch, c.cin, c.in_res, c.in_res, device=device, dtype=dtype)
@@ -127,7 +127,7 @@ def modconv_case(c: S.ConvShape, dtype: torch.dtype, fused: bool) -> Case:
         return run
 
     flops = F.modconv_flops(c.batch, c.cin, c.cout, c.kernel, c.res, c.up)
-    shape = c.describe() + (" fused" if fused else "")
+    shape = c.describe() + (" fused" if fused else "") + (f" clamp{clamp:g}" if clamp else "")
     return Case("modulated_conv2d", shape, dtype, make, op_fn, grads=[True, True, True, True, True],
                 flops_fwd=flops)
 
@@ -135,14 +135,17 @@ def modconv_case(c: S.ConvShape, dtype: torch.dtype, fused: bool) -> Case:
 def build_cases(m: S.ModelShape, dtypes: Sequence[torch.dtype] | None, pass_: str,
                 ops_wanted: Sequence[str]) -> list[Case]:
     """Every case at the model's shapes. dtypes None = the mixed-precision policy's dtype of each
-    layer (float32 below 32x32 at 256, float16 above); otherwise every listed dtype."""
+    layer (float32 below 32x32 at 256, float16 above), clamped as that model clamps; otherwise
+    every listed dtype, clamped only in half precision (float32 rows as in a float32 model)."""
+    mixed = dtypes is None
+
     def each(res: int) -> list[torch.dtype]:
         return [m.policy_dtype(res)] if dtypes is None else list(dtypes)
 
     cases: list[Case] = []
     acts = S.act_shapes(m)
     if "bias_act" in ops_wanted:
-        cases += [bias_act_case(a, dt) for a in acts for dt in each(a.res)]
+        cases += [bias_act_case(a, dt, model_clamp(dt, mixed)) for a in acts for dt in each(a.res)]
     for kind in ("upsample2d", "downsample2d", "filter2d"):
         if kind in ops_wanted:
             cases += [resample_case(kind, a, dt) for a in acts if kind == "filter2d" or a.res > 4
@@ -153,7 +156,7 @@ def build_cases(m: S.ModelShape, dtypes: Sequence[torch.dtype] | None, pass_: st
                 # The model's rule: grouped (fused) in float32 inference, activation scaling in
                 # training and in half precision.
                 fused = pass_ == "fwd" and dt == torch.float32
-                cases.append(modconv_case(c, dt, fused))
+                cases.append(modconv_case(c, dt, fused, model_clamp(dt, mixed)))
     return cases
 
 
