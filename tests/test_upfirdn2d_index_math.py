@@ -30,6 +30,16 @@ GENERAL, FILTER_ROWS, UP2_ROWS, DOWN2_ROWS, FILTER_CH, UP2_CH, DOWN2_CH = range(
 AUTO, FORCE_GENERAL, FORCE_TILED = 0, 1, 2
 
 
+@pytest.fixture(autouse=True)
+def one_cpu_thread():
+    """The tensors here are tiny: intra-op threads only spin against each other (and against
+    other processes on a 2-core machine), which made these tests several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cxx = shutil.which("g++") or shutil.which("c++")
