@@ -47,6 +47,8 @@ def test_quick_json_schema(quick_run: tuple[dict, str, str]) -> None:
     assert c["matmul_tflops"] and all(v > 0 and math.isfinite(v) for v in c["matmul_tflops"].values())
     rows = doc["rows"]
     assert {r["section"] for r in rows} == {"kernels", "train", "generate"}
+    order = [R.SECTIONS.index(r["section"]) for r in rows]
+    assert order == sorted(order)  # listed kernels, train, generate whatever order they ran in
     timed = 0
     for r in rows:
         for key in R.ROW_KEYS:
