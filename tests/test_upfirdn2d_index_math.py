@@ -13,6 +13,7 @@ loads and stores, launch errors; tests/test_upfirdn2d_cuda.py covers those on a 
 """
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import subprocess
@@ -269,3 +270,28 @@ def test_backward_configuration_gives_the_input_gradient(harness, gen):
         torch.testing.assert_close(got, want)
         _, kern = run_harness(harness, harness.parent, dy.float(), f, t_up, t_down, t_pad, t_flip, gain)
         assert_matches(kern, want, fw * fh)
+
+
+def test_stylegan2_backward_passes_also_take_the_tiled_paths(harness, gen):
+    """upsample2d / downsample2d / the conv-side filter with [1,3,3,1]: their transposed
+    configurations (the backward passes) are again tiled cases: up2 <-> down2, filter <-> filter."""
+    f = torch.randn(4, 4, generator=gen)
+    for up, down, pad, fwd_kernel, bwd_kernel in [((2, 2), (1, 1), (2, 1, 2, 1), UP2_ROWS, DOWN2_ROWS),
+                                                  ((1, 1), (2, 2), (1, 1, 1, 1), DOWN2_ROWS, UP2_ROWS),
+                                                  ((1, 1), (1, 1), (2, 1, 2, 1), FILTER_ROWS, FILTER_ROWS)]:
+        x = strided_input(gen, [1, 2, 16, 16], "contiguous")
+        kernel, y = run_harness(harness, harness.parent, x, f, up, down, pad, False, 4.0)
+        assert kernel == fwd_kernel
+        t_up, t_down, t_pad, t_flip = _upfirdn2d._transposed_config(up, down, pad, False, (4, 4), (16, 16),
+                                                                  (y.shape[3], y.shape[2]))
+        kernel, dx = run_harness(harness, harness.parent, y.contiguous(), f, t_up, t_down, t_pad, t_flip, 4.0)
+        assert kernel == bwd_kernel and dx.shape == x.shape
+
+
+def test_python_limits_match_the_kernel_header():
+    """KERNEL_MAX_TAPS / KERNEL_MAX_FACTOR decide what 'auto' sends to the kernel; the kernel's
+    own limits are in csrc/upfirdn2d.h (a GPU test also compares the compiled module's)."""
+    header = (ROOT / "csrc" / "upfirdn2d.h").read_text()
+    taps = int(re.search(r"kUpfirdn2dMaxTaps = (\d+);", header).group(1))
+    factor = int(re.search(r"kUpfirdn2dMaxFactor = (\d+);", header).group(1))
+    assert (taps, factor) == (_upfirdn2d.KERNEL_MAX_TAPS, _upfirdn2d.KERNEL_MAX_FACTOR)
