@@ -1,0 +1,1 @@
+"""Benchmarks of the ops, the training step and generation; run benchmarks/run.py (see README.md here)."""
