@@ -4,10 +4,16 @@
 #   bash tools/gpu_round.sh build      # compile the extension for this GPU, doctor        (~3 min)
 #   bash tools/gpu_round.sh test       # every `cuda` test, JUnit XML + log                  (~3 min)
 #   bash tools/gpu_round.sh sanitize   # compute-sanitizer memcheck over the kernel tests    (~5 min)
-#   bash tools/gpu_round.sh bench      # benchmarks/run.py, full mode, raw JSON + markdown   (~8 min)
-#   bash tools/gpu_round.sh all        # all of the above (only when the budget allows one long call)
+#   bash tools/gpu_round.sh bench      # benchmarks: CUDA and reference rows, all sections    (<= 9 min)
+#   bash tools/gpu_round.sh bench-compile-fwd     # torch.compile rows, forward             (<= 9 min)
+#   bash tools/gpu_round.sh bench-compile-fwdbwd  # torch.compile rows, forward+backward    (<= 9 min)
+#   bash tools/gpu_round.sh merge      # merge the three into benchmarks/results/ (commit it)
+#   bash tools/gpu_round.sh all        # build, test, sanitize, bench (one long call, if the budget allows)
+# The bench stages write to bench/ under the repository so the merge call finds them while the
+# machine stays warm; each also copies its JSON to $OUT.
 #
 # Logs and JSON go under $OUT (the device tool brings that folder back), else ./gpu-round-out.
+# The device copy may lack .git: run `git rev-parse --short HEAD > .commit` here before the calls.
 # The device machine has torch, nvcc and ninja but no package registry: Python packages it lacks
 # travel as wheels in .whl/ (see the device README) and are installed to /tmp/site first.
 set -uo pipefail
@@ -55,8 +61,23 @@ stage_sanitize() {
   return $rc
 }
 
-stage_bench() {
-  python3 benchmarks/run.py --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -60
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || cat .commit 2>/dev/null || echo unknown)
+BENCH=gpu-round-out/bench
+
+bench_part() {  # name, then run.py arguments
+  local name=$1; shift
+  mkdir -p "$BENCH/$name"
+  python3 benchmarks/run.py --commit "$COMMIT" --out "$BENCH/$name" --time-limit 540 "$@" 2>&1 \
+    | tee "$OUT/bench-$name.log" | tail -60
+  cp "$BENCH/$name"/*.json "$OUT/" 2>/dev/null || true
+}
+
+stage_bench() { bench_part main --impls cuda,ref; }
+stage_bench_compile_fwd() { bench_part compile-fwd --sections kernels --impls compile --passes fwd; }
+stage_bench_compile_fwdbwd() { bench_part compile-fwdbwd --sections kernels --impls compile --passes fwd+bwd; }
+stage_merge() {
+  python3 benchmarks/run.py --commit "$COMMIT" --merge "$BENCH"/*/*.json --results 2>&1 | tee "$OUT/merge.log" | tail -40
+  cp benchmarks/results/* "$OUT/" 2>/dev/null || true
 }
 
 case "${1:-all}" in
@@ -64,6 +85,9 @@ case "${1:-all}" in
   test) stage_test ;;
   sanitize) stage_sanitize ;;
   bench) stage_bench ;;
+  bench-compile-fwd) stage_bench_compile_fwd ;;
+  bench-compile-fwdbwd) stage_bench_compile_fwdbwd ;;
+  merge) stage_merge ;;
   all) stage_build && stage_test; stage_sanitize; stage_bench ;;
-  *) echo "usage: $0 build|test|sanitize|bench|all" >&2; exit 2 ;;
+  *) echo "usage: $0 build|test|sanitize|bench|bench-compile-fwd|bench-compile-fwdbwd|merge|all" >&2; exit 2 ;;
 esac
