@@ -141,11 +141,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[s
                     tick_start = (time.perf_counter(), run.cur_nimg)
                 if stop.requested is not None and not done:
                     status = "stopped"
-                    log(f"{stop.requested}: saved {last_ckpt} at {run.cur_nimg / 1000:.3f} kimg; "
-                        f"continue with --resume {run_dir}")
                     break
     finally:
-        bar.close()
+        bar.close()  # before any message, so it does not land on the bar's line
+    if status == "stopped":
+        log(f"{stop.requested}: saved {last_ckpt} at {run.cur_nimg / 1000:.3f} kimg; "
+            f"continue with --resume {run_dir}")
     if last_ckpt is None:  # kimg already reached when resuming: still leave a complete directory
         last_ckpt = _snapshot(run, run_dir, grid_z, grid_c, stats, keep, files)
     files["checkpoint"] = last_ckpt
