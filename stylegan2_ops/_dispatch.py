@@ -96,5 +96,5 @@ def choose(
 KERNEL_NAMES = {
     "bias_act": "bias_act_forward",
     "upfirdn2d": "upfirdn2d",
-    "modulated_conv2d": "modulated_conv2d",
+    "modulated_conv2d": "modconv_epilogue",
 }

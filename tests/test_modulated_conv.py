@@ -439,7 +439,8 @@ def test_noise_shape_checked_against_resampled_size(gen):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("up,down", [(1, 1), (2, 1), (1, 2), (2, 2)])
 def test_cuda_device(gen, up, down, dtype):
-    """The reference on CUDA tensors (no kernel exists yet, so 'auto' runs it)."""
+    """Whatever 'auto' picks for CUDA tensors (the kernels where they cover the case, else the
+    reference) against the float64 definition."""
     f = setup_filter([1, 3, 3, 1])
     for fused in (True, False):
         n, cin, cout, h, w, padding, noise_shape = draw_case(gen, up, down, 3, f)
