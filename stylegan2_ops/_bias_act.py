@@ -155,8 +155,7 @@ def _reduce_to_bias(dx: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 # The raw kernels as torch.library ops with fake (shape-only) implementations, so torch.compile can
-# trace the first-order CUDA path. Eager calls skip the dispatcher and call the module directly:
-# at StyleGAN2's small layers the dispatcher's overhead would rival the kernel itself.
+# trace the first-order CUDA path (eager calls go straight to the module: _loader.kernel_call).
 
 
 @torch.library.custom_op("stylegan2_ops::bias_act_forward", mutates_args=())
@@ -193,19 +192,8 @@ def _(g, h, x, b, y, dim, act, alpha, gain, clamp, order):
     return torch.empty_like(g)
 
 
-def _kernel_call(op, direct_name: str):
-    """The registered op inside torch.compile, the module function otherwise."""
-
-    def call(*args):
-        if torch.compiler.is_compiling():
-            return op(*args)
-        return getattr(_loader.load(), direct_name)(*args)
-
-    return call
-
-
-_forward_kernel = _kernel_call(_forward_op, "bias_act_forward")
-_grad_kernel = _kernel_call(_grad_op, "bias_act_grad")
+_forward_kernel = _loader.kernel_call(_forward_op, "bias_act_forward")
+_grad_kernel = _loader.kernel_call(_grad_op, "bias_act_grad")
 
 
 @functools.lru_cache(maxsize=None)

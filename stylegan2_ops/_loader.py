@@ -31,7 +31,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -268,6 +268,19 @@ def warn_fallback_once(op: str) -> None:
         RuntimeWarning,
         stacklevel=4,
     )
+
+
+def kernel_call(registered_op: Callable, name: str) -> Callable:
+    """A caller of compiled function `name`: through its torch.library op while torch.compile
+    traces (the op's fake implementation gives shapes), straight to the module otherwise, since
+    at StyleGAN2's small layers the dispatcher's overhead would rival the kernel itself."""
+
+    def call(*args):
+        if torch.compiler.is_compiling():
+            return registered_op(*args)
+        return getattr(load(), name)(*args)
+
+    return call
 
 
 def kernel(name: str) -> Optional[object]:

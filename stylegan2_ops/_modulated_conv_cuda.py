@@ -103,21 +103,10 @@ def _(dy, x, scale, noise, bias, act, alpha, gain, clamp, want_scale, want_bias,
     )
 
 
-def _kernel_call(op, direct_name: str) -> Callable:
-    """The registered op inside torch.compile, the module function otherwise."""
-
-    def call(*args):
-        if torch.compiler.is_compiling():
-            return op(*args)
-        return getattr(_loader.load(), direct_name)(*args)
-
-    return call
-
-
-_modulate_kernel = _kernel_call(_modulate_op, "modulate_weights")
-_modulate_grad_kernel = _kernel_call(_modulate_grad_op, "modulate_weights_grad")
-_epilogue_kernel = _kernel_call(_epilogue_op, "modconv_epilogue")
-_epilogue_grad_kernel = _kernel_call(_epilogue_grad_op, "modconv_epilogue_grad")
+_modulate_kernel = _loader.kernel_call(_modulate_op, "modulate_weights")
+_modulate_grad_kernel = _loader.kernel_call(_modulate_grad_op, "modulate_weights_grad")
+_epilogue_kernel = _loader.kernel_call(_epilogue_op, "modconv_epilogue")
+_epilogue_grad_kernel = _loader.kernel_call(_epilogue_grad_op, "modconv_epilogue_grad")
 
 
 # ---------------------------------------------------------------------------------------------

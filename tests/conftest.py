@@ -1,10 +1,18 @@
 """Shared test set-up: the `cuda` marker and per-test seeded random generators."""
 from __future__ import annotations
 
+import shutil
+import subprocess
 import zlib
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
+
+from stylegan2_ops import _toolchain
+
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -36,3 +44,24 @@ def gen(request: pytest.FixtureRequest) -> torch.Generator:
     """A CPU generator seeded from the test id. Draw on the CPU, then move to the device, so a
     failing case reproduces bit for bit on any machine."""
     return torch.Generator().manual_seed(seed_for(request.node.nodeid))
+
+
+@pytest.fixture(scope="session")
+def build_host_harness(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
+    """Compiles a tests/kernel_harness/*.cpp program (kernel per-thread code run on the CPU) with
+    the host C++ compiler; skips when there is no compiler or no CUDA headers to include."""
+
+    def build(source: Path, opt: str = "-O2") -> Path:
+        cxx = shutil.which("g++") or shutil.which("c++")
+        cuda_home, _ = _toolchain.find_cuda_home()
+        include = Path(cuda_home) / "include" if cuda_home else None
+        if cxx is None or include is None or not (include / "cuda_runtime.h").exists():
+            pytest.skip("needs a C++ compiler and the CUDA headers (the kernel headers include cuda_runtime.h)")
+        exe = tmp_path_factory.mktemp(source.stem) / source.stem
+        cmd = [cxx, "-std=c++17", opt, "-Wall", "-Wno-unknown-pragmas", "-Werror", f"-I{CSRC}",
+               f"-I{include}", str(source), "-o", str(exe)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0, f"harness build failed:\n{done.stderr}"
+        return exe
+
+    return build

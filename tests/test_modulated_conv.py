@@ -21,16 +21,6 @@ MEMORY_FORMATS = [torch.contiguous_format, torch.channels_last]
 EPS = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead, and on a loaded 2-core
-    machine their spin-waiting slows gradgradcheck down a hundredfold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------------------------
 # The definition (float64).
 

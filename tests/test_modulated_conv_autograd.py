@@ -22,15 +22,6 @@ DTYPES = {0: torch.float32, 1: torch.float16, 2: torch.bfloat16, 3: F64}
 ACT_BY_ID = {spec.cuda_id: spec for spec in ACTIVATIONS.values()}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead to gradgradcheck."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _layout_ok(t: torch.Tensor) -> bool:
     return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
 

@@ -16,7 +16,6 @@ shuffles and __syncthreads, atomics, half-precision loads and stores, launch err
 from __future__ import annotations
 
 import math
-import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -24,9 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from stylegan2_ops import _toolchain
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS_SRC = ROOT / "tests" / "kernel_harness" / "modulated_conv_host.cpp"
@@ -48,18 +45,8 @@ ACTS = {
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cxx = shutil.which("g++") or shutil.which("c++")
-    cuda_home, _ = _toolchain.find_cuda_home()
-    include = Path(cuda_home) / "include" if cuda_home else None
-    if cxx is None or include is None or not (include / "cuda_runtime.h").exists():
-        pytest.skip("needs a C++ compiler and the CUDA headers (modulated_conv.h includes cuda_runtime.h)")
-    exe = tmp_path_factory.mktemp("modulated_conv_harness") / "modulated_conv_host"
-    cmd = [cxx, "-std=c++17", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Werror", f"-I{ROOT / 'csrc'}",
-           f"-I{include}", str(HARNESS_SRC), "-o", str(exe)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, f"harness build failed:\n{done.stderr}"
-    return exe
+def harness(build_host_harness) -> Path:
+    return build_host_harness(HARNESS_SRC, "-O1")
 
 
 def run(exe: Path, tmp_path: Path, ints: list[int], floats64: list[float], arrays: list[torch.Tensor],

@@ -29,16 +29,6 @@ KTOL = {
 GENERAL_PATH, TILED_PATH = 1, 2
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """The tensors here are tiny: intra-op threads only spin against each other (and against
-    other processes on a 2-core machine), which made these tests several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def poison_allocator(nbytes: int) -> None:
     """Fill and free a block so the next allocation of that size likely reuses NaN-filled
     memory: an output element the kernel forgets to write then shows up as NaN."""

@@ -14,14 +14,14 @@ loads and stores, launch errors; tests/test_upfirdn2d_cuda.py covers those on a 
 from __future__ import annotations
 
 import re
-import shutil
 import struct
 import subprocess
 from pathlib import Path
+
 import pytest
 import torch
 
-from stylegan2_ops import _toolchain, _upfirdn2d, upfirdn2d
+from stylegan2_ops import _upfirdn2d, upfirdn2d
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS_SRC = ROOT / "tests" / "kernel_harness" / "upfirdn2d_host.cpp"
@@ -31,29 +31,9 @@ GENERAL, FILTER_ROWS, UP2_ROWS, DOWN2_ROWS, FILTER_CH, UP2_CH, DOWN2_CH = range(
 AUTO, FORCE_GENERAL, FORCE_TILED = 0, 1, 2
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """The tensors here are tiny: intra-op threads only spin against each other (and against
-    other processes on a 2-core machine), which made these tests several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cxx = shutil.which("g++") or shutil.which("c++")
-    cuda_home, _ = _toolchain.find_cuda_home()
-    include = Path(cuda_home) / "include" if cuda_home else None
-    if cxx is None or include is None or not (include / "cuda_runtime.h").exists():
-        pytest.skip("needs a C++ compiler and the CUDA headers (upfirdn2d.h includes cuda_runtime.h)")
-    exe = tmp_path_factory.mktemp("upfirdn2d_harness") / "upfirdn2d_host"
-    cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-Wno-unknown-pragmas", "-Werror", f"-I{ROOT / 'csrc'}",
-           f"-I{include}", str(HARNESS_SRC), "-o", str(exe)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, f"harness build failed:\n{done.stderr}"
-    return exe
+def harness(build_host_harness) -> Path:
+    return build_host_harness(HARNESS_SRC, "-O2")
 
 
 def dense_strides(shape: list[int], order: list[int]) -> list[int]:
