@@ -108,7 +108,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[s
     if resume is not None:
         restore_run(run, resume, allow_data_change)
         stats.truncate_after(run.cur_nimg)
-        log(f"resumed from {resume.get('path', 'checkpoint')} at {run.cur_nimg / 1000:.3f} kimg")
     _write_config(run, files["config"])
     files["reals"] = save_reals(run, dataset, run_dir / "reals.png")
     grid_z, grid_c = grid_latents(run)
