@@ -102,8 +102,8 @@ def main() -> None:
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None, show_default="1")
 @click.option("--max-images", type=click.IntRange(1), default=None, help="Use at most this many images.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None, show_default="0")
-@click.option("--threads", type=click.IntRange(1, 512), default=None, show_default="torch default",
-              help="CPU threads (torch.set_num_threads); on a busy 2-core machine 1 can beat 2.")
+@click.option("--threads", type=click.IntRange(1, 512), default=None, show_default="all cores but one on a CPU",
+              help="CPU threads (torch.set_num_threads); on a busy 2-core machine 1 beats 2.")
 @click.option("--device", default=None, show_default="cuda if available, else cpu")
 @click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
               help="Continue from a checkpoint file or a run directory (its newest checkpoint).")

@@ -28,7 +28,7 @@ from .grids import save_grid
 from .phases import Run, train_step
 from .plots import plot_losses
 from .signals import StopRequest
-from .state import ResumeError, pick_device, restore_run, save_checkpoint, setup_run
+from .state import ResumeError, pick_device, pick_threads, restore_run, save_checkpoint, setup_run
 from .stats import StatsAccumulator, StatsWriter, non_finite
 
 __all__ = ["ResumeError", "TrainResult", "TrainingDiverged", "train"]
@@ -98,10 +98,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[s
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = pick_threads(cfg, device)
+    if threads:
+        torch.set_num_threads(threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    log(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
+                               else f", {torch.get_num_threads()} thread(s)"))
     run = setup_run(cfg, dataset, device)
     stats = StatsWriter(run_dir)
     files: dict[str, Path] = {"config": run_dir / "config.json"}
@@ -154,7 +157,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[s
 
 def _write_config(run: Run, path: Path) -> None:
     doc = {"train": run.cfg.to_dict(), "model": run.model_cfg, "dataset": run.dataset_info,
-           "device": str(run.device), "torch": str(torch.__version__)}
+           "device": str(run.device), "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(path)
