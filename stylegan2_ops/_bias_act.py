@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from . import _checks, _dispatch, _loader
+from . import _checks, _dispatch, _loader, _selfcheck
 
 OP = "bias_act"
 
@@ -256,3 +256,29 @@ def _cuda_function(dim: int, act: str, alpha: float, gain: float, clamp: float) 
             return d_dy, d_x, d_b, None
 
     return BiasActCuda
+
+
+def _selfcheck_kernel(device: torch.device, dtype: torch.dtype) -> None:
+    """Kernel vs reference on small random cases: forward, dx and db (see _selfcheck.py)."""
+    gen = torch.Generator().manual_seed(20261123)
+    for act, clamp, channels_last in (("lrelu", 1.5, False), ("tanh", None, True), ("swish", 2.0, False)):
+        x = torch.randn(3, 12, 5, 7, generator=gen).to(device, dtype)
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        b = torch.randn(12, generator=gen).to(device, dtype)
+        if clamp is not None:  # halve inputs near the clamp edge, where rounding decides the mask
+            y0 = bias_act_ref(x.float(), b.float(), 1, act, ACTIVATIONS[act].def_alpha, ACTIVATIONS[act].def_gain, -1)
+            x = torch.where(((y0.abs() - clamp).abs() < 0.15 * clamp), x * 0.5, x)
+        dy = torch.randn(x.shape, generator=gen).to(device, dtype)
+        outs = {}
+        for impl in ("cuda", "ref"):
+            xi = (x if impl == "cuda" else x.float()).detach().requires_grad_(True)
+            bi = (b if impl == "cuda" else b.float()).detach().requires_grad_(True)
+            y = bias_act(xi, bi, act=act, clamp=clamp, impl=impl)
+            dx, db = torch.autograd.grad(y, (xi, bi), dy.to(y.dtype))
+            outs[impl] = (y, dx, db)
+        for what, got, want in zip(("y", "dx", "db"), outs["cuda"], outs["ref"]):
+            _selfcheck.assert_close(OP, f"{what} ({act})", got, want, dtype)
+
+
+_selfcheck.register("bias_act_forward", _selfcheck_kernel)

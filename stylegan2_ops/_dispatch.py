@@ -4,8 +4,9 @@ Rules (SPEC.md, "The ops"):
 - impl='auto' (the default) means what STYLEGAN2_OPS_IMPL says (auto, ref or cuda; unset = auto).
   An explicit impl='ref' or impl='cuda' argument wins over the variable.
 - auto takes the kernel for CUDA tensors of a kernel dtype (float32, float16, bfloat16) when the
-  extension loads and the configuration is one the kernel covers; otherwise the reference. CUDA
-  tensors that fall back because the extension is missing trigger ONE warning per process.
+  extension loads, the configuration is one the kernel covers and the kernel passed its
+  once-per-process self-check (_selfcheck.py); otherwise the reference. CUDA tensors that fall
+  back because the extension is missing trigger ONE warning per process.
 - cuda raises, saying which: a tensor not on a GPU, an unsupported dtype, a configuration the
   kernel does not cover, or the extension (or that op's kernel) missing.
 """
@@ -16,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from . import _loader
+from . import _loader, _selfcheck
 
 IMPLS = ("auto", "ref", "cuda")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -69,6 +70,8 @@ def choose(
             return "ref"
         if _loader.kernel(kernel_name) is None:
             return "ref"  # this op has no kernel in the module yet
+        if not _selfcheck.kernel_trusted(kernel_name, main.dtype, main.device):
+            return "ref"  # the kernel disagreed with the reference here (warned once)
         return "cuda"
 
     # mode == 'cuda': explain exactly what stands in the way.

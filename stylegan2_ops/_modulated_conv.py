@@ -37,10 +37,10 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _selfcheck
 from . import _modulated_conv_cuda as _cuda
 from ._bias_act import ACTIVATIONS, bias_act
-from ._upfirdn2d import upfirdn2d
+from ._upfirdn2d import setup_filter, upfirdn2d
 
 OP = "modulated_conv2d"
 
@@ -417,3 +417,36 @@ def _check_extras(
         if not number or not math.isfinite(value):
             raise ValueError(f"{OP}: {name} must be a finite number or None, got {value!r}")
     return bias is not None or act != "linear" or any(v is not None for v in (alpha, gain, clamp))
+
+
+def _selfcheck_kernel(device: torch.device, dtype: torch.dtype) -> None:
+    """Kernel vs reference on a small layer as the generator runs it (up 1 and 2, training and
+    generation routes, noise, bias, lrelu, clamp): output and the gradients for x, weight and
+    styles; see _selfcheck.py."""
+    gen = torch.Generator().manual_seed(20261123)
+    f = setup_filter([1, 3, 3, 1], device=device)
+    for up, fused, channels_last in ((1, False, False), (2, False, True), (1, True, True), (2, True, False)):
+        x = torch.randn(2, 8, 6, 6, generator=gen).to(device, dtype)
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        weight = torch.randn(6, 8, 3, 3, generator=gen).to(device)
+        styles = torch.randn(2, 8, generator=gen).to(device) + 1
+        noise = torch.randn(2, 1, 6 * up, 6 * up, generator=gen).to(device, dtype)
+        bias = torch.randn(6, generator=gen).to(device, dtype)
+        dy = torch.randn(2, 6, 6 * up, 6 * up, generator=gen).to(device)
+        outs = {}
+        for impl in ("cuda", "ref"):
+            xi = (x if impl == "cuda" else x.float()).detach().requires_grad_(True)
+            wi, si = weight.clone().requires_grad_(True), styles.clone().requires_grad_(True)
+            y = modulated_conv2d(
+                xi, wi, si, noise=noise.to(xi.dtype), up=up, padding=1, resample_filter=f,
+                flip_weight=(up == 1), fused_modconv=fused, impl=impl,
+                bias=bias.to(xi.dtype), act="lrelu", clamp=64.0,
+            )
+            outs[impl] = (y, *torch.autograd.grad(y, (xi, wi, si), dy.to(y.dtype)))
+        label = f"up={up} fused={fused}"
+        for what, got, want in zip(("y", "dx", "dweight", "dstyles"), outs["cuda"], outs["ref"]):
+            _selfcheck.assert_close(OP, f"{what} ({label})", got, want, dtype)
+
+
+_selfcheck.register("modconv_epilogue", _selfcheck_kernel)

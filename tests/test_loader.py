@@ -65,6 +65,7 @@ def test_cuda_mode_names_the_missing_piece(fresh_state, monkeypatch):
 
 
 def test_auto_routes_uncovered_configs_and_missing_kernels_to_ref(fresh_state, monkeypatch):
+    monkeypatch.setenv("STYLEGAN2_OPS_SELFCHECK", "0")  # tested in test_selfcheck.py
     module = SimpleNamespace(bias_act_forward=object())
     monkeypatch.setattr(_loader, "load", lambda force_build=False: module)
     monkeypatch.setattr(_loader, "kernel", lambda name: getattr(module, name, None))
