@@ -363,3 +363,21 @@ def test_signal_saves_and_stops(tmp_path, monkeypatch, gen):
     assert signal.getsignal(signal.SIGTERM) is before
     assert any("SIGTERM" in m and "--resume" in m for m in messages)
     assert ckpt_io.load_checkpoint(tmp_path / "r")["progress"]["step"] == 3
+
+
+@pytest.mark.parametrize("interval", [0, 4, 16])
+def test_optimizer_applies_the_lazy_regularization_correction(interval):
+    cfg, _ = make_config("tiny")
+    opt = state.make_optimizer(torch.nn.Linear(3, 2), cfg, interval)
+    ratio = interval / (interval + 1) if interval > 1 else 1.0
+    group = opt.param_groups[0]
+    assert group["lr"] == pytest.approx(cfg.lr * ratio)
+    assert group["betas"] == pytest.approx((cfg.beta1 ** ratio, cfg.beta2 ** ratio))
+    assert not group["fused"]  # CPU: the default implementation
+
+
+@pytest.mark.cuda
+def test_optimizer_is_fused_on_gpu():
+    cfg, _ = make_config("tiny")
+    opt = state.make_optimizer(torch.nn.Linear(3, 2).cuda(), cfg, 4)
+    assert opt.param_groups[0]["fused"] is True
