@@ -16,7 +16,7 @@ __device__ __forceinline__ float sigmoid_f(float v) { return 1.f / (1.f + __expf
 template <int A>
 __device__ __forceinline__ float act_value(float v, float alpha) {
   if (A == kLinear) return v;
-  if (A == kRelu) return v > 0.f ? v : 0.f;
+  if (A == kRelu) return v <= 0.f ? 0.f : v;  // NaN stays NaN, as in torch.relu
   if (A == kLrelu) return v > 0.f ? v : v * alpha;
   if (A == kTanh) return tanhf(v);
   if (A == kSigmoid) return sigmoid_f(v);
@@ -37,10 +37,12 @@ template <int A>
 __device__ __forceinline__ float act_deriv(float v, float u, float alpha) {
   if (A == kLinear) return 1.f;
   if (A == kRelu) return u > 0.f ? 1.f : 0.f;
-  if (A == kLrelu) return u > 0.f ? 1.f : alpha;
+  // With alpha < 0 a negative input gives a positive output, so the sign of u no longer tells
+  // the branch: then v decides, and bias_act passes x instead of y (_bias_act.py).
+  if (A == kLrelu) return (alpha >= 0.f ? u > 0.f : v > 0.f) ? 1.f : alpha;
   if (A == kTanh) return 1.f - u * u;
   if (A == kSigmoid) return u * (1.f - u);
-  if (A == kElu) return u > 0.f ? 1.f : u + alpha;
+  if (A == kElu) return (alpha >= 0.f ? u > 0.f : v > 0.f) ? 1.f : u + alpha;
   if (A == kSelu) return u > 0.f ? kSeluScale : u + kSeluScale * kSeluAlpha;
   if (A == kSoftplus) return 1.f - __expf(-u);
   if (A == kSwish) {

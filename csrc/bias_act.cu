@@ -23,12 +23,16 @@ enum ChannelWalk : int {
 
 // The result for one element. mode 0: forward; 1: first derivative; 2: second derivative.
 // xv: input (without bias), yv: saved output, gv/hv: gradients, bias: this element's bias.
+// clamp_y: the clamp as the storage type rounds it, which is what a clamped element of a saved y
+// holds (0.1 in float16 is 0.0999755859375: comparing y against 0.1f would pass clamped elements).
 template <int A, int Mode>
-__device__ __forceinline__ float element(const BiasActParams& p, bool use_y, float inv_gain, float xv, float yv,
-                                         float gv, float hv, float bias) {
+__device__ __forceinline__ float element(const BiasActParams& p, bool use_y, float inv_gain, float clamp_y, float xv,
+                                         float yv, float gv, float hv, float bias) {
   if (Mode == 0) {
     float r = act_value<A>(xv + bias, p.alpha) * p.gain;
-    if (p.clamp >= 0.f) r = fminf(fmaxf(r, -p.clamp), p.clamp);
+    // Not fminf/fmaxf: those turn NaN into -clamp, and torch.clamp keeps NaN (a diverging run
+    // must stay visible).
+    if (p.clamp >= 0.f && fabsf(r) > p.clamp) r = copysignf(p.clamp, r);
     return r;
   }
   float v = 0.f, u, scaled;
@@ -43,7 +47,7 @@ __device__ __forceinline__ float element(const BiasActParams& p, bool use_y, flo
   // A clamped element passes no gradient. From a saved (clamped) y, |y| == clamp counts as
   // clamped; torch.clamp passes the gradient at exact equality: a difference on a set of
   // measure zero only.
-  if (p.clamp >= 0.f && (use_y ? fabsf(scaled) >= p.clamp : fabsf(scaled) > p.clamp)) return 0.f;
+  if (p.clamp >= 0.f && (use_y ? fabsf(scaled) >= clamp_y : fabsf(scaled) > p.clamp)) return 0.f;
   if (Mode == 1) return gv * p.gain * act_deriv<A>(v, u, p.alpha);
   return gv * hv * p.gain * act_deriv2<A>(v, p.alpha);
 }
@@ -72,7 +76,8 @@ __device__ __forceinline__ void store_pack(void* base, Index i, const float (&in
 // N elements from i on: every operand is read once and the result written once, in packs of N
 // (16-byte accesses when N > 1). The channel is found with at most one division per pack.
 template <typename T, typename Index, int A, int Mode, int N>
-__device__ __forceinline__ void process(const BiasActParams& p, int walk, bool use_y, float inv_gain, Index i) {
+__device__ __forceinline__ void process(const BiasActParams& p, int walk, bool use_y, float inv_gain, float clamp_y,
+                                        Index i) {
   float xv[N] = {}, yv[N] = {}, gv[N] = {}, hv[N] = {}, bias[N] = {}, out[N];
   const bool need_x = Mode == 0 || Mode == 2 || !use_y;
   if (need_x) load_pack<T, N>(p.x, i, xv);
@@ -92,7 +97,7 @@ __device__ __forceinline__ void process(const BiasActParams& p, int walk, bool u
     }
   }
 #pragma unroll
-  for (int k = 0; k < N; ++k) out[k] = element<A, Mode>(p, use_y, inv_gain, xv[k], yv[k], gv[k], hv[k], bias[k]);
+  for (int k = 0; k < N; ++k) out[k] = element<A, Mode>(p, use_y, inv_gain, clamp_y, xv[k], yv[k], gv[k], hv[k], bias[k]);
   store_pack<T, N>(p.out, i, out);
 }
 
@@ -101,19 +106,25 @@ template <typename T, typename Index, int A, int Mode, int N>
 __global__ void bias_act_kernel(BiasActParams p, int walk) {
   const bool use_y = Mode == 1 && grad_from_output<A>() && p.y != nullptr;
   const float inv_gain = p.gain != 0.f ? 1.f / p.gain : 0.f;
+  T clamp_t;
+  store_float(&clamp_t, p.clamp);
+  const float clamp_y = load_float(&clamp_t);
   const Index n = static_cast<Index>(p.numel);
   const Index packs = n / N;
   const Index first = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
   const Index step = static_cast<Index>(gridDim.x) * blockDim.x;
-  for (Index j = first; j < packs; j += step) process<T, Index, A, Mode, N>(p, walk, use_y, inv_gain, j * N);
+  for (Index j = first; j < packs; j += step) process<T, Index, A, Mode, N>(p, walk, use_y, inv_gain, clamp_y, j * N);
   if (N > 1) {
     const int tail_walk = walk == kNoBias ? kNoBias : kGeneral;
-    for (Index i = packs * N + first; i < n; i += step) process<T, Index, A, Mode, 1>(p, tail_walk, use_y, inv_gain, i);
+    for (Index i = packs * N + first; i < n; i += step) process<T, Index, A, Mode, 1>(p, tail_walk, use_y, inv_gain, clamp_y, i);
   }
 }
 
 template <typename T>
 constexpr int pack_width() { return 16 / sizeof(T); }
+
+static_assert(kElementwiseThreads * kElementwiseMaxBlocks <= kBiasActMaxGridThreads,
+              "bias_act_fits_int32 leaves too little head room for the grid-stride loops");
 
 bool aligned16(const void* ptr) { return ptr == nullptr || reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
@@ -132,9 +143,8 @@ void launch_mode(const BiasActParams& p, cudaStream_t stream) {
   else if (p.channel_stride == 1) walk = kStrideOne;
   else if (vector_ok && p.channel_stride % V == 0) walk = kPerVector;
   // 32-bit indexing wherever it fits: the channel division is the costliest arithmetic here.
-  // Tensors past 2^31 elements take the 64-bit scalar path (correct, rarely needed).
-  const bool fits32 = p.numel < (int64_t(1) << 31) - 4096;
-  if (!fits32) {
+  // Larger tensors take the 64-bit scalar path (correct, rarely needed).
+  if (!bias_act_fits_int32(p.numel)) {
     launch_kernel<T, int64_t, A, Mode, 1>(p, walk, stream);
   } else if (vector_ok) {
     launch_kernel<T, int32_t, A, Mode, V>(p, walk, stream);

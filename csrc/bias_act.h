@@ -42,6 +42,15 @@ struct BiasActParams {
   float clamp;            // |y| <= clamp; negative = no clamping
 };
 
+// The kernels index with int32 up to this many elements. A grid-stride loop counter runs up to
+// one whole grid (at most kBiasActMaxGridThreads threads) past numel before the loop test stops
+// it, so numel + that grid must stay below 2^31 (a 4096-element margin overflowed, and the
+// wrapped, negative index passed the `< numel` test).
+constexpr int64_t kBiasActMaxGridThreads = int64_t{65536} * 256;
+inline bool bias_act_fits_int32(int64_t numel) {
+  return numel <= (int64_t{1} << 31) - 1 - kBiasActMaxGridThreads;
+}
+
 // y = clamp(act(x + b) * gain). Needs x, b (optional), out.
 cudaError_t launch_bias_act_forward(const BiasActParams& p, DType dtype, cudaStream_t stream);
 

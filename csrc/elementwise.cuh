@@ -23,9 +23,12 @@ struct LaunchShape {
 
 // Grid-stride loops: enough blocks to fill any current GPU several times over, never more
 // than the work needs (each thread handles at least 4 elements when the tensor is large).
+constexpr int64_t kElementwiseThreads = 256;
+constexpr int64_t kElementwiseMaxBlocks = 65536;
+
 inline LaunchShape elementwise_launch_shape(int64_t numel) {
-  constexpr int64_t kThreads = 256;
-  constexpr int64_t kMaxBlocks = 65536;
+  constexpr int64_t kThreads = kElementwiseThreads;
+  constexpr int64_t kMaxBlocks = kElementwiseMaxBlocks;
   int64_t blocks = (numel + kThreads * 4 - 1) / (kThreads * 4);
   if (blocks < 1) blocks = 1;
   if (blocks > kMaxBlocks) blocks = kMaxBlocks;

@@ -101,11 +101,13 @@ def bias_act(
     if math.isnan(clamp):
         raise ValueError(f"{OP}: clamp must be a number or None, got nan")
 
-    chosen = _dispatch.choose(OP, impl, "bias_act_forward", {"x": x, "b": b})
+    unsupported = "x has no dimensions (a 0-d tensor)" if x.ndim == 0 else None
+    chosen = _dispatch.choose(OP, impl, "bias_act_forward", {"x": x, "b": b}, unsupported=unsupported)
     if chosen == "cuda":
         # Made dense outside the Function, so the copy (if any) stays on the autograd graph and
         # second derivatives reach the caller's x.
-        return _cuda_function(dim, act, alpha, gain, clamp).apply(_dense(x), b)
+        # The bindings take a contiguous b (a strided view such as w[::2] would be refused).
+        return _cuda_function(dim, act, alpha, gain, clamp).apply(_dense(x), b if b is None else b.contiguous())
     return bias_act_ref(x, b, dim, act, alpha, gain, clamp)
 
 
@@ -200,10 +202,14 @@ _grad_kernel = _loader.kernel_call(_grad_op, "bias_act_grad")
 def _cuda_function(dim: int, act: str, alpha: float, gain: float, clamp: float) -> type:
     """The autograd Function for one static configuration (cached, as NVlabs does)."""
     spec = ACTIVATIONS[act]
-    # Order-1 reads y for 'y' activations; x (with b) for 'x' ones and whenever a second
-    # derivative exists, because the order-2 kernel reads x.
-    save_x = spec.grad_from == "x" or spec.has_2nd_grad
-    save_y = spec.grad_from == "y" and (act != "linear" or clamp >= 0)
+    # With alpha < 0, lrelu and elu map negative inputs to positive outputs, so y no longer tells
+    # which branch an element took: their derivative must come from x (the kernel uses x whenever
+    # it is given no y).
+    from_y = spec.grad_from == "y" and not (act in ("lrelu", "elu") and alpha < 0)
+    # Order-1 reads y when from_y; x (with b) otherwise and whenever a second derivative exists,
+    # because the order-2 kernel reads x.
+    save_x = not from_y or spec.has_2nd_grad
+    save_y = from_y and (act != "linear" or clamp >= 0)
 
     def grad_kernel(g, h, x, b, y, order):
         return _grad_kernel(g, h, x, b, y, dim, spec.cuda_id, alpha, gain, clamp, order)

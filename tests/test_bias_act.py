@@ -284,3 +284,211 @@ def test_first_order_path_compiles(gen):
     got = torch.autograd.grad(compiled(x, b), (x, b))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# Review additions (R2): what the kernels' contract needs from the Python layer, checked on the
+# CPU, and the cases that differed from the reference, checked on a GPU.
+
+HARNESS_SRC = __import__("pathlib").Path(__file__).resolve().parent / "kernel_harness" / "bias_act_host.cpp"
+
+
+def test_int32_path_leaves_room_for_the_grid_stride(build_host_harness):
+    """bias_act_fits_int32 must leave a whole grid of head room: with a 4096-element margin the
+    loop counters of tensors just under 2^31 elements wrapped negative and wrote out of bounds."""
+    import subprocess
+
+    exe = build_host_harness(HARNESS_SRC, "-O2")
+    done = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
+
+
+def _emulated_grad_kernel(g, h, x, b, y, dim, act_id, alpha, gain, clamp, order):
+    """What csrc/bias_act.cu computes (element()), in float64 on the CPU: the first derivative
+    from the saved y whenever the kernel is given one for an output-based activation (it then
+    never sees x), else from x + b; the second derivative from x + b."""
+    name = next(n for n, a in ACTIVATIONS.items() if a.cuda_id == act_id)
+    for t in (h, x, y):  # the bindings' check_like
+        assert t is None or (t.shape == g.shape and t.stride() == g.stride()), "operands differ in layout"
+    assert b is None or b.is_contiguous()
+    v = None
+    if x is not None:
+        v = x if b is None else x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    use_y = order == 1 and name != "swish" and y is not None
+    if use_y:
+        scaled, u = y, y * (1 / gain if gain != 0 else 0.0)
+        vv = torch.full_like(y, float("nan"))  # the kernel has no input here
+        clamped = (scaled.abs() >= clamp) if clamp >= 0 else torch.zeros_like(y, dtype=torch.bool)
+    else:
+        vv = v
+        u = ACTIVATIONS[name].func(v, alpha)
+        clamped = ((u * gain).abs() > clamp) if clamp >= 0 else torch.zeros_like(v, dtype=torch.bool)
+    if order == 2:
+        with torch.enable_grad():
+            t = vv.detach().requires_grad_(True)
+            (d1,) = torch.autograd.grad(ACTIVATIONS[name].func(t, alpha).sum(), t, create_graph=True)
+            (d2,) = torch.autograd.grad(d1.sum(), t)
+        out = g * h * gain * d2
+    else:
+        one, s = torch.ones_like(u), torch.sigmoid(vv)
+        branch_pos = (u > 0) if alpha >= 0 else (vv > 0)  # activations.cuh: lrelu and elu
+        deriv = {
+            "linear": one, "relu": (u > 0).to(u.dtype), "lrelu": torch.where(branch_pos, one, alpha * one),
+            "tanh": 1 - u * u, "sigmoid": u * (1 - u), "elu": torch.where(branch_pos, one, u + alpha),
+            "selu": torch.where(u > 0, SELU_SCALE * one, u + SELU_SCALE * SELU_ALPHA),
+            "softplus": 1 - torch.exp(-u), "swish": s * (1 + vv * (1 - s)),
+        }[name]
+        out = g * gain * deriv
+    return torch.where(clamped, torch.zeros_like(out), out)
+
+
+@pytest.mark.parametrize(
+    "act,alpha,clamp,channels_last",
+    [("lrelu", -0.3, None, False), ("elu", -0.7, 2.5, True), ("lrelu", 0.2, 1.3, True), ("tanh", None, 0.8, True),
+     ("selu", None, None, False), ("swish", None, 1.4, True), ("softplus", None, None, True)],
+)
+def test_cuda_autograd_functions_with_emulated_kernels(gen, monkeypatch, act, alpha, clamp, channels_last):
+    """The CUDA path's autograd Functions (what they save, which kernel gets which tensors, double
+    backward routing, the bias reduction) with the kernels replaced by a float64 emulation of
+    their contract: gradcheck and gradgradcheck against finite differences. Catches, e.g., a saved
+    y handed to the kernel where y cannot determine the derivative (lrelu/elu with alpha < 0)."""
+    from stylegan2_ops import _bias_act
+
+    monkeypatch.setattr(_bias_act, "_forward_kernel", _emulated_forward_kernel)
+    monkeypatch.setattr(_bias_act, "_grad_kernel", _emulated_grad_kernel)
+    x, b, _, gain = away_from_kinks(gen, (2, 3, 4, 3), 1, act, clamp)
+    alpha = ACTIVATIONS[act].def_alpha if alpha is None else alpha
+    x = x.detach()
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    fn = _bias_act._cuda_function(1, act, float(alpha), float(gain), float(clamp if clamp is not None else -1))
+
+    def f(x, b):
+        return fn.apply(x, b)
+
+    torch.testing.assert_close(f(x, b), bias_act(x, b, act=act, alpha=alpha, gain=gain, clamp=clamp, impl="ref"))
+    assert torch.autograd.gradcheck(f, (x, b))
+    assert torch.autograd.gradgradcheck(f, (x, b))
+
+
+def _emulated_forward_kernel(x, b, dim, act_id, alpha, gain, clamp):
+    """csrc/bind_bias_act.h's checks, then the reference."""
+    from stylegan2_ops import _bias_act
+
+    assert x.ndim >= 1 and x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+    assert b is None or b.is_contiguous(), "b must be contiguous"
+    name = next(n for n, a in ACTIVATIONS.items() if a.cuda_id == act_id)
+    return _bias_act.bias_act_ref(x, b, dim, name, alpha, gain, clamp)
+
+
+def test_cuda_path_hands_the_bindings_what_they_accept(gen, monkeypatch):
+    """A strided bias view, a permuted x and a broadcast incoming gradient, through the CUDA path
+    with emulated kernels that check what the bindings check."""
+    from stylegan2_ops import _bias_act, _dispatch
+
+    monkeypatch.setattr(_dispatch, "choose", lambda *args, **kwargs: "cuda")
+    monkeypatch.setattr(_bias_act, "_forward_kernel", _emulated_forward_kernel)
+    monkeypatch.setattr(_bias_act, "_grad_kernel", _emulated_grad_kernel)
+    w = torch.randn(10, generator=gen, dtype=torch.float64)
+    b = w[::2].clone().requires_grad_(True)  # the leaf; the op gets a strided view of it
+    xs = torch.randn(3, 4, 6, 5, generator=gen, dtype=torch.float64)
+    x = xs.permute(0, 3, 1, 2).requires_grad_(True)  # [3, 5, 4, 6], neither layout
+    bview = torch.stack([b, b], 1).reshape(-1)[::2]
+    y = bias_act(x, bview, act="tanh", clamp=0.9)
+    want = bias_act(x, bview, act="tanh", clamp=0.9, impl="ref")
+    torch.testing.assert_close(y, want)
+    got = torch.autograd.grad(y.sum(), (x, b))  # sum: a stride-0 incoming gradient
+    ref = torch.autograd.grad(want.sum(), (x, b))
+    for g_, r_ in zip(got, ref):
+        torch.testing.assert_close(g_, r_)
+
+
+def test_zero_dim_input_never_reaches_the_kernel(monkeypatch):
+    """A 0-d x is outside the kernel's bindings (they need a bias dimension): 'auto' must pick the
+    reference for it instead of raising from the extension."""
+    from stylegan2_ops import _dispatch
+
+    seen = {}
+
+    def fake_choose(op, impl, kernel_name, tensors, unsupported=None):
+        seen["unsupported"] = unsupported
+        return "ref"
+
+    monkeypatch.setattr(_dispatch, "choose", fake_choose)
+    bias_act(torch.tensor(0.3), dim=0, act="tanh")
+    assert seen["unsupported"] is not None
+    bias_act(torch.randn(3), act="tanh", dim=0)
+    assert seen["unsupported"] is None
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_kernel_keeps_nan_like_the_reference(dtype):
+    """torch.clamp and torch.relu keep NaN; fminf/fmaxf clamping turned it into -clamp, and
+    `v > 0 ? v : 0` into 0, which would hide a diverging run."""
+    x = torch.tensor([[float("nan"), 1.0, -2.0, 300.0, float("inf"), -float("inf")]], device="cuda", dtype=dtype)
+    for act in ("relu", "lrelu", "linear", "tanh"):
+        for clamp in (None, 0.5, 256.0):
+            got = bias_act(x, None, act=act, clamp=clamp, impl="cuda")
+            want = bias_act(x.double(), None, act=act, clamp=clamp, impl="ref")
+            assert torch.equal(got.isnan(), want.isnan()), (act, clamp, got, want)
+            torch.testing.assert_close(got.double().nan_to_num(), want.nan_to_num().to(dtype).double())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_kernel_clamp_mask_with_a_clamp_the_dtype_rounds(gen, dtype):
+    """A clamped element of a saved y holds the clamp rounded to the dtype (0.1 is 0.09998 in
+    float16; 257 is 256 in bfloat16); the mask must still see it as clamped."""
+    for act, clamp in (("lrelu", 0.1), ("tanh", 0.3), ("linear", 257.0), ("sigmoid", 0.7)):
+        scale = 400.0 if clamp > 100 else 2.0
+        x = (torch.randn(3, 8, 5, 6, generator=gen) * scale).to("cuda", dtype)
+        y0 = bias_act(x.double(), None, act=act, impl="ref")
+        x = torch.where((y0.abs() - clamp).abs() < 0.02 * clamp, x * 0.5, x)  # away from the edge
+        dy = torch.randn(x.shape, generator=gen).to("cuda", dtype)
+        grads = []
+        for impl, xi in (("cuda", x), ("ref", x.double())):
+            xi = xi.clone().requires_grad_(True)
+            (dx,) = torch.autograd.grad(bias_act(xi, None, act=act, clamp=clamp, impl=impl), xi, dy.to(xi.dtype))
+            grads.append(dx.double())
+        torch.testing.assert_close(grads[0], grads[1], rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_kernel_on_views_with_storage_offsets(gen, dtype):
+    """Views whose data pointer is not 16-byte aligned, and sizes that are no multiple of the pack
+    width: the vector path must not be taken for them, the tails must be covered."""
+    for act, offset, shape, dim in (("lrelu", 1, (3, 7, 5, 3), 1), ("swish", 3, (2, 9, 11), 2), ("tanh", 5, (1, 13, 1, 9), 1)):
+        numel = math.prod(shape)
+        base = torch.randn(numel + offset, generator=gen).to("cuda", dtype)
+        x = base[offset:].view(shape)
+        b = torch.randn(shape[dim], generator=gen).to("cuda", dtype)
+        dy = torch.randn(numel + offset, generator=gen).to("cuda", dtype)[offset:].view(shape)
+        outs = []
+        for impl in ("cuda", "ref"):
+            xi = (x if impl == "cuda" else x.double()).detach().requires_grad_(True)
+            bi = (b if impl == "cuda" else b.double()).detach().requires_grad_(True)
+            poison_allocator(numel * x.element_size())
+            y = bias_act(xi, bi, dim=dim, act=act, clamp=1.5, impl=impl)
+            dx, db = torch.autograd.grad(y, (xi, bi), dy.to(y.dtype))
+            outs.append([t.double() for t in (y, dx, db)])
+        for got, want in zip(*outs):
+            scale = want.abs().max().clamp(min=1.0)
+            torch.testing.assert_close(got / scale, want / scale, rtol=KTOL[dtype]["rtol"] * 4, atol=KTOL[dtype]["atol"] * 4)
+
+
+@pytest.mark.cuda
+def test_kernel_negative_alpha(gen):
+    """lrelu / elu with alpha < 0: the derivative must come from x (y cannot tell the branch)."""
+    for act in ("lrelu", "elu"):
+        x = (torch.randn(2, 4, 5, 5, generator=gen, dtype=torch.float64) + 0.3).cuda()
+        x = torch.where(x.abs() < 0.1, x + 0.3, x).float()
+        dy = torch.randn(x.shape, generator=gen).cuda()
+        grads = []
+        for impl in ("cuda", "ref"):
+            xi = x.clone().requires_grad_(True)
+            (dx,) = torch.autograd.grad(bias_act(xi, None, act=act, alpha=-0.4, clamp=3.0, impl=impl), xi, dy)
+            grads.append(dx)
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
