@@ -114,7 +114,9 @@ __device__ __forceinline__ float modulate_grad_styles_part(const ModulateParams&
 template <int Act>
 __device__ __forceinline__ float epilogue_value(float v, float alpha, float gain, float clamp) {
   float r = act_value<Act>(v, alpha) * gain;
-  if (clamp >= 0.f) r = fminf(fmaxf(r, -clamp), clamp);
+  // Not fminf/fmaxf: those turn NaN into -clamp, and torch.clamp keeps NaN (a diverging run
+  // must stay visible).
+  if (clamp >= 0.f && fabsf(r) > clamp) r = copysignf(clamp, r);
   return r;
 }
 

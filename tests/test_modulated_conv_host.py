@@ -210,3 +210,58 @@ def test_epilogue_backward_without_x(harness, tmp_path, gen, channels_last):
                                [n * c * h * w] * 2 + [n * c, n * c, n * h * w], [n * c * h * w] * 2)
     close(from_layout(dx, (n, c, h, w), channels_last), dy * gain * scale.reshape(n, c, 1, 1), "dx")
     assert not math.isnan(gb.sum().item())
+
+
+def run_plain_epilogue(harness, tmp_path, x, dy, act, alpha, gain, clamp, channels_last):
+    """The epilogue without scale, noise or bias: (y, dx) as [N, C, H, W]."""
+    n, c, h, w = x.shape
+    numel = x.numel()
+    ints = [1, n, c, h * w, int(channels_last), ACTS[act][0], 0, 0, 1, 0, 1]
+    (y, dx, _, _, _), counts = run(harness, tmp_path, ints, [alpha, gain, clamp],
+                                   [to_layout(x, channels_last), to_layout(dy, channels_last)],
+                                   [numel, numel, n * c, n * c, n * h * w], [numel, numel])
+    for cnt, what in zip(counts, ("y", "dx")):
+        assert bool((cnt == 1).all()), f"{what}: elements stored {sorted(set(cnt.tolist()))} times"
+    return from_layout(y, x.shape, channels_last), from_layout(dx, x.shape, channels_last)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_epilogue_clamp_keeps_nan(harness, tmp_path, gen, channels_last):
+    """torch.clamp keeps NaN (a diverging run must stay visible) and clamps +-inf; fminf/fmaxf
+    would turn NaN into -clamp. A NaN or clamped element passes no gradient (torch.clamp's mask
+    is false for NaN)."""
+    n, c, h, w = 2, 5, 3, 7
+    x = (torch.randn(n, c, h, w, generator=gen) * 2).double()
+    flat = x.view(-1)
+    flat[torch.randperm(flat.numel(), generator=gen)[:9]] = float("nan")
+    flat[torch.randperm(flat.numel(), generator=gen)[:4]] = float("inf")
+    flat[torch.randperm(flat.numel(), generator=gen)[:4]] = -float("inf")
+    dy = torch.randn(n, c, h, w, generator=gen).double()
+    for act in ("linear", "lrelu"):
+        alpha, gain, clamp = 0.2, 1.3, 0.7
+        xs = x.clone().requires_grad_(True)
+        want = epilogue_definition(xs, None, None, None, act, alpha, gain, clamp)
+        (want_dx,) = torch.autograd.grad(want, xs, dy)
+        y, dx = run_plain_epilogue(harness, tmp_path, x, dy, act, alpha, gain, clamp, channels_last)
+        assert bool(want.isnan().any())
+        torch.testing.assert_close(y.double(), want.detach(), rtol=1e-6, atol=1e-6, equal_nan=True,
+                                   msg=lambda m: f"y ({act}): {m}")
+        torch.testing.assert_close(dx.double(), want_dx, rtol=1e-5, atol=1e-5, equal_nan=True,
+                                   msg=lambda m: f"dx ({act}): {m}")
+
+
+@pytest.mark.parametrize("act", ["lrelu", "elu"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_epilogue_negative_alpha(harness, tmp_path, gen, act, channels_last):
+    """A negative alpha flips the sign of lrelu's and elu's output for v < 0, so the derivative's
+    branch must follow v (as torch's does), not the output's sign."""
+    for shape in [(2, 5, 3, 7), (1, 33, 4, 5)]:
+        alpha = -(float(torch.rand((), generator=gen)) * 0.8 + 0.1)
+        x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 1.5).float().double()
+        dy = torch.randn(shape, generator=gen, dtype=torch.float64).float().double()
+        xs = x.clone().requires_grad_(True)
+        want = epilogue_definition(xs, None, None, None, act, alpha, 1.1, -1.0)
+        (want_dx,) = torch.autograd.grad(want, xs, dy)
+        y, dx = run_plain_epilogue(harness, tmp_path, x, dy, act, alpha, 1.1, -1.0, channels_last)
+        close(y, want.detach(), f"y ({act} alpha={alpha:.3f} {shape})")
+        close(dx, want_dx, f"dx ({act} alpha={alpha:.3f} {shape})")
