@@ -38,6 +38,9 @@ OP = "upfirdn2d"
 # compares); larger configurations go to the reference under 'auto'.
 KERNEL_MAX_TAPS = 12
 KERNEL_MAX_FACTOR = 8
+# |padding| and the upsampled size per axis (csrc/bind_upfirdn2d.h: kUpfirdn2dMaxSpatial; the
+# kernels' int positions stay far from overflow below it).
+KERNEL_MAX_SPATIAL = 1 << 24
 
 IntOrPair = Union[int, Sequence[int]]
 Padding = Union[int, Sequence[int]]
@@ -123,14 +126,24 @@ def _output_length(
 
 
 def _kernel_unsupported(
-    f: Optional[torch.Tensor], up: tuple[int, int], down: tuple[int, int]
+    f: Optional[torch.Tensor],
+    up: tuple[int, int],
+    down: tuple[int, int],
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0),
+    size: tuple[int, int] = (0, 0),
 ) -> Optional[str]:
-    """Why the CUDA kernel cannot run this configuration, or None if it can."""
+    """Why the CUDA kernel cannot run this configuration, or None if it can.
+
+    pad: (x0, x1, y0, y1); size: the input's (width, height).
+    """
     fw, fh = _filter_size(f)
     if max(fw, fh) > KERNEL_MAX_TAPS:
         return f"a {fh}x{fw} filter exceeds the kernel's {KERNEL_MAX_TAPS}x{KERNEL_MAX_TAPS} taps"
     if max(up + down) > KERNEL_MAX_FACTOR:
         return f"up={list(up)} / down={list(down)} exceed the kernel's factor limit {KERNEL_MAX_FACTOR}"
+    # The bindings refuse these (int32 positions); 'auto' must not send them there.
+    if max(abs(v) for v in pad) > KERNEL_MAX_SPATIAL or max(size[0] * up[0], size[1] * up[1]) > KERNEL_MAX_SPATIAL:
+        return f"padding {list(pad)} or upsampled size {[size[0] * up[0], size[1] * up[1]]} exceeds {KERNEL_MAX_SPATIAL}"
     return None
 
 
@@ -358,7 +371,7 @@ def _upfirdn2d(
 
     # choose() raises for impl='cuda' (no GPU, a float64 x, a configuration the kernel does not
     # cover, or no compiled 'upfirdn2d' kernel).
-    chosen = _dispatch.choose(op, impl, "upfirdn2d", {"x": x}, unsupported=_kernel_unsupported(f, upxy, downxy))
+    chosen = _dispatch.choose(op, impl, "upfirdn2d", {"x": x}, unsupported=_kernel_unsupported(f, upxy, downxy, pad, (x.shape[3], x.shape[2])))
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
     if chosen == "cuda":

@@ -437,3 +437,20 @@ def test_device_mismatch(gen):
         upfirdn2d(x, setup_filter([1, 2, 1], device="cuda"))
     with pytest.raises(ValueError, match="f is on cpu"):
         filter2d(x.cuda(), setup_filter([1, 2, 1]))
+
+
+def test_kernel_coverage_includes_the_bindings_spatial_range():
+    """The bindings refuse |padding| or an upsampled size past kUpfirdn2dMaxSpatial; 'auto' must
+    take the reference for those rather than raise from the extension (review R2)."""
+    import re
+    from pathlib import Path
+
+    header = (Path(__file__).resolve().parent.parent / "csrc" / "bind_upfirdn2d.h").read_text()
+    shift = int(re.search(r"kUpfirdn2dMaxSpatial = int64_t\{1\} << (\d+);", header).group(1))
+    assert _upfirdn2d.KERNEL_MAX_SPATIAL == 1 << shift
+    big = _upfirdn2d.KERNEL_MAX_SPATIAL
+    f = torch.ones(4, 4)
+    assert _upfirdn2d._kernel_unsupported(f, (1, 1), (1, 1), (big, 0, 0, 0), (8, 8)) is None
+    assert _upfirdn2d._kernel_unsupported(f, (1, 1), (1, 1), (0, 0, -big - 1, 0), (8, 8)) is not None
+    assert _upfirdn2d._kernel_unsupported(f, (2, 1), (1, 1), (0, 0, 0, 0), (big // 2, 8)) is None
+    assert _upfirdn2d._kernel_unsupported(f, (2, 1), (1, 1), (0, 0, 0, 0), (big // 2 + 1, 8)) is not None
