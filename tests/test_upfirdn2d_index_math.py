@@ -275,3 +275,26 @@ def test_python_limits_match_the_kernel_header():
     taps = int(re.search(r"kUpfirdn2dMaxTaps = (\d+);", header).group(1))
     factor = int(re.search(r"kUpfirdn2dMaxFactor = (\d+);", header).group(1))
     assert (taps, factor) == (_upfirdn2d.KERNEL_MAX_TAPS, _upfirdn2d.KERNEL_MAX_FACTOR)
+
+
+@pytest.mark.parametrize("path", [FORCE_GENERAL, AUTO])
+def test_crops_and_paddings_that_leave_no_sample_under_any_tap(harness, gen, path):
+    """Negative padding that crops away every input sample along an axis (or padding so large
+    that whole rows of outputs see only zeros): the kernels must write zeros there and never read
+    outside x (review R2; the random configurations keep at least half of each axis)."""
+    f = torch.randn(4, 4, generator=gen)  # 4x4: AUTO takes the tiled paths
+    for up, down in (((1, 1), (1, 1)), ((2, 2), (1, 1)), ((1, 1), (2, 2)), ((3, 1), (2, 3))):
+        for layout in ("contiguous", "channels_last"):
+            h, w = int(torch.randint(2, 7, (1,), generator=gen)), int(torch.randint(2, 7, (1,), generator=gen))
+            x = strided_input(gen, [2, 9, h, w], layout)
+            # x: everything cropped before (pad0 <= -w*up), the output lives in pad1;
+            # y: a huge pad0 so the first outputs see only zeros, a crop at the end.
+            all_cropped = (-w * up[0] - int(torch.randint(0, 3, (1,), generator=gen)), w * up[0] + 9, 1, 2)
+            far_padded = (1, 2, 2 * h * up[1] + 5, -1)
+            for pad in (all_cropped, far_padded):
+                _, got = run_harness(harness, harness.parent, x, f, up, down, pad, False, 1.5, path=path,
+                                     y_channels_last=layout == "channels_last")
+                want = reference(x, f, up, down, pad, False, 1.5)
+                assert got.shape == want.shape
+                assert_matches(got, want, 16)
+                assert (want.abs().max() == 0) == (pad is all_cropped)
