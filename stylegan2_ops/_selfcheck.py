@@ -65,7 +65,10 @@ def kernel_trusted(op: str, dtype: torch.dtype, device: torch.device) -> bool:
     with _lock:
         if key not in _RESULTS:
             try:
-                with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+                # inference_mode(False): under a caller's inference_mode, enable_grad alone still
+                # makes inference tensors, autograd.grad fails, and a good kernel would be
+                # distrusted for the whole process.
+                with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
                     _CHECKS[op](device, dtype)
                 _RESULTS[key] = None
             except Exception as e:  # any failure means: do not trust this kernel here

@@ -101,3 +101,19 @@ def test_bias_act_check_catches_a_wrong_kernel(monkeypatch):
     route_cuda_to(monkeypatch, perturb_dtype=torch.bfloat16)
     with pytest.raises(AssertionError, match="bias_act: y"):
         _selfcheck._CHECKS["bias_act_forward"](torch.device("cpu"), torch.bfloat16)
+
+
+def test_check_runs_with_autograd_even_under_inference_mode(fresh):
+    """A first call under torch.inference_mode() (e.g. generating images) must not make the check
+    fail for want of autograd and distrust a good kernel for the rest of the process (review R2)."""
+
+    def needs_autograd(device, dtype):
+        x = torch.randn(3).requires_grad_(True)
+        (g,) = torch.autograd.grad((x * 2).sum(), x)
+        assert torch.equal(g, torch.full((3,), 2.0))
+
+    fresh.register("bias_act_forward", needs_autograd)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.inference_mode():
+            assert _dispatch.choose("bias_act", "auto", "bias_act_forward", {"x": fake_cuda()}) == "cuda"
