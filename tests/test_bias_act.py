@@ -433,7 +433,7 @@ def test_kernel_keeps_nan_like_the_reference(dtype):
             got = bias_act(x, None, act=act, clamp=clamp, impl="cuda")
             want = bias_act(x.double(), None, act=act, clamp=clamp, impl="ref")
             assert torch.equal(got.isnan(), want.isnan()), (act, clamp, got, want)
-            torch.testing.assert_close(got.double().nan_to_num(), want.nan_to_num().to(dtype).double())
+            torch.testing.assert_close(got.double(), want.to(dtype).double(), equal_nan=True, **KTOL[dtype])
 
 
 @pytest.mark.cuda
@@ -445,13 +445,16 @@ def test_kernel_clamp_mask_with_a_clamp_the_dtype_rounds(gen, dtype):
         scale = 400.0 if clamp > 100 else 2.0
         x = (torch.randn(3, 8, 5, 6, generator=gen) * scale).to("cuda", dtype)
         y0 = bias_act(x.double(), None, act=act, impl="ref")
-        x = torch.where((y0.abs() - clamp).abs() < 0.02 * clamp, x * 0.5, x)  # away from the edge
+        # Where the output rounds to the clamp itself, a saved y cannot tell clamped from not:
+        # those elements (within 2% of the clamp) are left out of the comparison.
+        far = (y0.abs() - clamp).abs() >= 0.02 * clamp
+        assert (y0.abs() > clamp * 1.02).any() and (y0.abs() < clamp * 0.98).any()
         dy = torch.randn(x.shape, generator=gen).to("cuda", dtype)
         grads = []
         for impl, xi in (("cuda", x), ("ref", x.double())):
             xi = xi.clone().requires_grad_(True)
             (dx,) = torch.autograd.grad(bias_act(xi, None, act=act, clamp=clamp, impl=impl), xi, dy.to(xi.dtype))
-            grads.append(dx.double())
+            grads.append(torch.where(far, dx.double(), 0.0))
         torch.testing.assert_close(grads[0], grads[1], rtol=3e-2, atol=3e-2)
 
 
