@@ -38,7 +38,8 @@ inline void check_contiguous(const at::Tensor& t, const char* name) {
 }
 
 inline void check_fits_int(int64_t v, const char* what) {
-  TORCH_CHECK(v <= std::numeric_limits<int>::max(), what, " (", v, ") exceeds the kernels' 32-bit index");
+  TORCH_CHECK(sg2::modconv_fits_int32(v), what, " (", v, ") exceeds the kernels' 32-bit index (2^31 - 1 - ",
+              sg2::kModconvIndexHeadroom, ")");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,6 +24,13 @@
 
 namespace sg2 {
 
+// The kernels index with int32. Their per-thread loops step past the end before the loop test
+// stops them (by up to 256 along a weight row, 8 along the output channels, by * kTileA = 1024
+// along the epilogue's A axis), so every such size (weight.numel(), channels, height * width)
+// must stay this far below 2^31. _modulated_conv_cuda.MAX_INT32_SIZE mirrors it.
+constexpr int64_t kModconvIndexHeadroom = 4096;
+inline bool modconv_fits_int32(int64_t v) { return v <= (int64_t{1} << 31) - 1 - kModconvIndexHeadroom; }
+
 struct ModulateParams {
   const void* weight;  // [out_channels, row] parameter dtype (row = in_channels * kernel_size)
   const void* styles;  // [batch_size, in_channels] parameter dtype

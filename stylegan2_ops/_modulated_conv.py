@@ -164,7 +164,7 @@ def modulated_conv2d(
 
     chosen = _dispatch.choose(
         OP, impl, "modconv_epilogue", {"x": x, "weight": weight, "styles": styles, "noise": noise, "bias": bias},
-        unsupported=_cuda.unsupported_reason(x, weight),
+        unsupported=_cuda.unsupported_reason(x, weight, out_shape),
     )
     if chosen == "cuda":
         return _cuda.modulated_conv2d_cuda(

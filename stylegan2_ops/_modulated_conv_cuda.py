@@ -351,14 +351,23 @@ def epilogue(
 # The whole op.
 
 
-def unsupported_reason(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
-    """Why the kernels cannot run this call (None if they can); the arguments are already checked."""
+# The largest weight.numel(), channel count or height * width the kernels index (int32 with
+# head room for loops that step past the end): csrc/modulated_conv.h, modconv_fits_int32.
+MAX_INT32_SIZE = 2**31 - 1 - 4096
+
+
+def unsupported_reason(x: torch.Tensor, weight: torch.Tensor, out_shape: Sequence[int]) -> Optional[str]:
+    """Why the kernels cannot run this call (None if they can); the arguments are already checked.
+    out_shape: the result's [batch_size, out_channels, out_height, out_width]."""
     if weight.dtype not in _DTYPE_IDS:
         return f"weight and styles have dtype {weight.dtype}; the kernels take float32, float16 or bfloat16 parameters"
     if x.shape[0] > 65535:
         return f"batch size {x.shape[0]} exceeds the kernels' 65535"
-    if weight.numel() >= 2**31:
-        return "weight has 2**31 or more elements"
+    if weight.numel() > MAX_INT32_SIZE:
+        return f"weight has {weight.numel()} elements, more than the kernels' 32-bit index takes ({MAX_INT32_SIZE})"
+    pixels = max(x.shape[2] * x.shape[3], out_shape[2] * out_shape[3])
+    if pixels > MAX_INT32_SIZE:
+        return f"an image of {pixels} pixels is more than the kernels' 32-bit index takes ({MAX_INT32_SIZE})"
     return None
 
 

@@ -227,3 +227,29 @@ def test_second_derivatives_match_reference(stand_in, gen):
 
 def test_public_api_is_unchanged():
     assert stylegan2_ops.modulated_conv2d is modulated_conv2d
+
+
+def test_int32_limits_fall_back_and_match_the_header():
+    """Sizes past the kernels' int32 head room go to the reference under 'auto' (a binding error
+    otherwise): the weight's element count and the input's or output's height * width. The
+    Python limit is the header's (csrc/modulated_conv.h)."""
+    import re
+    from pathlib import Path
+
+    header = (Path(__file__).resolve().parent.parent / "csrc" / "modulated_conv.h").read_text()
+    headroom = int(re.search(r"kModconvIndexHeadroom = (\d+);", header).group(1))
+    limit = _modulated_conv_cuda.MAX_INT32_SIZE
+    assert limit == 2**31 - 1 - headroom
+    reason = _modulated_conv_cuda.unsupported_reason
+
+    def meta(*shape, dtype=torch.float32):
+        return torch.empty(*shape, device="meta", dtype=dtype)
+
+    w = meta(4, 3, 3, 3)
+    assert reason(meta(2, 3, 1, limit), w, [2, 4, 1, limit]) is None
+    assert "pixels" in reason(meta(2, 3, 1, limit + 1), w, [2, 4, 1, limit + 1])
+    assert "pixels" in reason(meta(2, 3, 1, limit // 2), w, [2, 4, 2, limit // 2 + 1])  # up=2 output
+    assert reason(meta(2, 1, 5, 5), meta(1, 1, 1, limit), [2, 1, 5, 5]) is None
+    assert "weight" in reason(meta(2, 1, 5, 5), meta(1, 1, 1, limit + 1), [2, 1, 5, 5])
+    assert "65535" in reason(meta(65536, 3, 5, 5), w, [65536, 4, 5, 5])
+    assert "dtype" in reason(meta(2, 3, 5, 5), meta(4, 3, 3, 3, dtype=torch.float64), [2, 4, 5, 5])

@@ -324,6 +324,31 @@ def test_epilogue_kernels(gen, act, dtype, memory_format):
             assert_close_rel(gn.reshape(n, 1, h, w), grads[id(nz64)], 1e-4, f"grad_noise ({tag})")
 
 
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS, ids=["contig", "chlast"])
+def test_epilogue_clamp_keeps_nan(gen, dtype, memory_format):
+    """torch.clamp keeps NaN and clamps +-inf; fminf/fmaxf would make NaN -clamp. Clamped and NaN
+    elements pass no gradient (torch.clamp's mask is false for both)."""
+    n, c, h, w = 2, 37, 5, 9
+    x = randn(gen, n, c, h, w) * 2
+    flat = x.view(-1)
+    flat[torch.randperm(flat.numel(), generator=gen)[:40]] = float("nan")
+    flat[torch.randperm(flat.numel(), generator=gen)[:20]] = float("inf")
+    flat[torch.randperm(flat.numel(), generator=gen)[:20]] = -float("inf")
+    x = x.to(DEV, dtype).contiguous(memory_format=memory_format)
+    dy = randn(gen, n, c, h, w).to(DEV, dtype).contiguous(memory_format=memory_format)
+    spec = ACTIVATIONS["lrelu"]
+    x64 = x.double().requires_grad_(True)
+    want = _modulated_conv_cuda.epilogue_ref(x64, None, None, None, "lrelu", 0.2, spec.def_gain, 0.9)
+    (want_dx,) = torch.autograd.grad(want, x64, dy.double())
+    y = kernels().modconv_epilogue(x, None, None, None, spec.cuda_id, 0.2, spec.def_gain, 0.9)
+    dx = kernels().modconv_epilogue_grad(dy, x, None, None, None, spec.cuda_id, 0.2, spec.def_gain, 0.9,
+                                         False, False, False)[0]
+    tol = max(2 * EPS[dtype], 1e-5)
+    torch.testing.assert_close(y.double(), want.detach(), rtol=tol, atol=tol, equal_nan=True)
+    torch.testing.assert_close(dx.double(), want_dx, rtol=tol, atol=tol * 4, equal_nan=True)
+
+
 def test_torch_library_ops(gen):
     """The registered ops' schemas and fake implementations agree with the kernels."""
     n, c, h, w = 2, 5, 6, 7
