@@ -120,8 +120,10 @@ def test_modulation_matches_definition(harness, tmp_path, gen, demodulate):
 
 # (N, C, H, W): odd sizes, one channel, three channels, sizes that cross tile edges in both
 # layouts (NCHW tiles: 32 channels x 128 pixels; NHWC: 32 pixels x 128 channels, fewer
-# threads along a narrow channel axis).
-EPILOGUE_SHAPES = [(2, 5, 3, 7), (1, 1, 9, 11), (3, 3, 6, 5), (2, 70, 9, 11), (2, 33, 15, 20), (1, 130, 2, 3)]
+# threads along a narrow channel axis: 3 channels -> 4 lanes x 64 rows, 256-pixel tiles; 1 channel
+# -> 1 lane x 256 rows, 1024-pixel tiles, crossed by the last two shapes).
+EPILOGUE_SHAPES = [(2, 5, 3, 7), (1, 1, 9, 11), (3, 3, 6, 5), (2, 70, 9, 11), (2, 33, 15, 20), (1, 130, 2, 3),
+                   (2, 3, 20, 15), (1, 1, 37, 29)]
 
 
 def epilogue_definition(x, scale, noise, bias, act, alpha, gain, clamp):
