@@ -68,6 +68,9 @@ inline at::Tensor bias_act_grad(const at::Tensor& g, const std::optional<at::Ten
   const sg2::DType dtype = kernel_dtype(g, "dy");
   TORCH_CHECK(order == 1 || order == 2, "order must be 1 or 2, got ", order);
   TORCH_CHECK(x.has_value() || y.has_value(), "bias_act_grad needs the saved input x or output y");
+  // swish's derivative comes from x only (grad_from_output in activations.cuh): without x the
+  // kernel would read through a null pointer.
+  TORCH_CHECK(x.has_value() || act != sg2::kSwish, "bias_act_grad: swish's derivative needs the saved input x");
   TORCH_CHECK(order == 1 || (x.has_value() && h.has_value()), "the second derivative needs x and dy");
   if (h.has_value()) check_like(*h, g, "dy (order 2)");
   if (x.has_value()) check_like(*x, g, "x");

@@ -495,3 +495,14 @@ def test_kernel_negative_alpha(gen):
             (dx,) = torch.autograd.grad(bias_act(xi, None, act=act, alpha=-0.4, clamp=3.0, impl=impl), xi, dy)
             grads.append(dx)
         torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_grad_binding_refuses_swish_without_x(gen):
+    """swish's first derivative is computed from x; given only y the kernel would dereference a
+    null x, so the binding must refuse the call (review R2)."""
+    x = torch.randn(2, 3, 4, 4, generator=gen).cuda()
+    y = bias_act(x, None, act="swish", impl="cuda")
+    with pytest.raises(RuntimeError, match="swish's derivative needs the saved input x"):
+        stylegan2_ops._loader.load().bias_act_grad(torch.ones_like(x), None, None, None, y, 1,
+                                                   ACTIVATIONS["swish"].cuda_id, 0.0, 1.0, -1.0, 1)

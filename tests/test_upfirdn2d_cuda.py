@@ -326,3 +326,31 @@ def test_registered_op_passes_opcheck(gen):
         args = (x, f, 2, 2, 1, 1, 2, 1, 2, 1, False, 4.0, channels_last)
         torch.library.opcheck(torch.ops.stylegan2_ops.upfirdn2d.default, args,
                               test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_kernel_on_strided_views_with_storage_offsets(gen, dtype):
+    """Inputs that are views: a storage offset (an odd element address), gaps between rows and
+    planes, a permuted channel order and a broadcast (stride-0) batch, on the tiled and general
+    paths, forward and input gradient (review R2)."""
+    f4 = setup_filter([1, 3, 3, 1], device="cuda")
+    f5 = torch.randn(5, 3, generator=gen).cuda()
+    for f, up, down, pad in ((f4, 2, 1, [2, 1, 2, 1]), (f4, 1, 2, [1, 1, 1, 1]), (f4, 1, 1, [1, 2, 2, 1]),
+                             (f5, [3, 1], [1, 2], [2, -1, 0, 3])):
+        base = torch.randn(3, 21, 13, 17, generator=gen).to("cuda", dtype)
+        views = [base[:, 1:20:2, 1:12, 3:16],  # offset, gaps
+                 base.permute(0, 2, 3, 1)[:, 1:, 2:, 1:20].permute(0, 3, 1, 2),  # channels_last-like, offset
+                 base[1:2, 3:12, 2:9, 1:14].expand(4, -1, -1, -1)]  # stride-0 batch
+        for x in views:
+            want = upfirdn2d(x.double(), f, up, down, pad, gain=1.5, impl="ref")
+            poison_allocator(want.numel() * x.element_size())
+            got = upfirdn2d(x, f, up, down, pad, gain=1.5, impl="cuda")
+            assert not got.isnan().any(), "unwritten output elements"
+            assert_close_scaled(got, want, dtype)
+            dy = torch.randn(want.shape, generator=gen).to("cuda", dtype)
+            xs = x.detach().clone().requires_grad_(True)
+            (dx,) = torch.autograd.grad(upfirdn2d(xs, f, up, down, pad, gain=1.5, impl="cuda"), xs, dy)
+            xr = x.detach().double().requires_grad_(True)
+            (dxr,) = torch.autograd.grad(upfirdn2d(xr, f, up, down, pad, gain=1.5, impl="ref"), xr, dy.double())
+            assert_close_scaled(dx, dxr, dtype)
