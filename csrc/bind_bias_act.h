@@ -35,7 +35,9 @@ inline sg2::BiasActParams bias_act_params(const at::Tensor& ref, const std::opti
   p.numel = ref.numel();
   p.channels = b.has_value() ? ref.size(dim) : 1;
   p.channel_stride = b.has_value() ? ref.stride(dim) : 1;
-  if (p.channel_stride < 1) p.channel_stride = 1;  // a size-1 dimension may report stride 0
+  // A size-1 bias dimension may report any stride (0, or past int32, which the 32-bit kernels
+  // would truncate, possibly to a zero divisor); with one channel the stride does not matter.
+  if (p.channel_stride < 1 || p.channels == 1) p.channel_stride = 1;
   p.b = b.has_value() ? b->data_ptr() : nullptr;
   p.act = static_cast<int>(act);
   p.alpha = static_cast<float>(alpha);

@@ -506,3 +506,17 @@ def test_grad_binding_refuses_swish_without_x(gen):
     with pytest.raises(RuntimeError, match="swish's derivative needs the saved input x"):
         stylegan2_ops._loader.load().bias_act_grad(torch.ones_like(x), None, None, None, y, 1,
                                                    ACTIVATIONS["swish"].cuda_id, 0.0, 1.0, -1.0, 1)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_kernel_size_one_bias_dim_with_an_odd_stride(gen, dtype):
+    """A size-1 bias dimension may carry any stride (here 2^33 and 3): the layout is still dense,
+    and the one bias value applies everywhere (review R2: the 32-bit kernels truncated the stride)."""
+    for stride in (1 << 33, 3):
+        x = torch.empty_strided((4, 1, 37), (37, stride, 1), device="cuda", dtype=dtype)
+        x.copy_(torch.randn(4, 1, 37, generator=gen))
+        b = torch.randn(1, generator=gen).to("cuda", dtype)
+        got = bias_act(x, b, dim=1, act="lrelu", impl="cuda")
+        want = bias_act(x.double(), b.double(), dim=1, act="lrelu", impl="ref")
+        torch.testing.assert_close(got.double(), want.to(dtype).double(), **KTOL[dtype])
