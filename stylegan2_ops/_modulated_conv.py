@@ -37,7 +37,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from . import _checks, _dispatch, _selfcheck
+from . import _checks, _dispatch, _selfcheck, _upfirdn2d
 from . import _modulated_conv_cuda as _cuda
 from ._bias_act import ACTIVATIONS, bias_act
 from ._upfirdn2d import setup_filter, upfirdn2d
@@ -131,8 +131,7 @@ def modulated_conv2d(
                 f"{OP}: bias has {bias.shape[0]} elements but weight has {out_channels} "
                 "output channels"
             )
-    if resample_filter is not None:
-        _check_filter(resample_filter)
+    _upfirdn2d._check_filter(OP, resample_filter, x, name="resample_filter")
     _checks.check_same_device(
         OP, x=x, weight=weight, styles=styles, noise=noise, bias=bias,
         resample_filter=resample_filter,
@@ -360,22 +359,6 @@ def _filter_size(f: Optional[torch.Tensor]) -> tuple[int, int]:
     if f is None:
         return 1, 1
     return int(f.shape[-1]), int(f.shape[0])
-
-
-def _check_filter(f: object) -> None:
-    _checks.check_tensor(OP, "resample_filter", f, ndim=(1, 2))
-    if f.dtype != torch.float32:
-        raise ValueError(
-            f"{OP}: resample_filter has dtype {f.dtype}; filters are float32 (make them with "
-            "setup_filter)"
-        )
-    if f.numel() == 0:
-        raise ValueError(f"{OP}: resample_filter must have at least one tap")
-    if f.requires_grad:
-        raise ValueError(
-            f"{OP}: resample_filter requires grad, but filters are constants; register it as a "
-            "buffer or pass resample_filter.detach()"
-        )
 
 
 def _check_factor(name: str, value: object) -> int:

@@ -71,24 +71,25 @@ def _parse_padding(op: str, padding: object) -> tuple[int, int, int, int]:
     )
 
 
-def _check_filter(op: str, f: object, x: torch.Tensor) -> Optional[torch.Tensor]:
-    """Validates f against x; returns it (None stays None, meaning the 1x1 identity)."""
+def _check_filter(op: str, f: object, x: torch.Tensor, name: str = "f") -> Optional[torch.Tensor]:
+    """Validates filter `f` (called `name` in messages) against x; returns it (None stays None,
+    meaning the 1x1 identity). modulated_conv2d checks its resample_filter here too."""
     if f is None:
         return None
-    _checks.check_tensor(op, "f", f, ndim=(1, 2))
+    _checks.check_tensor(op, name, f, ndim=(1, 2))
     if f.dtype != torch.float32:
         raise ValueError(
-            f"{op}: f has dtype {f.dtype}; filters are float32 (make them with setup_filter); "
+            f"{op}: {name} has dtype {f.dtype}; filters are float32 (make them with setup_filter); "
             "they are cast to x's dtype inside"
         )
     if f.numel() == 0:
-        raise ValueError(f"{op}: f must have at least one tap, got shape {list(f.shape)}")
+        raise ValueError(f"{op}: {name} must have at least one tap, got shape {list(f.shape)}")
     if f.requires_grad:
         raise ValueError(
-            f"{op}: f requires grad, but filters are constants (no gradient flows to them); "
-            "register it as a buffer or pass f.detach()"
+            f"{op}: {name} requires grad, but filters are constants (no gradient flows to them); "
+            f"register it as a buffer or pass {name}.detach()"
         )
-    _checks.check_same_device(op, x=x, f=f)
+    _checks.check_same_device(op, **{"x": x, name: f})
     return f
 
 
