@@ -305,3 +305,28 @@ def test_merge_recomputes_ratios_across_runs(tmp_path: Path) -> None:
     (tmp_path / "o.json").write_text(json.dumps(other))
     assert run.merge([pa, tmp_path / "o.json"], tmp_path / "m2") == 2  # unlike devices: refused
     assert not (tmp_path / "m2").exists()
+
+
+def _fake_run(root, name, precision, losses):
+    run = root / name
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"precision": precision}))
+    rows = [{"kimg": 0.5 * (i + 1), "Loss/G/main": g, "Loss/D/main": d} for i, (g, d) in enumerate(losses)]
+    (run / "stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_overlay_losses_draws_every_run_and_flags_non_finite(tmp_path, capsys):
+    from benchmarks import overlay_losses
+
+    gen = torch.Generator().manual_seed(7)
+    vals = (torch.rand(6, 2, generator=gen) + 0.5).tolist()
+    a = _fake_run(tmp_path, "00000-a", "fp32", vals)
+    b = _fake_run(tmp_path, "00001-b", "fp16", vals[:3])
+    out = tmp_path / "overlay.png"
+    assert overlay_losses.main([str(a), str(b), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "4 curves from 2 runs" in capsys.readouterr().out
+    c = _fake_run(tmp_path, "00002-c", "bf16", [(1.0, float("nan")), (1.0, 1.0)])
+    assert overlay_losses.main([str(a), str(c), "--out", str(out)]) == 1
+    assert "Loss/D/main=nan at 0.5 kimg" in capsys.readouterr().out

@@ -8,6 +8,7 @@
 #   bash tools/gpu_round.sh bench-compile-fwd     # torch.compile rows, forward             (<= 9 min)
 #   bash tools/gpu_round.sh bench-compile-fwdbwd  # torch.compile rows, forward+backward    (<= 9 min)
 #   bash tools/gpu_round.sh merge      # merge the three into benchmarks/results/ (commit it)
+#   bash tools/gpu_round.sh precision  # fp32 vs fp16 training, same seed, loss overlay PNG (<= 9 min)
 #   bash tools/gpu_round.sh all        # build, test, sanitize, bench (one long call, if the budget allows)
 # The bench stages write to bench/ under the repository so the merge call finds them while the
 # machine stays warm; each also copies its JSON to $OUT.
@@ -80,6 +81,15 @@ stage_merge() {
   cp benchmarks/results/* "$OUT/" 2>/dev/null || true
 }
 
+stage_precision() {  # two short gpu128 runs on one seed (each capped at 250 s) so both fit one call
+  rm -rf gpu-round-out/prec && mkdir -p gpu-round-out/prec
+  for p in fp32 fp16; do
+    timeout 250 python3 -m stylegan2 train --preset gpu128 --precision $p --kimg 40 --snap 20 --seed 0 \
+      --out gpu-round-out/prec --no-progress > "$OUT/train-$p.log" 2>&1
+  done
+  python3 benchmarks/overlay_losses.py gpu-round-out/prec/* --out "$OUT/fp32-vs-fp16-losses.png" | tee "$OUT/overlay.txt"
+}
+
 case "${1:-all}" in
   build) stage_build ;;
   test) stage_test ;;
@@ -88,6 +98,7 @@ case "${1:-all}" in
   bench-compile-fwd) stage_bench_compile_fwd ;;
   bench-compile-fwdbwd) stage_bench_compile_fwdbwd ;;
   merge) stage_merge ;;
+  precision) stage_precision ;;
   all) stage_build && stage_test; stage_sanitize; stage_bench ;;
-  *) echo "usage: $0 build|test|sanitize|bench|bench-compile-fwd|bench-compile-fwdbwd|merge|all" >&2; exit 2 ;;
+  *) echo "usage: $0 build|test|sanitize|bench|bench-compile-fwd|bench-compile-fwdbwd|merge|precision|all" >&2; exit 2 ;;
 esac

@@ -51,3 +51,38 @@ def plot_losses(rows: list[dict[str, Any]], run_dir: str | os.PathLike) -> list[
     _plot(rows, D_KEYS, "Discriminator losses", out[1])
     _plot(rows, G_KEYS + D_KEYS, "Generator and discriminator losses", out[2])
     return out
+
+
+def plot_runs_overlay(
+    runs: dict[str, list[dict[str, Any]]],
+    path: str | os.PathLike,
+    keys: tuple[str, ...] = ("Loss/G/main", "Loss/D/main"),
+) -> list[tuple[str, str]]:
+    """Overlay the same loss terms of several runs in one PNG, e.g. fp32 against mixed precision
+    on the same seed and data (issue 6 asks for that plot beside the benchmark results).
+
+    runs: label -> that run's stats rows (StatsWriter(run_dir).rows()). Returns the (label, key)
+    pairs that had data and were drawn.
+    """
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    drawn = []
+    styles = ["-", "--", ":", "-."]
+    for i, (label, rows) in enumerate(runs.items()):
+        for key in keys:
+            xs, ys = _series(rows, key)
+            if xs:
+                ax.plot(xs, ys, styles[i % len(styles)], label=f"{label}: {key}", linewidth=1.2)
+                drawn.append((label, key))
+    ax.set_xlabel("kimg (thousands of real images shown)")
+    ax.set_ylabel("loss (mean over tick)")
+    ax.set_title(" vs ".join(runs))
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return drawn
