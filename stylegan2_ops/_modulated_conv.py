@@ -145,7 +145,7 @@ def modulated_conv2d(
             raise ValueError(f"{OP}: {name} must be True or False, got {flag!r}")
     extras = _check_extras(act, alpha, gain, clamp, bias)
 
-    fw, fh = _filter_size(resample_filter)
+    fw, fh = _upfirdn2d._filter_size(resample_filter)
     pads = _adjusted_padding(pads, fw, fh, up, down)
     out_w = _output_length("width", in_w, kw, fw, up, down, pads[0], pads[1])
     out_h = _output_length("height", in_h, kh, fh, up, down, pads[2], pads[3])
@@ -352,13 +352,6 @@ def _output_length(
 
 # ---------------------------------------------------------------------------------------------
 # Argument checks.
-
-
-def _filter_size(f: Optional[torch.Tensor]) -> tuple[int, int]:
-    """(filter_width, filter_height); a separable 1-D filter has the same taps on both axes."""
-    if f is None:
-        return 1, 1
-    return int(f.shape[-1]), int(f.shape[0])
 
 
 def _check_factor(name: str, value: object) -> int:
