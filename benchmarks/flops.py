@@ -32,6 +32,8 @@ from typing import Any, Callable
 
 import torch
 
+from stylegan2.networks.config import block_resolutions, channels_at
+
 FIR_TAPS = 4  # the [1, 3, 3, 1] filter, used as a 4 x 4 2-D filter (setup_filter's choice)
 
 
@@ -68,15 +70,11 @@ class Arch:
                    mbstd_channels=get("mbstd_channels", 1))
 
     def ch(self, res: int) -> int:
-        return min(self.channel_base // res, self.channel_max)
+        return channels_at(res, self.channel_base, self.channel_max)
 
     @property
     def resolutions(self) -> list[int]:
-        out, r = [], 4
-        while r <= self.resolution:
-            out.append(r)
-            r *= 2
-        return out
+        return block_resolutions(self.resolution)
 
 
 def fc(name: str, n: int, fin: int, fout: int) -> Layer:

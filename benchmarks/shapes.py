@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from stylegan2.networks.config import block_resolutions, channels_at
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -29,16 +31,12 @@ class ModelShape:
     half: torch.dtype = torch.float16  # the reduced dtype of those layers
 
     def channels_at(self, res: int) -> int:
-        return min(self.channel_base // res, self.channel_max)
+        return channels_at(res, self.channel_base, self.channel_max)
 
     @property
     def resolutions(self) -> list[int]:
         """4, 8, ..., resolution."""
-        out, r = [], 4
-        while r <= self.resolution:
-            out.append(r)
-            r *= 2
-        return out
+        return block_resolutions(self.resolution)
 
     def policy_dtype(self, res: int) -> torch.dtype:
         """The dtype the mixed-precision model (`half` in the num_fp16_res highest resolutions,

@@ -18,6 +18,16 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 DEFAULT_CONV_CLAMP = 256.0  # NVlabs' clamp for the reduced-precision layers
 
 
+def block_resolutions(resolution: int) -> list[int]:
+    """Block resolutions of a StyleGAN2 at `resolution`, low to high: [4, 8, ..., resolution]."""
+    return [2**i for i in range(2, int(math.log2(resolution)) + 1)]
+
+
+def channels_at(res: int, channel_base: int, channel_max: int) -> int:
+    """Feature maps of the blocks at resolution `res`: min(channel_base // res, channel_max)."""
+    return min(channel_base // res, channel_max)
+
+
 @dataclass
 class ModelConfig:
     """Architecture of Generator and Discriminator.
@@ -112,11 +122,11 @@ class ModelConfig:
     @property
     def block_resolutions(self) -> list[int]:
         """Generator block resolutions, low to high: [4, 8, ..., resolution]."""
-        return [2**i for i in range(2, self.log2_resolution + 1)]
+        return block_resolutions(self.resolution)
 
     def channels_at(self, res: int) -> int:
         """Feature maps of the blocks at resolution `res`."""
-        return min(self.channel_base // res, self.channel_max)
+        return channels_at(res, self.channel_base, self.channel_max)
 
     @property
     def reduced_dtype(self) -> torch.dtype:
