@@ -26,7 +26,7 @@ BUILTIN_DATA = ("mni152",)
 _MODEL_OPTIONS = ("preset", "resolution", "batch", "cond", "mirror", "gamma", "lr", "loss", "seed",
                   "precision", "channels", "max_images")
 _RUNTIME_FIELDS = {"kimg": "kimg", "snap": "snap_kimg", "tick": "tick_kimg", "threads": "threads",
-                   "device": "device"}
+                   "device": "device", "channels_last": "channels_last"}
 
 
 def _cuda_available() -> bool:
@@ -105,6 +105,8 @@ def main() -> None:
 @click.option("--threads", type=click.IntRange(1, 512), default=None, show_default="all cores but one on a CPU",
               help="CPU threads (torch.set_num_threads); on a busy 2-core machine 1 beats 2.")
 @click.option("--device", default=None, show_default="cuda if available, else cpu")
+@click.option("--channels-last/--no-channels-last", default=None, show_default="off",
+              help="NHWC activations in G and D (speed only: same weights, same numbers up to rounding).")
 @click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
               help="Continue from a checkpoint file or a run directory (its newest checkpoint).")
 @click.option("--allow-data-change", is_flag=True, help="Resume even if the dataset differs.")
@@ -150,7 +152,7 @@ def _fresh_config(opts: dict[str, Any]) -> tuple[TrainConfig, str]:
                      kimg=opts["kimg"], snap_kimg=opts["snap"], tick_kimg=opts["tick"], cond=opts["cond"],
                      mirror=opts["mirror"], gamma=opts["gamma"], lr=opts["lr"], loss=opts["loss"],
                      precision=opts["precision"], max_images=opts["max_images"], seed=opts["seed"],
-                     threads=opts["threads"], device=opts["device"],
+                     threads=opts["threads"], device=opts["device"], channels_last=opts["channels_last"],
                      channels=int(opts["channels"]) if opts["channels"] else None)
     try:
         cfg, why = make_config(opts["preset"], overrides, _cuda_available())
@@ -164,7 +166,7 @@ def _resume_config(ctx: click.Context, opts: dict[str, Any], ckpt: dict[str, Any
     fixed = [f"--{n.replace('_', '-')}" for n in _MODEL_OPTIONS if _given(ctx, n)]
     if fixed:
         raise click.UsageError(f"{', '.join(fixed)}: fixed by the checkpoint when resuming "
-                               "(only --kimg, --snap, --tick, --threads, --device and --data may change)")
+                               "(only --kimg, --snap, --tick, --threads, --device, --channels-last and --data may change)")
     values = dict(ckpt["config"])
     for opt, fieldname in _RUNTIME_FIELDS.items():
         if opts[opt] is not None:

@@ -5,6 +5,7 @@
     Discriminator    image (+ c) -> logits [N, 1]
     ema_update       G_ema <- lerp(G, G_ema, beta); ema_beta gives NVlabs' beta for a batch size
     count_parameters trainable parameter count of a module (buffers excluded)
+    use_channels_last  run the blocks' activations channels_last (a run-time switch, not saved)
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .discriminator import Discriminator
 from .ema import ema_beta, ema_update
 from .generator import Generator
 from .mapping import MappingNetwork
+from .memory_format import use_channels_last, uses_channels_last
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -30,4 +32,6 @@ __all__ = [
     "count_parameters",
     "ema_beta",
     "ema_update",
+    "use_channels_last",
+    "uses_channels_last",
 ]

@@ -17,6 +17,7 @@ import torch.nn as nn
 from .config import ModelConfig
 from .layers import Conv2dLayer, FullyConnected, MinibatchStd
 from .mapping import MappingNetwork
+from .memory_format import to_block_layout
 
 
 class DiscriminatorBlock(nn.Module):
@@ -41,13 +42,15 @@ class DiscriminatorBlock(nn.Module):
         self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, act="lrelu", conv_clamp=conv_clamp)
         self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, act="lrelu", down=2, conv_clamp=conv_clamp)
         self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2)
+        self.channels_last = False  # run-time layout switch (memory_format.use_channels_last)
 
     def forward(self, x: Optional[torch.Tensor], img: torch.Tensor, force_fp32: bool = False) -> torch.Tensor:
         dtype = torch.float32 if force_fp32 else self.dtype
         if self.in_channels == 0:
-            x = self.fromrgb(img.to(dtype))
+            x = self.fromrgb(to_block_layout(img.to(dtype), self.channels_last))
         else:
             x = x.to(dtype)
+        x = to_block_layout(x, self.channels_last)
         y = self.skip(x, gain=math.sqrt(0.5))
         x = self.conv0(x)
         x = self.conv1(x, gain=math.sqrt(0.5))

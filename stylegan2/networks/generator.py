@@ -16,6 +16,7 @@ import stylegan2_ops as ops
 
 from .config import ModelConfig
 from .layers import RESAMPLE_FILTER, SynthesisLayer, ToRGB
+from .memory_format import to_block_layout
 from .mapping import MappingNetwork
 
 
@@ -49,6 +50,7 @@ class SynthesisBlock(nn.Module):
         self.torgb = ToRGB(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.num_conv = 1 if in_channels == 0 else 2
         self.num_torgb = 1
+        self.channels_last = False  # run-time layout switch (memory_format.use_channels_last)
         self.register_buffer("resample_filter", ops.setup_filter(list(RESAMPLE_FILTER)), persistent=False)
 
     def forward(
@@ -67,9 +69,11 @@ class SynthesisBlock(nn.Module):
         w = ws.unbind(dim=1)
         if self.in_channels == 0:
             x = self.const.to(dtype).unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
+            x = to_block_layout(x, self.channels_last)
             x = self.conv1(x, w[0], noise_mode=noise_mode, fused_modconv=fused)
         else:
-            x = self.conv0(x.to(dtype), w[0], noise_mode=noise_mode, fused_modconv=fused)
+            x = to_block_layout(x.to(dtype), self.channels_last)
+            x = self.conv0(x, w[0], noise_mode=noise_mode, fused_modconv=fused)
             x = self.conv1(x, w[1], noise_mode=noise_mode, fused_modconv=fused)
         y = self.torgb(x, w[self.num_conv], fused_modconv=fused).to(torch.float32)
         img = y if img is None else ops.upsample2d(img, self.resample_filter) + y

@@ -37,6 +37,7 @@ class TrainConfig:
     precision: str = "fp32"         # "fp32" | "fp16" | "bf16"
     num_fp16_res: int | None = None  # None: 4 highest resolutions when precision != fp32, else 0
     conv_clamp: float | None = None  # None: 256 when precision != fp32, else no clamp
+    channels_last: bool = False     # NHWC activations in G and D (a speed choice; same numbers)
     # Optimisation.
     batch: int = 32
     kimg: float = 10.0              # stop after this many thousand real images shown to D

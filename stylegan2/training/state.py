@@ -107,6 +107,10 @@ def setup_run(cfg: TrainConfig, dataset: Any, device: torch.device) -> Run:
     torch.manual_seed(cfg.seed)
     model_cfg = model_config_dict(cfg, c_dim)
     G, D = build_networks(model_cfg, device)
+    if cfg.channels_last:
+        from stylegan2.networks import use_channels_last
+        use_channels_last(G)
+        use_channels_last(D)
     G.train()
     D.train()
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)

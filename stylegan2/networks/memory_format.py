@@ -1,0 +1,43 @@
+"""channels_last for the synthesis and discriminator blocks: a run-time choice, not architecture.
+
+With it on, every block turns its input activations (and the discriminator its input images)
+into channels_last before the first conv; cuDNN then picks NHWC kernels, whose outputs stay
+channels_last through the block, and the project's kernels take either layout. The weights
+and the numbers computed are the same either way (up to the last bits that the convolution
+algorithms round differently), so the setting is not part of ModelConfig or of checkpoints:
+a model trained one way generates the other way.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def use_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch every block under `module` (a Generator, Discriminator or any module holding
+    their blocks) to channels_last activations, or back. Returns `module` for chaining.
+    Raises ValueError if nothing under `module` has a memory-format switch, so a typo'd target
+    does not silently keep the old layout."""
+    found = 0
+    for m in module.modules():
+        if hasattr(m, "channels_last"):
+            m.channels_last = bool(enabled)
+            found += 1
+    if not found:
+        raise ValueError(f"use_channels_last: {type(module).__name__} holds no synthesis or "
+                         "discriminator blocks")
+    return module
+
+
+def uses_channels_last(module: nn.Module) -> bool:
+    """Whether the blocks under `module` run channels_last (all of them; a mixed state is False)."""
+    flags = [m.channels_last for m in module.modules() if hasattr(m, "channels_last")]
+    return bool(flags) and all(flags)
+
+
+def to_block_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """x in the layout a block computes in: channels_last when asked, else as given (a copy
+    only when the layout changes)."""
+    if channels_last and x.ndim == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
