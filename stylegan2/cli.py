@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from .sampling import SPEEDUPS
 from .training.config import LOSSES, PRECISIONS, PRESET_NAMES, TrainConfig, make_config, resolve
 
 BUILTIN_DATA = ("mni152",)
@@ -231,13 +232,19 @@ def _print_outputs(result: Any) -> None:
 @click.option("--batch", type=click.IntRange(1, 1024), default=16, help="Images per forward pass.")
 @click.option("--raw", is_flag=True, help="Use the raw generator instead of its EMA.")
 @click.option("--device", default=None, show_default="cuda if available, else cpu")
+@click.option("--speedup", type=click.Choice(SPEEDUPS), default="none",
+              help="cudagraph: replay one captured CUDA graph per batch size (GPU only); "
+                   "compile: torch.compile the generator. Same images either way.")
+@click.option("--channels-last/--no-channels-last", default=False, help="NHWC activations in the generator.")
 @click.option("--progress/--no-progress", default=True)
 def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float, class_: str | None,
-             noise_mode: str, batch: int, raw: bool, device: str | None, progress: bool) -> None:
+             noise_mode: str, batch: int, raw: bool, device: str | None, speedup: str, channels_last: bool,
+             progress: bool) -> None:
     """Generate images from a checkpoint: one PNG per seed and a grid."""
     import torch
     from tqdm.auto import tqdm
 
+    from .sampling import Sampler
     from .training.checkpoint import CheckpointError, load_checkpoint
     from .training.grids import make_grid, save_grid, save_image
     from .training.seeds import parse_seeds
@@ -247,12 +254,20 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--seeds") from e
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if speedup == "cudagraph" and dev.type != "cuda":
+        raise click.BadParameter(f"cudagraph needs a CUDA device (this run: {dev.type})", param_hint="--speedup")
+    if speedup == "cudagraph" and noise_mode == "random":
+        raise click.BadParameter("cudagraph replays cannot draw each image's noise from its own seed; "
+                                 "use --noise-mode const or none, or --speedup none", param_hint="--speedup")
     try:
         ck = load_checkpoint(ckpt)
     except CheckpointError as e:
         raise click.ClickException(str(e)) from e
     G = _load_generator(ck, "G" if raw else "G_ema", dev)
     c = _class_vector(ck, class_, G.c_dim, dev)
+    # Reduced-precision layers of a GPU-trained model run in float32 on a CPU.
+    sampler = Sampler(G, speedup=speedup, channels_last=channels_last, truncation_psi=trunc,
+                      noise_mode=noise_mode, force_fp32=dev.type != "cuda")
     out.mkdir(parents=True, exist_ok=True)
     # Random noise is drawn per image from its seed, so an image does not depend on the batch.
     step = 1 if noise_mode == "random" else batch
@@ -264,9 +279,7 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
             if noise_mode == "random":
                 torch.manual_seed(chunk[0])
             cc = None if c is None else c.expand(len(chunk), -1)
-            # Reduced-precision layers of a GPU-trained model run in float32 on a CPU.
-            img = G(z, cc, truncation_psi=trunc, noise_mode=noise_mode,
-                    force_fp32=dev.type != "cuda").float().cpu()
+            img = sampler(z, cc).cpu()
             for s, im in zip(chunk, img):
                 save_image(make_grid(im[None], cols=1, pad=0), out / f"seed{s:04d}.png")
             images.append(img)

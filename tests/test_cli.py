@@ -114,6 +114,19 @@ def test_train_generate_info_resume_end_to_end(tmp_path, gen):
     assert sorted(p.name for p in out.iterdir()) == ["grid.png", "seed0000.png", "seed0001.png", "seed0002.png",
                                                      "seed0007.png"]
     assert str(out) in r.output and Image.open(out / "seed0007.png").size == (16, 16)
+    # The speed switches change how, not what: NHWC activations give the same pixels (+-1 grey
+    # level of rounding); a CUDA graph is refused on a CPU before any file is written.
+    nhwc = tmp_path / "gen-nhwc"
+    r = invoke("generate", "--ckpt", run, "--out", nhwc, "--seeds", "0-2,7", "--trunc", "0.7", "--no-progress",
+               "--channels-last", "--batch", "3")
+    assert r.exit_code == 0, r.output
+    for name in ("seed0000.png", "seed0007.png", "grid.png"):
+        a, b = (np.asarray(Image.open(d / name)).astype(int) for d in (out, nhwc))
+        assert np.abs(a - b).max() <= 1, name
+    r = CliRunner().invoke(cli.main, ["generate", "--ckpt", str(run), "--out", str(tmp_path / "g-graph"),
+                                      "--speedup", "cudagraph", "--device", "cpu"])
+    assert r.exit_code == 2 and "cudagraph needs a CUDA device" in r.output
+    assert not (tmp_path / "g-graph").exists()
     again = tmp_path / "gen2"
     invoke("generate", "--ckpt", run / "checkpoints" / "ckpt-000000.024.pt", "--out", again, "--n", "3",
            "--noise-mode", "random", "--no-progress")

@@ -1,0 +1,164 @@
+"""stylegan2.sampling.Sampler: every speedup returns what the generator itself returns.
+
+CPU cases cover the eager and compiled paths (torch.compile with the aot_eager backend, which
+traces and partitions as inductor does without building C++), argument errors and a whole-graph
+trace of the generator (a graph break would silently cost the compiled path its speed). The
+`cuda` cases check CUDA-graph replays against eager calls across batch sizes, labels, layouts
+and precisions, the eviction of old captures, and the fallback when a capture fails.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stylegan2.networks import Generator, ModelConfig, uses_channels_last
+from stylegan2.sampling import SPEEDUPS, Sampler
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def generator(gen: torch.Generator, resolution: int = 16, c_dim: int = 0, precision: str = "fp32",
+              device: str = "cpu") -> Generator:
+    torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
+    mixed = precision != "fp32"
+    G = Generator(ModelConfig(resolution=resolution, channels=1, c_dim=c_dim, channel_base=512, channel_max=32,
+                              z_dim=24, w_dim=24, mapping_layers=2, precision=precision,
+                              num_fp16_res=2 if mixed else 0))
+    with torch.no_grad():  # non-zero biases and noise strengths, so every term shows
+        for name, p in G.named_parameters():
+            if name.endswith(("bias", "noise_strength")):
+                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+    return G.to(device).eval().requires_grad_(False)
+
+
+def labels(n: int, c_dim: int, device: str = "cpu") -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.arange(n) % c_dim, c_dim).float().to(device)
+
+
+def direct(G: Generator, z: torch.Tensor, c=None, **kw) -> torch.Tensor:
+    with torch.no_grad():
+        return G(z, c, **{"noise_mode": "const", **kw})
+
+
+@pytest.mark.parametrize("c_dim,psi,channels_last", [(0, 1.0, False), (3, 0.7, False), (0, 0.5, True)])
+def test_eager_matches_the_generator(gen, c_dim, psi, channels_last):
+    G = generator(gen, c_dim=c_dim)
+    z = torch.randn(5, 24, generator=gen)
+    c = labels(5, c_dim) if c_dim else None
+    want = direct(G, z, c, truncation_psi=psi)
+    s = Sampler(G, truncation_psi=psi, channels_last=channels_last)
+    assert uses_channels_last(G) == channels_last
+    got = s(z, c)
+    assert got.dtype == torch.float32 and got.shape == (5, 1, 16, 16)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not got.requires_grad
+
+
+@pytest.mark.parametrize("c_dim,batches", [(0, (3, 5, 3)), (2, (4,))])
+def test_compiled_matches_the_generator(gen, c_dim, batches):
+    torch.compiler.reset()
+    G = generator(gen, resolution=8, c_dim=c_dim)
+    s = Sampler(G, speedup="compile", compile_backend="aot_eager")
+    for n in batches:  # a new batch size recompiles; an old one reuses its graph
+        z = torch.randn(n, 24, generator=gen)
+        c = labels(n, c_dim) if c_dim else None
+        torch.testing.assert_close(s(z, c), direct(G, z, c), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("noise_mode", ["const", "none"])
+def test_generator_traces_as_one_graph(gen, noise_mode):
+    """fullgraph=True raises on any graph break: the whole generator must trace as one graph."""
+    torch.compiler.reset()
+    G = generator(gen, resolution=8)
+    z = torch.randn(2, 24, generator=gen)
+    fn = torch.compile(lambda z: G(z, None, noise_mode=noise_mode), backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(fn(z), direct(G, z, noise_mode=noise_mode), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_arguments_are_named(gen):
+    G = generator(gen, c_dim=2)
+    with pytest.raises(ValueError, match="speedup: must be one of none, cudagraph, compile, got 'graphs'"):
+        Sampler(G, speedup="graphs")
+    with pytest.raises(ValueError, match="noise_mode"):
+        Sampler(G, noise_mode="fixed")
+    with pytest.raises(ValueError, match="warmup and max_graphs"):
+        Sampler(G, warmup=0)
+    with pytest.raises(ValueError, match="needs the generator on a CUDA device; it is on cpu"):
+        Sampler(G, speedup="cudagraph")
+    s = Sampler(G)
+    with pytest.raises(ValueError, match=r"z: expected \[N, 24\]"):
+        s(torch.randn(3, 23), labels(3, 2))
+    with pytest.raises(ValueError, match=r"c: this generator is conditional and needs \[3, 2\] labels, got None"):
+        s(torch.randn(3, 24))
+    assert set(SPEEDUPS) == {"none", "cudagraph", "compile"}
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA graphs (GPU only).
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("precision,channels_last,c_dim", [("fp32", False, 0), ("fp16", False, 3),
+                                                           ("bf16", True, 0), ("fp32", True, 2)])
+def test_cudagraph_replays_match_eager(gen, precision, channels_last, c_dim):
+    G = generator(gen, resolution=32, c_dim=c_dim, precision=precision, device="cuda")
+    s = Sampler(G, speedup="cudagraph", channels_last=channels_last, max_graphs=2)
+    ref = Sampler(G, channels_last=channels_last)  # same G, eager
+    for n in (4, 7, 4, 1, 7):  # capture, capture, replay, capture (evicts 7), capture again
+        z = torch.randn(n, 24, generator=gen).cuda()
+        c = labels(n, c_dim, "cuda") if c_dim else None
+        got = s(z, c)
+        torch.testing.assert_close(got, ref(z, c), rtol=2e-3, atol=2e-3)
+    assert s.fallback_reason is None
+    assert s.captured_batches == [1, 7]
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cudagraph_outputs_are_not_overwritten_by_later_replays(gen):
+    G = generator(gen, device="cuda")
+    s = Sampler(G, speedup="cudagraph")
+    z1, z2 = (torch.randn(3, 24, generator=gen).cuda() for _ in range(2))
+    a = s(z1)
+    a_copy = a.clone()
+    s(z2)
+    s(z2)
+    torch.testing.assert_close(a, a_copy, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cudagraph_capture_failure_falls_back_to_eager(gen, monkeypatch):
+    G = generator(gen, device="cuda")
+    s = Sampler(G, speedup="cudagraph")
+    eager = s._eager
+
+    def syncing(z, c):  # a host sync is illegal while capturing
+        out = eager(z, c)
+        float(out.sum())
+        return out
+    monkeypatch.setattr(s, "_eager", syncing)
+    z = torch.randn(2, 24, generator=gen).cuda()
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+        got = s(z)
+    assert s.fallback_reason and s.captured_batches == []
+    torch.testing.assert_close(got, direct(G, z), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_compiled_on_the_kernels_matches_eager(gen):
+    torch.compiler.reset()
+    G = generator(gen, resolution=32, precision="fp16", device="cuda")
+    z = torch.randn(6, 24, generator=gen).cuda()
+    got = Sampler(G, speedup="compile")(z)
+    torch.testing.assert_close(got, direct(G, z), rtol=5e-3, atol=5e-3)
