@@ -1,11 +1,16 @@
 """Generation throughput: img/s of G forward at the product's resolution, as `generate` and the
 snapshot grids run it: eval mode, no gradients, noise_mode='const', truncation psi 1, large
-batches; under float32 and under the mixed-precision policy, on the kernels and the references.
+batches; under float32 and under the mixed-precision policy, on the kernels and the references,
+and with each speed variant of stylegan2.sampling.Sampler (channels_last activations, CUDA
+graph replay, torch.compile, or a '+'-joined mix such as channels_last+cudagraph). A variant's
+row reads impl 'cuda+cudagraph' (say); its ratio_to_ref compares it with the plain eager
+reference of the same policy and batch, i.e. the whole gain a user sees.
 A fresh Generator in eval mode computes exactly what a trained G_ema does (same architecture,
 same ops; only the weights differ), so no checkpoint is needed.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator
 
 import torch
@@ -31,17 +36,27 @@ def build_generator(quick: bool, precision: str, device: torch.device) -> Any:
     return Generator(cfg).to(device).eval().requires_grad_(False)
 
 
-def _sampler(G: Any) -> Any:
-    """z [batch, z_dim] -> images, as generation runs G: no autograd, const noise, psi 1."""
-    @torch.no_grad()
-    def run(z: torch.Tensor) -> torch.Tensor:
-        return G(z, None, truncation_psi=1.0, noise_mode="const")
-    return run
+VARIANT_FLAGS = ("channels_last", "cudagraph", "compile")
+
+
+def parse_variant(name: str) -> tuple[bool, str]:
+    """'eager' or flags joined by '+' -> (channels_last, speedup). Raises ValueError on unknown
+    flags or on cudagraph+compile (they are alternatives)."""
+    flags = [] if name == "eager" else name.split("+")
+    unknown = [f for f in flags if f not in VARIANT_FLAGS]
+    if unknown or not flags and name != "eager" or len(set(flags)) != len(flags):
+        raise ValueError(f"generation variant {name!r}: use 'eager' or a '+' mix of {', '.join(VARIANT_FLAGS)}")
+    if "cudagraph" in flags and "compile" in flags:
+        raise ValueError(f"generation variant {name!r}: cudagraph and compile are alternatives")
+    speedup = "cudagraph" if "cudagraph" in flags else "compile" if "compile" in flags else "none"
+    return "channels_last" in flags, speedup
 
 
 def generate_rows(device: torch.device, ceilings: Ceilings, *, quick: bool, precisions: list[str],
-                  impls: list[str], batch: int, warmup: int, repeat: int) -> Iterator[dict[str, Any]]:
-    """Rows for section 'generate', one per (precision policy, impl)."""
+                  impls: list[str], batch: int, warmup: int, repeat: int,
+                  variants: tuple[str, ...] = ("eager",), compile_backend: str = "inductor") -> Iterator[dict[str, Any]]:
+    """Rows for section 'generate', one per (precision policy, impl, variant)."""
+    from stylegan2.sampling import Sampler
     ok, kernels_note = kernels_status(device)
     for precision in precisions:
         G = build_generator(quick, precision, device)
@@ -51,21 +66,39 @@ def generate_rows(device: torch.device, ceilings: Ceilings, *, quick: bool, prec
         shape = f"{batch}x{cfg.channels}x{cfg.resolution}x{cfg.resolution} G forward, const noise, psi 1"
         policy = "fp32" if precision == "fp32" else f"{precision} in {cfg.num_fp16_res} top res"
         peak, peak_name = ceilings.peak_for({"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision])
-
-        run = _sampler(G)
         for impl in impls:
-            base = dict(section="generate", op="G.forward", shape=shape, dtype=policy, impl=impl,
-                        flops_per_img=per_img)
-            if impl == "cuda" and not ok:
-                yield dict(base, note=f"skipped: {kernels_note}")
-                continue
-            with ops_impl("auto" if impl == "cuda" else "ref"):
-                t = time_calls(run, zs, device, warmup=warmup, repeat=repeat)
-            img_s = batch / (t.ms * 1e-3)
-            tflops = per_img * img_s / 1e12
-            notes = [n for n in (kernels_note if impl == "cuda" else "",
-                                 f"pct of {peak_name} matmul peak" if peak else "") if n]
-            yield dict(base, ms=t.ms, img_per_s=img_s, tflops=tflops,
-                       pct_of_peak=100 * tflops / peak if peak else None, spread=t.spread,
-                       note="; ".join(notes))
-        del G, run  # free the model before the next policy builds its own
+            for variant in variants:
+                channels_last, speedup = parse_variant(variant)
+                label = impl if variant == "eager" else f"{impl}+{variant}"
+                base = dict(section="generate", op="G.forward", shape=shape, dtype=policy, impl=label,
+                            flops_per_img=per_img)
+                if impl == "cuda" and not ok:
+                    yield dict(base, note=f"skipped: {kernels_note}")
+                    continue
+                if speedup == "cudagraph" and device.type != "cuda":
+                    yield dict(base, note=f"skipped: CUDA graphs need a CUDA device (this run: {device.type})")
+                    continue
+                notes = [kernels_note] if impl == "cuda" else []
+                with ops_impl("auto" if impl == "cuda" else "ref"):
+                    if speedup == "compile":
+                        torch.compiler.reset()  # a fresh dynamo cache: no graph of another row reused
+                    sampler = Sampler(G, speedup=speedup, channels_last=channels_last,
+                                      compile_backend=compile_backend)
+                    t0 = time.perf_counter()
+                    sampler(*zs[0])  # compiles / captures outside the timed calls
+                    setup_s = time.perf_counter() - t0
+                    t = time_calls(sampler, zs, device, warmup=warmup, repeat=repeat)
+                if speedup == "compile":
+                    notes.append(f"{compile_backend} compile + first call {setup_s:.1f} s")
+                if speedup == "cudagraph":
+                    notes.append(f"eager fallback: {sampler.fallback_reason}" if sampler.fallback_reason
+                                 else f"capture + first replay {setup_s:.2f} s")
+                img_s = batch / (t.ms * 1e-3)
+                tflops = per_img * img_s / 1e12
+                if peak:
+                    notes.append(f"pct of {peak_name} matmul peak")
+                yield dict(base, ms=t.ms, img_per_s=img_s, tflops=tflops,
+                           pct_of_peak=100 * tflops / peak if peak else None, spread=t.spread,
+                           note="; ".join(n for n in notes if n))
+                del sampler
+        del G  # free the model before the next policy builds its own

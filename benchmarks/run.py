@@ -58,6 +58,18 @@ def _batches(text: str) -> list[int]:
     return sizes
 
 
+def _gen_variants(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        for n in names:
+            G.parse_variant(n)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--gen-variants: {e}") from None
+    if not names:
+        raise argparse.ArgumentTypeError("--gen-variants: name at least one variant")
+    return list(dict.fromkeys(names))
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -83,6 +95,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 10, quick 1)")
     p.add_argument("--gen-batch", default=None, type=_batches,
                    help="generation batch sizes, comma list (default 64,256; quick 8)")
+    p.add_argument("--gen-variants", default=None, type=_gen_variants,
+                   help="generation speed variants, comma list of 'eager' or '+' mixes of "
+                        "channels_last, cudagraph, compile (default: eager,channels_last,cudagraph,"
+                        "channels_last+cudagraph,compile; quick: eager,channels_last,compile)")
+    p.add_argument("--train-layouts", default="nchw,channels_last",
+                   type=lambda s: _list(s, ("nchw", "channels_last"), "--train-layouts"),
+                   help="training rows per activation layout (default both)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if visible)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; quick on a CPU: 1, which keeps the "
@@ -127,6 +146,9 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     args.repeat = args.repeat or (5 if q else 50)
     args.warmup = args.warmup if args.warmup is not None else (1 if q else 10)
     args.gen_batch = args.gen_batch or ([8] if q else [64, 256])
+    args.gen_variants = args.gen_variants or (["eager", "channels_last", "compile"] if q else
+                                              ["eager", "channels_last", "cudagraph",
+                                               "channels_last+cudagraph", "compile"])
     args.compile_backend = args.compile_backend or ("aot_eager" if q else "inductor")
     args.precisions = args.precisions or ["fp32", "bf16" if q else "fp16"]
     if args.threads is None and q and args.device.type == "cpu":
@@ -146,16 +168,22 @@ def tasks(args: argparse.Namespace, ceilings: Any) -> Iterator[tuple[str, Callab
     dev, q = args.device, args.quick
     impls = [i for i in ("ref", "cuda") if i in args.impls]
     if "train" in args.sections:
-        for prec in args.precisions:
-            yield f"train {prec}", (lambda p=prec: list(T.train_rows(
-                dev, ceilings, quick=q, precisions=[p], impls=impls, warmup_cycles=1,
-                cycles=2 if q else max(2, args.repeat // 16), count=not args.no_flop_check)))
+        for layout in args.train_layouts:
+            for prec in args.precisions:
+                # The FLOP count does not depend on the layout: check it once per policy.
+                count = not args.no_flop_check and layout == args.train_layouts[0]
+                yield f"train {prec} {layout}", (lambda p=prec, cl=layout == "channels_last", n=count: list(
+                    T.train_rows(dev, ceilings, quick=q, precisions=[p], impls=impls, warmup_cycles=1,
+                                 cycles=2 if q else max(2, args.repeat // 16), count=n, channels_last=cl)))
     if "generate" in args.sections:
-        for prec in args.precisions:
-            for batch in args.gen_batch:
-                yield f"generate {prec} batch {batch}", (lambda p=prec, b=batch: list(G.generate_rows(
-                    dev, ceilings, quick=q, precisions=[p], impls=impls, batch=b,
-                    warmup=max(args.warmup // 3, 1), repeat=max(3, args.repeat // 5))))
+        for variant in args.gen_variants:
+            for prec in args.precisions:
+                for batch in args.gen_batch:
+                    yield f"generate {prec} batch {batch} {variant}", (
+                        lambda p=prec, b=batch, v=variant: list(G.generate_rows(
+                            dev, ceilings, quick=q, precisions=[p], impls=impls, batch=b,
+                            warmup=max(args.warmup // 3, 1), repeat=max(3, args.repeat // 5),
+                            variants=(v,), compile_backend=args.compile_backend)))
     if "kernels" in args.sections:
         settings = K.Settings(device=dev, warmup=args.warmup, repeat=args.repeat,
                               compile_backend=args.compile_backend)

@@ -105,15 +105,16 @@ class TrainSetup:
     cycle: int  # steps per regularization cycle
 
 
-def make_setup(quick: bool, precision: str, device: torch.device) -> TrainSetup:
+def make_setup(quick: bool, precision: str, device: torch.device, channels_last: bool = False) -> TrainSetup:
     """The gpu256 preset (256x256, batch 32, ADA's recipe) or, quick, the tiny one at 16x16
     with both lazy intervals 2 so a cycle is two steps."""
     from stylegan2.training.config import make_config
     if quick:
-        over = dict(precision=precision, batch=4, r1_interval=2, pl_interval=2, device=str(device))
+        over = dict(precision=precision, batch=4, r1_interval=2, pl_interval=2, device=str(device),
+                    channels_last=channels_last)
         cfg, _ = make_config("tiny", over)
     else:
-        cfg, _ = make_config("gpu256", dict(precision=precision, device=str(device)))
+        cfg, _ = make_config("gpu256", dict(precision=precision, device=str(device), channels_last=channels_last))
     cycle = math.lcm(max(cfg.pl_interval, 1), max(cfg.r1_interval, 1))
     return TrainSetup(cfg=cfg, cycle=cycle)
 
@@ -182,11 +183,14 @@ def flops_per_image(setup: TrainSetup) -> tuple[float, dict[str, int]]:
 
 
 def train_rows(device: torch.device, ceilings: Ceilings, *, quick: bool, precisions: list[str],
-               impls: list[str], warmup_cycles: int, cycles: int, count: bool = True) -> Iterator[dict[str, Any]]:
-    """Rows for section 'train', one per (precision policy, impl); yields as they finish."""
+               impls: list[str], warmup_cycles: int, cycles: int, count: bool = True,
+               channels_last: bool = False) -> Iterator[dict[str, Any]]:
+    """Rows for section 'train', one per (precision policy, impl); yields as they finish. With
+    channels_last the rows read impl 'cuda+channels_last' / 'ref+channels_last' (their
+    ratio_to_ref is against the plain NCHW reference row)."""
     ok, kernels_note = kernels_status(device)
     for precision in precisions:
-        setup = make_setup(quick, precision, device)
+        setup = make_setup(quick, precision, device, channels_last)
         cfg = setup.cfg
         per_img, phases = flops_per_image(setup)
         check_note, c_img = "", None
@@ -206,7 +210,8 @@ def train_rows(device: torch.device, ceilings: Ceilings, *, quick: bool, precisi
         peak_dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
         peak, peak_name = ceilings.peak_for(peak_dtype)
         for impl in impls:
-            base = dict(section="train", op="train_step", shape=shape, dtype=policy, impl=impl,
+            base = dict(section="train", op="train_step", shape=shape, dtype=policy,
+                        impl=f"{impl}+channels_last" if channels_last else impl,
                         flops_per_img=per_img, flops_per_img_counted=c_img)
             if impl == "cuda" and not ok:
                 yield dict(base, note=f"skipped: {kernels_note}")

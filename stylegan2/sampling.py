@@ -85,6 +85,7 @@ class Sampler:
         self._graphs: OrderedDict[tuple[int, bool], _Captured] = OrderedDict()
         self.fallback_reason: Optional[str] = None  # why "cudagraph" now runs eagerly, if it does
         self._compiled: Optional[Callable[..., torch.Tensor]] = None
+        self._eager_once = False
         if speedup == "compile":
             self._compiled = torch.compile(self._eager, backend=compile_backend, mode=compile_mode,
                                            dynamic=False)
@@ -95,6 +96,11 @@ class Sampler:
         z, c = self._check(z, c)
         with torch.no_grad():
             if self._compiled is not None:
+                if not self._eager_once:
+                    # One eager call first: the kernels' one-time self-checks cannot run while
+                    # dynamo traces (they would be skipped, and the kernels trusted unchecked).
+                    self._eager(z, c)
+                    self._eager_once = True
                 return self._compiled(z, c)
             if self.speedup == "cudagraph" and self.fallback_reason is None:
                 out = self._replay(z, c)

@@ -80,12 +80,27 @@ def test_quick_covers_every_op_pass_and_impl(quick_run: tuple[dict, str, str]) -
     # Both precision policies in training and generation.
     assert len({r["dtype"] for r in doc["rows"] if r["section"] == "train"}) == 2
     assert len({r["dtype"] for r in doc["rows"] if r["section"] == "generate"}) == 2
+    # The speed variants ran on the reference path and compare against its plain eager rows.
+    for section, variants in (("train", {"ref+channels_last"}), ("generate", {"ref+channels_last", "ref+compile"})):
+        rows = [r for r in doc["rows"] if r["section"] == section and r["impl"] in variants]
+        assert {r["impl"] for r in rows} == variants
+        assert all(r["ms"] and r["ratio_to_ref"] for r in rows), rows
+
+
+def test_generation_variant_names() -> None:
+    from benchmarks.generate import parse_variant
+    assert parse_variant("eager") == (False, "none")
+    assert parse_variant("channels_last+cudagraph") == (True, "cudagraph")
+    assert parse_variant("compile") == (False, "compile")
+    for bad in ("cudagraph+compile", "nhwc", "compile+compile", ""):
+        with pytest.raises(ValueError, match="generation variant"):
+            parse_variant(bad)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the rows a GPU-less run must skip")
 def test_quick_cuda_rows_are_skipped_not_faked(quick_run: tuple[dict, str, str]) -> None:
     doc, _, _ = quick_run
-    cuda_rows = [r for r in doc["rows"] if r["impl"] == "cuda"]
+    cuda_rows = [r for r in doc["rows"] if r["impl"].split("+")[0] == "cuda"]
     assert cuda_rows
     for r in cuda_rows:
         assert r["ms"] is None and r["note"].startswith("skipped:"), r

@@ -4,12 +4,15 @@
 #   bash tools/gpu_round.sh build      # compile the extension for this GPU, doctor        (~3 min)
 #   bash tools/gpu_round.sh test       # every `cuda` test, JUnit XML + log                  (~3 min)
 #   bash tools/gpu_round.sh sanitize   # compute-sanitizer memcheck over the kernel tests    (~5 min)
-#   bash tools/gpu_round.sh bench      # benchmarks: CUDA and reference rows, all sections    (<= 9 min)
+#   bash tools/gpu_round.sh bench      # kernel rows, CUDA and reference                      (<= 9 min)
+#   bash tools/gpu_round.sh bench-e2e  # training (NCHW, channels_last) and generation (eager,
+#                                      # channels_last, CUDA graphs) img/s, CUDA and reference   (<= 9 min)
+#   bash tools/gpu_round.sh bench-gen-compile     # generation under torch.compile          (<= 9 min)
 #   bash tools/gpu_round.sh bench-compile-fwd     # torch.compile rows, forward             (<= 9 min)
 #   bash tools/gpu_round.sh bench-compile-fwdbwd  # torch.compile rows, forward+backward    (<= 9 min)
-#   bash tools/gpu_round.sh merge      # merge the three into benchmarks/results/ (commit it)
+#   bash tools/gpu_round.sh merge      # merge every bench part into benchmarks/results/ (commit it)
 #   bash tools/gpu_round.sh precision  # fp32 vs fp16 training, same seed, loss overlay PNG (<= 9 min)
-#   bash tools/gpu_round.sh all        # build, test, sanitize, bench (one long call, if the budget allows)
+#   bash tools/gpu_round.sh all        # build, test, sanitize, bench, bench-e2e (one long call, if allowed)
 # The bench stages write to bench/ under the repository so the merge call finds them while the
 # machine stays warm; each also copies its JSON to $OUT.
 #
@@ -76,7 +79,12 @@ bench_part() {  # name, then run.py arguments
   cp "$BENCH/$name"/*.json "$OUT/" 2>/dev/null || true
 }
 
-stage_bench() { bench_part main --impls cuda,ref; }
+stage_bench() { bench_part kernels --sections kernels --impls cuda,ref; }
+stage_bench_e2e() {
+  bench_part e2e --sections train,generate --impls cuda,ref \
+    --gen-variants eager,channels_last,cudagraph,channels_last+cudagraph
+}
+stage_bench_gen_compile() { bench_part gen-compile --sections generate --impls cuda,ref --gen-variants compile; }
 stage_bench_compile_fwd() { bench_part compile-fwd --sections kernels --impls compile --passes fwd; }
 stage_bench_compile_fwdbwd() { bench_part compile-fwdbwd --sections kernels --impls compile --passes fwd+bwd; }
 stage_merge() {
@@ -98,10 +106,12 @@ case "${1:-all}" in
   test) stage_test ;;
   sanitize) stage_sanitize ;;
   bench) stage_bench ;;
+  bench-e2e) stage_bench_e2e ;;
+  bench-gen-compile) stage_bench_gen_compile ;;
   bench-compile-fwd) stage_bench_compile_fwd ;;
   bench-compile-fwdbwd) stage_bench_compile_fwdbwd ;;
   merge) stage_merge ;;
   precision) stage_precision ;;
-  all) stage_build && stage_test; stage_sanitize; stage_bench ;;
-  *) echo "usage: $0 build|test|sanitize|bench|bench-compile-fwd|bench-compile-fwdbwd|merge|precision|all" >&2; exit 2 ;;
+  all) stage_build && stage_test; stage_sanitize; stage_bench; stage_bench_e2e ;;
+  *) echo "usage: $0 build|test|sanitize|bench|bench-e2e|bench-gen-compile|bench-compile-fwd|bench-compile-fwdbwd|merge|precision|all" >&2; exit 2 ;;
 esac
