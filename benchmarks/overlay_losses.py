@@ -20,11 +20,25 @@ from stylegan2.training.stats import StatsWriter
 
 
 def label_of(run_dir: Path) -> str:
+    """'<precision> (<run folder>)', the precision read from the run's config.json as the
+    training loop writes it ({"train": {...}}); the folder name alone if there is none."""
     try:
-        precision = json.loads((run_dir / "config.json").read_text()).get("precision")
-    except (OSError, ValueError):
+        doc = json.loads((run_dir / "config.json").read_text())
+        precision = doc.get("train", {}).get("precision")
+    except (OSError, ValueError, AttributeError):
         precision = None
     return f"{precision} ({run_dir.name})" if precision else run_dir.name
+
+
+def unique_labels(run_dirs: list[Path]) -> list[str]:
+    """One label per run; runs whose labels clash (say two 00000-... folders under runs/fp32 and
+    runs/fp16 without a config) are told apart by their parent folders."""
+    first = [label_of(d) for d in run_dirs]
+    labels = [f"{label} in {d.resolve().parent.name}" if first.count(label) > 1 else label
+              for label, d in zip(first, run_dirs)]
+    if len(set(labels)) < len(labels):  # still equal: the same directory given twice
+        labels = [f"{label} #{i + 1}" for i, label in enumerate(labels)]
+    return labels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = parser.parse_args(argv)
     runs, bad = {}, []
-    for run_dir in args.runs:
+    for run_dir, label in zip(args.runs, unique_labels(args.runs)):
         if not (run_dir / "stats.jsonl").exists():
             parser.error(f"{run_dir} has no stats.jsonl: is it a training run directory?")
         rows = StatsWriter(run_dir).rows()
-        runs[label_of(run_dir)] = rows
+        runs[label] = rows
         for row in rows:
             for key, value in row.items():
                 if key.startswith("Loss/") and isinstance(value, float) and not math.isfinite(value):

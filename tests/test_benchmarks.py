@@ -324,8 +324,9 @@ def test_merge_recomputes_ratios_across_runs(tmp_path: Path) -> None:
 
 def _fake_run(root, name, precision, losses):
     run = root / name
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({"precision": precision}))
+    run.mkdir(parents=True)
+    # config.json as the training loop writes it (see loop._write_config).
+    (run / "config.json").write_text(json.dumps({"train": {"precision": precision}, "model": {}}))
     rows = [{"kimg": 0.5 * (i + 1), "Loss/G/main": g, "Loss/D/main": d} for i, (g, d) in enumerate(losses)]
     (run / "stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run
@@ -342,6 +343,14 @@ def test_overlay_losses_draws_every_run_and_flags_non_finite(tmp_path, capsys):
     assert overlay_losses.main([str(a), str(b), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "4 curves from 2 runs" in capsys.readouterr().out
+    # Two runs numbered alike in separate --out folders stay two runs, labelled by precision.
+    same_a = _fake_run(tmp_path / "fp32", "00000-mni152", "fp32", vals)
+    same_b = _fake_run(tmp_path / "bf16", "00000-mni152", "bf16", vals[:4])
+    assert overlay_losses.main([str(same_a), str(same_b), "--out", str(out)]) == 0
+    assert "4 curves from 2 runs" in capsys.readouterr().out
+    assert overlay_losses.unique_labels([same_a, same_b]) == ["fp32 (00000-mni152)", "bf16 (00000-mni152)"]
+    assert overlay_losses.unique_labels([same_a, same_a]) == ["fp32 (00000-mni152) in fp32 #1",
+                                                              "fp32 (00000-mni152) in fp32 #2"]
     c = _fake_run(tmp_path, "00002-c", "bf16", [(1.0, float("nan")), (1.0, 1.0)])
     assert overlay_losses.main([str(a), str(c), "--out", str(out)]) == 1
     assert "Loss/D/main=nan at 0.5 kimg" in capsys.readouterr().out
