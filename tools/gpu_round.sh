@@ -19,10 +19,9 @@
 # Logs and JSON go under $OUT (the device tool brings that folder back), else ./gpu-round-out.
 # The device copy may lack .git: run `git rev-parse --short HEAD > .commit` here before the calls.
 # The device machine has torch, nvcc and ninja but no package registry: Python packages it lacks
-# travel as wheels in .whl/ (see the device README) and are installed to /tmp/site first. The
-# ops stages need none; the bench (train/generate rows) and precision stages need the training
-# layer's: click, tqdm, nibabel and nilearn (for the MNI152 template file it ships), and
-# matplotlib if the image lacks it; check with `python3 -c "import click, tqdm, nibabel, nilearn"`.
+# travel as wheels in .whl/ and are installed to /tmp/site first. Its image has click, tqdm and
+# matplotlib; `bash tools/fetch_device_wheels.sh` (run here) fetches the missing nibabel and
+# nilearn, which the data tests and the precision stage need; then name .whl in the call's carry.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-round-out}"
