@@ -265,6 +265,8 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
         raise click.ClickException(str(e)) from e
     G = _load_generator(ck, "G" if raw else "G_ema", dev)
     c = _class_vector(ck, class_, G.c_dim, dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every batch has the same shapes: autotune once
     # Reduced-precision layers of a GPU-trained model run in float32 on a CPU.
     sampler = Sampler(G, speedup=speedup, channels_last=channels_last, truncation_psi=trunc,
                       noise_mode=noise_mode, force_fp32=dev.type != "cuda")

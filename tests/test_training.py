@@ -381,3 +381,27 @@ def test_optimizer_is_fused_on_gpu():
     cfg, _ = make_config("tiny")
     opt = state.make_optimizer(torch.nn.Linear(3, 2).cuda(), cfg, 4)
     assert opt.param_groups[0]["fused"] is True
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_training_steps_never_wait_for_the_gpu(gen, precision):
+    """Steps (every phase, lazy ones included), the EMA update and the stats stay on the device:
+    with sync debug mode 'error', anything that makes the host wait for the GPU raises."""
+    from stylegan2.training.phases import train_step
+    ds = blob_dataset(gen, 12)
+    cfg = tiny(precision=precision, device="cuda", batch=4)  # R1 every 3, path length every 2
+    run = state.setup_run(cfg, ds, torch.device("cuda"))
+    acc = StatsAccumulator()
+    for _ in range(6):  # warm-up: kernel loading and self-checks, cuDNN autotuning, Adam state
+        train_step(run, acc)
+    acc.reduce()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(6):
+            train_step(run, acc)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    values = acc.reduce()  # the tick boundary: the one read-back
+    assert values and all(math.isfinite(v) for v in values.values())
