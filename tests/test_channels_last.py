@@ -20,13 +20,6 @@ from stylegan2.networks.generator import SynthesisBlock
 CL = torch.channels_last
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def model(resolution: int, channels: int, c_dim: int = 0, precision: str = "fp32") -> ModelConfig:
     mixed = precision != "fp32"

@@ -17,13 +17,6 @@ from stylegan2.sampling import SPEEDUPS, Sampler
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def generator(gen: torch.Generator, resolution: int = 16, c_dim: int = 0, precision: str = "fp32",
               device: str = "cpu") -> Generator:
