@@ -1,8 +1,9 @@
 """Generation throughput: img/s of G forward at the product's resolution, as `generate` and the
 snapshot grids run it: eval mode, no gradients, noise_mode='const', truncation psi 1, large
 batches; under float32 and under the mixed-precision policy, on the kernels and the references,
-and with each speed variant of stylegan2.sampling.Sampler (channels_last activations, CUDA
-graph replay, torch.compile, or a '+'-joined mix such as channels_last+cudagraph). A variant's
+and with each speed variant of stylegan2.sampling.Sampler (channels_last activations; fused or
+unfused modulated convs instead of NVlabs' per-layer rule; CUDA graph replay; torch.compile; or
+a '+'-joined mix such as channels_last+cudagraph). A variant's
 row reads impl 'cuda+cudagraph' (say); its ratio_to_ref compares it with the plain eager
 reference of the same policy and batch, i.e. the whole gain a user sees.
 A fresh Generator in eval mode computes exactly what a trained G_ema does (same architecture,
@@ -36,20 +37,23 @@ def build_generator(quick: bool, precision: str, device: torch.device) -> Any:
     return Generator(cfg).to(device).eval().requires_grad_(False)
 
 
-VARIANT_FLAGS = ("channels_last", "cudagraph", "compile")
+VARIANT_FLAGS = ("channels_last", "fused", "unfused", "cudagraph", "compile")
 
 
-def parse_variant(name: str) -> tuple[bool, str]:
-    """'eager' or flags joined by '+' -> (channels_last, speedup). Raises ValueError on unknown
-    flags or on cudagraph+compile (they are alternatives)."""
+def parse_variant(name: str) -> dict[str, Any]:
+    """'eager' or flags joined by '+' -> Sampler keyword arguments (channels_last, fused_modconv,
+    speedup). Raises ValueError on unknown or repeated flags and on alternatives mixed
+    (cudagraph+compile, fused+unfused)."""
     flags = [] if name == "eager" else name.split("+")
     unknown = [f for f in flags if f not in VARIANT_FLAGS]
     if unknown or not flags and name != "eager" or len(set(flags)) != len(flags):
         raise ValueError(f"generation variant {name!r}: use 'eager' or a '+' mix of {', '.join(VARIANT_FLAGS)}")
-    if "cudagraph" in flags and "compile" in flags:
-        raise ValueError(f"generation variant {name!r}: cudagraph and compile are alternatives")
+    for a, b in (("cudagraph", "compile"), ("fused", "unfused")):
+        if a in flags and b in flags:
+            raise ValueError(f"generation variant {name!r}: {a} and {b} are alternatives")
     speedup = "cudagraph" if "cudagraph" in flags else "compile" if "compile" in flags else "none"
-    return "channels_last" in flags, speedup
+    fused = True if "fused" in flags else False if "unfused" in flags else None
+    return dict(channels_last="channels_last" in flags, fused_modconv=fused, speedup=speedup)
 
 
 def generate_rows(device: torch.device, ceilings: Ceilings, *, quick: bool, precisions: list[str],
@@ -68,7 +72,8 @@ def generate_rows(device: torch.device, ceilings: Ceilings, *, quick: bool, prec
         peak, peak_name = ceilings.peak_for({"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision])
         for impl in impls:
             for variant in variants:
-                channels_last, speedup = parse_variant(variant)
+                options = parse_variant(variant)
+                speedup = options["speedup"]
                 label = impl if variant == "eager" else f"{impl}+{variant}"
                 base = dict(section="generate", op="G.forward", shape=shape, dtype=policy, impl=label,
                             flops_per_img=per_img)
@@ -82,8 +87,7 @@ def generate_rows(device: torch.device, ceilings: Ceilings, *, quick: bool, prec
                 with ops_impl("auto" if impl == "cuda" else "ref"):
                     if speedup == "compile":
                         torch.compiler.reset()  # a fresh dynamo cache: no graph of another row reused
-                    sampler = Sampler(G, speedup=speedup, channels_last=channels_last,
-                                      compile_backend=compile_backend)
+                    sampler = Sampler(G, compile_backend=compile_backend, **options)
                     t0 = time.perf_counter()
                     sampler(*zs[0])  # compiles / captures outside the timed calls
                     setup_s = time.perf_counter() - t0

@@ -53,6 +53,7 @@ class Sampler:
             blocks are switched to NHWC activations (in place: the sampler owns it from here).
         speedup: "none", "cudagraph" (CUDA devices only) or "compile"; see the module docstring.
         channels_last: run the synthesis blocks' activations NHWC.
+        fused_modconv: None (NVlabs' rule), True or False; see Generator.set_fused_modconv.
         truncation_psi, truncation_cutoff, noise_mode, force_fp32: as Generator.forward.
         compile_backend, compile_mode: passed to torch.compile for speedup="compile".
         warmup: eager calls before a capture (cuDNN autotuning, lazy initialisation).
@@ -62,7 +63,7 @@ class Sampler:
     """
 
     def __init__(self, G: nn.Module, *, speedup: str = "none", channels_last: bool = False,
-                 truncation_psi: float = 1.0, truncation_cutoff: Optional[int] = None,
+                 fused_modconv: Optional[bool] = None, truncation_psi: float = 1.0, truncation_cutoff: Optional[int] = None,
                  noise_mode: str = "const", force_fp32: bool = False, compile_backend: str = "inductor",
                  compile_mode: Optional[str] = None, warmup: int = 3, max_graphs: int = 4) -> None:
         if speedup not in SPEEDUPS:
@@ -77,6 +78,7 @@ class Sampler:
                              f"{self.device.type} (use speedup 'none' or 'compile')")
         self.G = G.eval()
         use_channels_last(G, channels_last)
+        G.set_fused_modconv(fused_modconv)
         self.speedup, self.channels_last = speedup, channels_last
         self.z_dim, self.c_dim = int(G.z_dim), int(G.c_dim)
         self._kwargs = dict(truncation_psi=float(truncation_psi), truncation_cutoff=truncation_cutoff,

@@ -81,7 +81,8 @@ def test_quick_covers_every_op_pass_and_impl(quick_run: tuple[dict, str, str]) -
     assert len({r["dtype"] for r in doc["rows"] if r["section"] == "train"}) == 2
     assert len({r["dtype"] for r in doc["rows"] if r["section"] == "generate"}) == 2
     # The speed variants ran on the reference path and compare against its plain eager rows.
-    for section, variants in (("train", {"ref+channels_last"}), ("generate", {"ref+channels_last", "ref+compile"})):
+    for section, variants in (("train", {"ref+channels_last"}),
+                              ("generate", {"ref+channels_last", "ref+unfused", "ref+compile"})):
         rows = [r for r in doc["rows"] if r["section"] == section and r["impl"] in variants]
         assert {r["impl"] for r in rows} == variants
         assert all(r["ms"] and r["ratio_to_ref"] for r in rows), rows
@@ -89,10 +90,12 @@ def test_quick_covers_every_op_pass_and_impl(quick_run: tuple[dict, str, str]) -
 
 def test_generation_variant_names() -> None:
     from benchmarks.generate import parse_variant
-    assert parse_variant("eager") == (False, "none")
-    assert parse_variant("channels_last+cudagraph") == (True, "cudagraph")
-    assert parse_variant("compile") == (False, "compile")
-    for bad in ("cudagraph+compile", "nhwc", "compile+compile", ""):
+    assert parse_variant("eager") == dict(channels_last=False, fused_modconv=None, speedup="none")
+    assert parse_variant("channels_last+cudagraph") == dict(channels_last=True, fused_modconv=None,
+                                                            speedup="cudagraph")
+    assert parse_variant("unfused+compile") == dict(channels_last=False, fused_modconv=False, speedup="compile")
+    assert parse_variant("fused")["fused_modconv"] is True
+    for bad in ("cudagraph+compile", "fused+unfused", "nhwc", "compile+compile", ""):
         with pytest.raises(ValueError, match="generation variant"):
             parse_variant(bad)
 

@@ -55,6 +55,35 @@ def test_eager_matches_the_generator(gen, c_dim, psi, channels_last):
     assert not got.requires_grad
 
 
+@pytest.mark.parametrize("precision,batch", [("fp32", 3), ("bf16", 4), ("fp32", 1)])
+def test_fused_and_unfused_modconv_agree(gen, precision, batch):
+    """Forcing either modulated-conv route in eval mode changes the arithmetic, not the image;
+    the choice is really taken (the layers see it) and training mode ignores it."""
+    G = generator(gen, precision=precision)
+    z = torch.randn(batch, 24, generator=gen)
+    seen = []
+    hooks = [layer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["fused_modconv"]), with_kwargs=True)
+             for name, layer in G.named_modules() if name.endswith(("conv0", "conv1"))]
+    images = {}
+    for fused in (None, True, False):
+        seen.clear()
+        images[fused] = Sampler(G, fused_modconv=fused)(z)
+        if fused is not None:
+            assert set(seen) == {fused}
+    tol = 1e-5 if precision == "fp32" else 0.05
+    for fused in (True, False):
+        torch.testing.assert_close(images[fused], images[None], rtol=tol, atol=tol)
+    G.train()
+    seen.clear()
+    with torch.no_grad():
+        G(z, noise_mode="const")
+    assert set(seen) == {False}
+    for h in hooks:
+        h.remove()
+    with pytest.raises(ValueError, match="set_fused_modconv: expected True, False or None, got 'yes'"):
+        G.set_fused_modconv("yes")
+
+
 @pytest.mark.parametrize("c_dim,batches", [(0, (3, 5, 3)), (2, (4,))])
 def test_compiled_matches_the_generator(gen, c_dim, batches):
     torch.compiler.reset()

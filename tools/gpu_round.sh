@@ -6,7 +6,7 @@
 #   bash tools/gpu_round.sh sanitize   # compute-sanitizer memcheck over the kernel tests    (~5 min)
 #   bash tools/gpu_round.sh bench      # kernel rows, CUDA and reference                      (<= 9 min)
 #   bash tools/gpu_round.sh bench-e2e  # training (NCHW, channels_last) and generation (eager,
-#                                      # channels_last, CUDA graphs) img/s, CUDA and reference   (<= 9 min)
+#                                      # channels_last, (un)fused, CUDA graphs) img/s            (<= 9 min)
 #   bash tools/gpu_round.sh bench-gen-compile     # generation under torch.compile          (<= 9 min)
 #   bash tools/gpu_round.sh bench-compile-fwd     # torch.compile rows, forward             (<= 9 min)
 #   bash tools/gpu_round.sh bench-compile-fwdbwd  # torch.compile rows, forward+backward    (<= 9 min)
@@ -81,7 +81,7 @@ bench_part() {  # name, then run.py arguments
 stage_bench() { bench_part kernels --sections kernels --impls cuda,ref; }
 stage_bench_e2e() {
   bench_part e2e --sections train,generate --impls cuda,ref \
-    --gen-variants eager,channels_last,cudagraph,channels_last+cudagraph
+    --gen-variants eager,channels_last,fused,unfused,cudagraph,channels_last+cudagraph
 }
 stage_bench_gen_compile() { bench_part gen-compile --sections generate --impls cuda,ref --gen-variants compile; }
 stage_bench_compile_fwd() { bench_part compile-fwd --sections kernels --impls compile --passes fwd; }

@@ -51,6 +51,7 @@ class SynthesisBlock(nn.Module):
         self.num_conv = 1 if in_channels == 0 else 2
         self.num_torgb = 1
         self.channels_last = False  # run-time layout switch (memory_format.use_channels_last)
+        self.fused_modconv: Optional[bool] = None  # inference override (Generator.set_fused_modconv)
         self.register_buffer("resample_filter", ops.setup_filter(list(RESAMPLE_FILTER)), persistent=False)
 
     def forward(
@@ -66,6 +67,8 @@ class SynthesisBlock(nn.Module):
         # half precision with batch > 1, modulate activations instead (cheaper backward, and
         # the half-precision pre-normalization lives on that path).
         fused = (not self.training) and (dtype == torch.float32 or ws.shape[0] == 1)
+        if not self.training and self.fused_modconv is not None:
+            fused = self.fused_modconv
         w = ws.unbind(dim=1)
         if self.in_channels == 0:
             x = self.const.to(dtype).unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
@@ -147,6 +150,19 @@ class Generator(nn.Module):
             lr_mult=cfg.mapping_lr_mult,
             w_avg_beta=cfg.w_avg_beta,
         )
+
+    def set_fused_modconv(self, fused: Optional[bool]) -> "Generator":
+        """How the synthesis convs run in eval mode: True, one grouped conv over per-sample
+        modulated weights; False, the shared weights on modulated activations (the training
+        path); None (the default), NVlabs' rule: grouped in float32 layers and for single
+        images, shared weights in reduced-precision layers. Same result either way up to
+        rounding; which is faster depends on batch, resolution and GPU (the benchmarks' 'unfused'
+        generation variant measures it). Training mode always uses the shared weights."""
+        if fused not in (None, True, False):
+            raise ValueError(f"set_fused_modconv: expected True, False or None, got {fused!r}")
+        for block in self.synthesis.blocks.values():
+            block.fused_modconv = fused
+        return self
 
     @property
     def w_avg(self) -> torch.Tensor:
