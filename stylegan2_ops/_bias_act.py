@@ -9,7 +9,6 @@ derivative.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _checks, _dispatch, _loader, _selfcheck
+from ._function_cache import function_cache
 
 OP = "bias_act"
 
@@ -198,7 +198,7 @@ _forward_kernel = _loader.kernel_call(_forward_op, "bias_act_forward")
 _grad_kernel = _loader.kernel_call(_grad_op, "bias_act_grad")
 
 
-@functools.lru_cache(maxsize=None)
+@function_cache
 def _cuda_function(dim: int, act: str, alpha: float, gain: float, clamp: float) -> type:
     """The autograd Function for one static configuration (cached, as NVlabs does)."""
     spec = ACTIVATIONS[act]

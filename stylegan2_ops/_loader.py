@@ -235,6 +235,10 @@ def jit_status() -> str:
 
 def load(force_build: bool = False) -> Optional[ModuleType]:
     """Returns the kernel module, or None. Tries at most once per process unless force_build."""
+    if _state.tried and not force_build:
+        # Settled: no lock needed (and torch.compile cannot trace one, so the kernel route
+        # would break the graph at every op call).
+        return _state.module
     with _lock:
         if _state.tried and not force_build:
             return _state.module

@@ -22,13 +22,13 @@ them, so gradients of gradients are exact and third-order calls still see a conn
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from . import _loader
+from ._function_cache import function_cache
 from ._bias_act import ACTIVATIONS
 
 EPS = 1e-8
@@ -190,7 +190,7 @@ def modulate_ref(weight: torch.Tensor, styles: torch.Tensor, demodulate: bool) -
     return w
 
 
-@functools.lru_cache(maxsize=None)
+@function_cache
 def _modulate_function(demodulate: bool, out_dtype: torch.dtype) -> type:
     """Function (weight, styles) -> modulated weights [N, O, I, kh, kw] of out_dtype."""
     out_id = _DTYPE_IDS[out_dtype]
@@ -264,7 +264,7 @@ def epilogue_ref(
     return y
 
 
-@functools.lru_cache(maxsize=None)
+@function_cache
 def _epilogue_function(act: str, alpha: float, gain: float, clamp: float) -> type:
     """Function (x, scale, noise, bias) -> y for one static configuration (cached)."""
     act_id = ACTIVATIONS[act].cuda_id
@@ -291,7 +291,7 @@ def _epilogue_function(act: str, alpha: float, gain: float, clamp: float) -> typ
     return EpilogueCuda
 
 
-@functools.lru_cache(maxsize=None)
+@function_cache
 def _epilogue_grad_function(
     act: str, alpha: float, gain: float, clamp: float, want_scale: bool, want_noise: bool, want_bias: bool
 ) -> type:

@@ -22,7 +22,6 @@ configuration (_transposed_config), so it too has gradients of any order.
 """
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from typing import Optional, Sequence, Union
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _checks, _dispatch, _loader, _selfcheck
+from ._function_cache import function_cache
 
 OP = "upfirdn2d"
 
@@ -558,7 +558,7 @@ def _run_kernel(
     return _loader.load().upfirdn2d(*args, 0)
 
 
-@functools.lru_cache(maxsize=None)
+@function_cache
 def _cuda_function(
     up: tuple[int, int], down: tuple[int, int], pad: tuple[int, int, int, int], flip_filter: bool, gain: float
 ) -> type:

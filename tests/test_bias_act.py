@@ -520,3 +520,30 @@ def test_kernel_size_one_bias_dim_with_an_odd_stride(gen, dtype):
         got = bias_act(x, b, dim=1, act="lrelu", impl="cuda")
         want = bias_act(x.double(), b.double(), dim=1, act="lrelu", impl="ref")
         torch.testing.assert_close(got.double(), want.to(dtype).double(), **KTOL[dtype])
+
+
+@pytest.mark.parametrize("act,clamp", [("lrelu", 1.3), ("tanh", None)])
+def test_cuda_function_lookup_traces_as_one_graph(gen, monkeypatch, act, clamp):
+    """Under torch.compile (fullgraph=True raises on any graph break) the cached autograd
+    Function of a configuration is looked up, not re-created (dynamo cannot trace a class
+    definition), and forward and first-order backward match the eager route."""
+    from stylegan2_ops import _bias_act
+
+    monkeypatch.setattr(_bias_act, "_forward_kernel", _emulated_forward_kernel)
+    monkeypatch.setattr(_bias_act, "_grad_kernel", _emulated_grad_kernel)
+    torch.compiler.reset()
+    x, b, _, gain = away_from_kinks(gen, (3, 5, 4, 2), 1, act, clamp)
+    key = (1, act, float(ACTIVATIONS[act].def_alpha), float(gain), float(clamp if clamp is not None else -1))
+
+    def f(x, b):
+        return _bias_act._cuda_function(*key).apply(x, b)
+    x, b = x.detach().requires_grad_(True), b.detach().requires_grad_(True)
+    want = f(x, b)  # eager: builds and caches the class
+    dy = torch.randn(want.shape, generator=gen, dtype=want.dtype)
+    want_grads = torch.autograd.grad(want, (x, b), dy)
+    got = torch.compile(f, backend="aot_eager", fullgraph=True)(x, b)
+    got_grads = torch.autograd.grad(got, (x, b), dy)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
+    assert key in _bias_act._cuda_function.cache

@@ -274,3 +274,20 @@ def test_arch_list_default_set_only_without_gpu(tmp_path, monkeypatch):
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
     _toolchain.prepare_build_env(visible_gpu=True)
     assert "TORCH_CUDA_ARCH_LIST" not in os.environ
+
+
+def test_settled_load_traces_without_the_lock(fresh_state):
+    """Once the loader has decided, load() returns without taking its lock: torch.compile cannot
+    trace a lock (fullgraph=True would raise), and the kernel route calls load() per op."""
+    import types
+
+    module = types.ModuleType("fake_kernels")
+    module.scale = lambda t: t * 3
+    fresh_state.tried, fresh_state.module = True, module
+
+    def f(x):
+        return _loader.load().scale(x) + 1
+    x = torch.randn(5, generator=torch.Generator().manual_seed(11))
+    torch.compiler.reset()
+    torch.testing.assert_close(torch.compile(f, backend="aot_eager", fullgraph=True)(x), x * 3 + 1)
+    assert _loader.load() is module

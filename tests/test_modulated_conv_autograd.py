@@ -253,3 +253,20 @@ def test_int32_limits_fall_back_and_match_the_header():
     assert "weight" in reason(meta(2, 1, 5, 5), meta(1, 1, 1, limit + 1), [2, 1, 5, 5])
     assert "65535" in reason(meta(65536, 3, 5, 5), w, [65536, 4, 5, 5])
     assert "dtype" in reason(meta(2, 3, 5, 5), meta(4, 3, 3, 3, dtype=torch.float64), [2, 4, 5, 5])
+
+
+@pytest.mark.parametrize("fused,up,down", [(True, 1, 1), (False, 2, 1), (False, 1, 2)])
+def test_cuda_route_traces_as_one_graph(stand_in, gen, fused, up, down):
+    """torch.compile must see the kernel route whole (fullgraph=True raises on any graph break):
+    the custom ops through their fakes, the cached autograd Functions without re-creating them,
+    the loader without its lock. Inference, as the compiled generator runs it."""
+    torch.compiler.reset()
+    args, kwargs = draw(gen, up, down, fused, True, "per_sample", False, ("lrelu", 1.4, 0.9))
+    eager = modulated_conv2d(*args, **kwargs, impl="cuda")  # the Functions exist after one call
+
+    def run(*a):
+        return modulated_conv2d(*a, **kwargs, impl="cuda")
+    with torch.no_grad():
+        got = torch.compile(run, backend="aot_eager", fullgraph=True)(*args)
+    torch.testing.assert_close(got, eager, rtol=1e-10, atol=1e-10)
+
