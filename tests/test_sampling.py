@@ -139,7 +139,8 @@ def test_cudagraph_replays_match_eager(gen, precision, channels_last, c_dim):
         z = torch.randn(n, 24, generator=gen).cuda()
         c = labels(n, c_dim, "cuda") if c_dim else None
         got = s(z, c)
-        torch.testing.assert_close(got, ref(z, c), rtol=2e-3, atol=2e-3)
+        tol = 2e-3 if precision == "fp32" else 2e-2  # 16-bit layers: cuDNN may round differently
+        torch.testing.assert_close(got, ref(z, c), rtol=tol, atol=tol)
     assert s.fallback_reason is None
     assert s.captured_batches == [1, 7]
 
@@ -173,6 +174,8 @@ def test_cudagraph_capture_failure_falls_back_to_eager(gen, monkeypatch):
     with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
         got = s(z)
     assert s.fallback_reason and s.captured_batches == []
+    assert "synchroniz" in s.fallback_reason.lower()  # found in the warm-up, named as such
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()  # the caller's stream is back
     torch.testing.assert_close(got, direct(G, z), rtol=1e-5, atol=1e-5)
 
 
@@ -183,4 +186,4 @@ def test_compiled_on_the_kernels_matches_eager(gen):
     G = generator(gen, resolution=32, precision="fp16", device="cuda")
     z = torch.randn(6, 24, generator=gen).cuda()
     got = Sampler(G, speedup="compile")(z)
-    torch.testing.assert_close(got, direct(G, z), rtol=5e-3, atol=5e-3)
+    torch.testing.assert_close(got, direct(G, z), rtol=2e-2, atol=2e-2)
