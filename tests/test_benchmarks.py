@@ -357,3 +357,23 @@ def test_overlay_losses_draws_every_run_and_flags_non_finite(tmp_path, capsys):
     c = _fake_run(tmp_path, "00002-c", "bf16", [(1.0, float("nan")), (1.0, 1.0)])
     assert overlay_losses.main([str(a), str(c), "--out", str(out)]) == 1
     assert "Loss/D/main=nan at 0.5 kimg" in capsys.readouterr().out
+
+
+def test_profile_steps_quick_reports_every_phase(tmp_path: Path) -> None:
+    """benchmarks/profile_steps.py --quick: a report per section, the training phases labelled by
+    the step (all six, in the profiled cycle) and an operator table."""
+    env = {k: v for k, v in os.environ.items() if k != "STYLEGAN2_OPS_IMPL"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_steps.py"), "--quick", "--out",
+                           str(tmp_path), "--impl", "ref"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = (tmp_path / "profile-train-ref-fp32.txt").read_text()
+    phases = train[train.index("## Phases"):train.index("## Top")]
+    for name in ("Loss/G/main", "Loss/G/reg", "Loss/D/main", "Loss/D/reg", "G_ema", "data"):
+        assert f"\n{name} " in phases, (name, phases)
+    assert "convolution" in train and "# of Calls" in train
+    generate = (tmp_path / "profile-generate-ref-fp32.txt").read_text()
+    assert "variant eager" in generate and "convolution" in generate
+    assert f"wrote {tmp_path / 'profile-train-ref-fp32.txt'}" in proc.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_steps.py"), "--sections", "fit"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--sections: choose from train, generate" in bad.stderr

@@ -12,6 +12,8 @@
 #   bash tools/gpu_round.sh bench-compile-fwdbwd  # torch.compile rows, forward+backward    (<= 9 min)
 #   bash tools/gpu_round.sh merge      # merge every bench part into benchmarks/results/ (commit it)
 #   bash tools/gpu_round.sh precision  # fp32 vs fp16 training, same seed, loss overlay PNG (<= 9 min)
+#   bash tools/gpu_round.sh profile    # torch.profiler: training phases and top kernels, generation,
+#                                      # kernels vs references (text reports)                  (~3 min)
 #   bash tools/gpu_round.sh all        # build, test, sanitize, bench, bench-e2e (one long call, if allowed)
 # The bench stages write to bench/ under the repository so the merge call finds them while the
 # machine stays warm; each also copies its JSON to $OUT.
@@ -100,6 +102,13 @@ stage_precision() {  # two short gpu128 runs on one seed (each capped at 250 s) 
   python3 benchmarks/overlay_losses.py gpu-round-out/prec/* --out "$OUT/fp32-vs-fp16-losses.png" | tee "$OUT/overlay.txt"
 }
 
+stage_profile() {  # where the time goes, on the kernels and on the references, fp16 policy
+  for impl in cuda ref; do
+    python3 benchmarks/profile_steps.py --impl $impl --precision fp16 --out "$OUT/profile" 2>&1 \
+      | grep -A 12 "## Phases" | tee -a "$OUT/profile.log"
+  done
+}
+
 case "${1:-all}" in
   build) stage_build ;;
   test) stage_test ;;
@@ -111,6 +120,7 @@ case "${1:-all}" in
   bench-compile-fwdbwd) stage_bench_compile_fwdbwd ;;
   merge) stage_merge ;;
   precision) stage_precision ;;
+  profile) stage_profile ;;
   all) stage_build && stage_test; stage_sanitize; stage_bench; stage_bench_e2e ;;
-  *) echo "usage: $0 build|test|sanitize|bench|bench-e2e|bench-gen-compile|bench-compile-fwd|bench-compile-fwdbwd|merge|precision|all" >&2; exit 2 ;;
+  *) echo "usage: $0 build|test|sanitize|bench|bench-e2e|bench-gen-compile|bench-compile-fwd|bench-compile-fwdbwd|merge|precision|profile|all" >&2; exit 2 ;;
 esac

@@ -49,17 +49,20 @@ def _optimize(run: Run, module: torch.nn.Module, other: torch.nn.Module, opt: to
               acc: StatsAccumulator, terms: dict[str, Callable[[], torch.Tensor]]) -> None:
     """One phase: gradients only for `module`, the sum of the named loss terms backpropagated,
     one optimizer step. Each term and the loss object's per-term stats go to `acc`."""
-    module.requires_grad_(True)
-    other.requires_grad_(False)
-    opt.zero_grad(set_to_none=True)
-    total = None
-    for name, compute in terms.items():
-        loss = compute()
-        _collect(run, acc, name, loss.detach())
-        total = loss if total is None else total + loss
-    total.backward()
-    _sanitize_grads(module)
-    opt.step()
+    # Labelled for torch.profiler (benchmarks/profile_steps.py groups device time by phase); a label
+    # costs about a microsecond when no profiler is running.
+    with torch.profiler.record_function("phase " + "+".join(terms)):
+        module.requires_grad_(True)
+        other.requires_grad_(False)
+        opt.zero_grad(set_to_none=True)
+        total = None
+        for name, compute in terms.items():
+            loss = compute()
+            _collect(run, acc, name, loss.detach())
+            total = loss if total is None else total + loss
+        total.backward()
+        _sanitize_grads(module)
+        opt.step()
 
 
 def _latents(run: Run) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -113,14 +116,16 @@ def update_ema(run: Run) -> None:
     """G_ema <- lerp towards G with half-life ema_kimg (shortened early on by ema_rampup)."""
     from stylegan2.networks import ema_beta, ema_update
     cfg = run.cfg
-    ema_update(run.G_ema, run.G, ema_beta(cfg.batch, cfg.ema_kimg, rampup=cfg.ema_rampup, cur_nimg=run.cur_nimg))
+    with torch.profiler.record_function("phase G_ema"):
+        ema_update(run.G_ema, run.G, ema_beta(cfg.batch, cfg.ema_kimg, rampup=cfg.ema_rampup, cur_nimg=run.cur_nimg))
 
 
 def train_step(run: Run, acc: StatsAccumulator) -> None:
     """One minibatch: the four phases, the EMA update, the counters. A regularizer with interval
     1 joins its main phase (one optimizer step); a larger interval makes it a lazy phase."""
     cfg = run.cfg
-    real, real_c = run.feeder.reals()
+    with torch.profiler.record_function("phase data"):
+        real, real_c = run.feeder.reals()
     real_c = real_c if run.feeder.c_dim else None
     pl_on, r1_on = cfg.pl_interval > 0 and cfg.pl_weight > 0, cfg.r1_interval > 0
     phase_g_main(run, acc, with_reg=pl_on and cfg.pl_interval == 1)
