@@ -97,9 +97,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="generation batch sizes, comma list (default 64,256; quick 8)")
     p.add_argument("--gen-variants", default=None, type=_gen_variants,
                    help="generation speed variants, comma list of 'eager' or '+' mixes of "
-                        "channels_last, fused, unfused, cudagraph, compile (default: eager,"
-                        "channels_last,fused,unfused,cudagraph,channels_last+cudagraph,compile; "
-                        "quick: eager,channels_last,unfused,compile)")
+                        "channels_last, fused, unfused, cudagraph, compile (default: eager, "
+                        "channels_last, fused, unfused, channels_last+unfused, cudagraph, "
+                        "unfused+cudagraph, channels_last+unfused+cudagraph, compile; quick: eager, "
+                        "channels_last, unfused, compile)")
     p.add_argument("--train-layouts", default="nchw,channels_last",
                    type=lambda s: _list(s, ("nchw", "channels_last"), "--train-layouts"),
                    help="training rows per activation layout (default both)")
@@ -148,8 +149,9 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (1 if q else 10)
     args.gen_batch = args.gen_batch or ([8] if q else [64, 256])
     args.gen_variants = args.gen_variants or (["eager", "channels_last", "unfused", "compile"] if q else
-                                              ["eager", "channels_last", "fused", "unfused", "cudagraph",
-                                               "channels_last+cudagraph", "compile"])
+                                              ["eager", "channels_last", "fused", "unfused", "channels_last+unfused",
+                                               "cudagraph", "unfused+cudagraph", "channels_last+unfused+cudagraph",
+                                               "compile"])
     args.compile_backend = args.compile_backend or ("aot_eager" if q else "inductor")
     args.precisions = args.precisions or ["fp32", "bf16" if q else "fp16"]
     if args.threads is None and q and args.device.type == "cpu":

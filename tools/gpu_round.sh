@@ -5,8 +5,9 @@
 #   bash tools/gpu_round.sh test       # every `cuda` test, JUnit XML + log                  (~3 min)
 #   bash tools/gpu_round.sh sanitize   # compute-sanitizer memcheck over the kernel tests    (~5 min)
 #   bash tools/gpu_round.sh bench      # kernel rows, CUDA and reference                      (<= 9 min)
-#   bash tools/gpu_round.sh bench-e2e  # training (NCHW, channels_last) and generation (eager,
-#                                      # channels_last, (un)fused, CUDA graphs) img/s            (<= 9 min)
+#   bash tools/gpu_round.sh bench-train  # training img/s, NCHW and channels_last, cuda and ref  (<= 9 min)
+#   bash tools/gpu_round.sh bench-gen  # generation img/s: eager, channels_last, (un)fused modconv,
+#                                      # CUDA graphs and their mixes, cuda and ref              (<= 9 min)
 #   bash tools/gpu_round.sh bench-gen-compile     # generation under torch.compile          (<= 9 min)
 #   bash tools/gpu_round.sh bench-compile-fwd     # torch.compile rows, forward             (<= 9 min)
 #   bash tools/gpu_round.sh bench-compile-fwdbwd  # torch.compile rows, forward+backward    (<= 9 min)
@@ -14,7 +15,7 @@
 #   bash tools/gpu_round.sh precision  # fp32 vs fp16 training, same seed, loss overlay PNG (<= 9 min)
 #   bash tools/gpu_round.sh profile    # torch.profiler: training phases and top kernels, generation,
 #                                      # kernels vs references (text reports)                  (~3 min)
-#   bash tools/gpu_round.sh all        # build, test, sanitize, bench, bench-e2e (one long call, if allowed)
+#   bash tools/gpu_round.sh all        # build, test, sanitize, bench, bench-train, bench-gen (one long call)
 # The bench stages write to bench/ under the repository so the merge call finds them while the
 # machine stays warm; each also copies its JSON to $OUT.
 #
@@ -81,10 +82,9 @@ bench_part() {  # name, then run.py arguments
 }
 
 stage_bench() { bench_part kernels --sections kernels --impls cuda,ref; }
-stage_bench_e2e() {
-  bench_part e2e --sections train,generate --impls cuda,ref \
-    --gen-variants eager,channels_last,fused,unfused,cudagraph,channels_last+cudagraph
-}
+GEN_VARIANTS=eager,channels_last,fused,unfused,channels_last+unfused,cudagraph,unfused+cudagraph,channels_last+unfused+cudagraph
+stage_bench_train() { bench_part train --sections train --impls cuda,ref; }
+stage_bench_gen() { bench_part gen --sections generate --impls cuda,ref --gen-variants "$GEN_VARIANTS"; }
 stage_bench_gen_compile() { bench_part gen-compile --sections generate --impls cuda,ref --gen-variants compile; }
 stage_bench_compile_fwd() { bench_part compile-fwd --sections kernels --impls compile --passes fwd; }
 stage_bench_compile_fwdbwd() { bench_part compile-fwdbwd --sections kernels --impls compile --passes fwd+bwd; }
@@ -114,13 +114,14 @@ case "${1:-all}" in
   test) stage_test ;;
   sanitize) stage_sanitize ;;
   bench) stage_bench ;;
-  bench-e2e) stage_bench_e2e ;;
+  bench-train) stage_bench_train ;;
+  bench-gen) stage_bench_gen ;;
   bench-gen-compile) stage_bench_gen_compile ;;
   bench-compile-fwd) stage_bench_compile_fwd ;;
   bench-compile-fwdbwd) stage_bench_compile_fwdbwd ;;
   merge) stage_merge ;;
   precision) stage_precision ;;
   profile) stage_profile ;;
-  all) stage_build && stage_test; stage_sanitize; stage_bench; stage_bench_e2e ;;
-  *) echo "usage: $0 build|test|sanitize|bench|bench-e2e|bench-gen-compile|bench-compile-fwd|bench-compile-fwdbwd|merge|precision|profile|all" >&2; exit 2 ;;
+  all) stage_build && stage_test; stage_sanitize; stage_bench; stage_bench_train; stage_bench_gen ;;
+  *) echo "usage: $0 build|test|sanitize|bench|bench-train|bench-gen|bench-gen-compile|bench-compile-fwd|bench-compile-fwdbwd|merge|precision|profile|all" >&2; exit 2 ;;
 esac
