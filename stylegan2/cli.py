@@ -21,6 +21,7 @@ from .sampling import SPEEDUPS
 from .training.config import LOSSES, PRECISIONS, PRESET_NAMES, TrainConfig, make_config, resolve
 
 BUILTIN_DATA = ("mni152",)
+GRID_MAX = 64  # generate's grid.png shows at most this many images
 
 # Options that change what the networks are or what data they see: fixed by a checkpoint when
 # resuming. The others (how long, how often, where, with how many threads) may change.
@@ -244,9 +245,10 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
     import torch
     from tqdm.auto import tqdm
 
+    from .image_writer import PngWriter
     from .sampling import Sampler
     from .training.checkpoint import CheckpointError, load_checkpoint
-    from .training.grids import make_grid, save_grid, save_image
+    from .training.grids import save_grid, to_uint8
     from .training.seeds import parse_seeds
 
     try:
@@ -273,20 +275,24 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
     out.mkdir(parents=True, exist_ok=True)
     # Random noise is drawn per image from its seed, so an image does not depend on the batch.
     step = 1 if noise_mode == "random" else batch
-    images = []
-    with torch.no_grad():
+    grid_images = []  # the first GRID_MAX images only: --n 100000 must not keep every image in memory
+    with torch.no_grad(), PngWriter() as writer:
         for i in tqdm(range(0, len(seed_list), step), desc="generate", unit="batch", disable=not progress):
             chunk = seed_list[i:i + step]
             z = torch.stack([torch.randn(G.z_dim, generator=torch.Generator().manual_seed(s)) for s in chunk]).to(dev)
             if noise_mode == "random":
                 torch.manual_seed(chunk[0])
             cc = None if c is None else c.expand(len(chunk), -1)
-            img = sampler(z, cc).cpu()
-            for s, im in zip(chunk, img):
-                save_image(make_grid(im[None], cols=1, pad=0), out / f"seed{s:04d}.png")
-            images.append(img)
-    grid = save_grid(torch.cat(images), out / "grid.png")
-    click.echo(f"wrote {len(seed_list)} images (seed{seed_list[0]:04d}.png ...) and {grid.name} to {out}")
+            img = sampler(z, cc)
+            pixels = to_uint8(img)  # converted on the device, one copy to the host
+            for s, im in zip(chunk, pixels):
+                writer.submit(im, out / f"seed{s:04d}.png")
+            room = GRID_MAX - sum(len(g) for g in grid_images)
+            if room > 0:
+                grid_images.append(img[:room].float().cpu())
+    grid = save_grid(torch.cat(grid_images), out / "grid.png")
+    shown = "" if len(seed_list) <= GRID_MAX else f" of the first {GRID_MAX}"
+    click.echo(f"wrote {len(seed_list)} images (seed{seed_list[0]:04d}.png ...) and {grid.name}{shown} to {out}")
 
 
 def _load_generator(ck: dict[str, Any], key: str, device: Any) -> Any:

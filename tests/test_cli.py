@@ -123,6 +123,13 @@ def test_train_generate_info_resume_end_to_end(tmp_path, gen):
     for name in ("seed0000.png", "seed0007.png", "grid.png"):
         a, b = (np.asarray(Image.open(d / name)).astype(int) for d in (out, nhwc))
         assert np.abs(a - b).max() <= 1, name
+    # Many images: every PNG written (in background threads), the grid capped at the first 64.
+    many = tmp_path / "gen-many"
+    r = invoke("generate", "--ckpt", run, "--out", many, "--n", "70", "--batch", "32", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert len(list(many.glob("seed*.png"))) == 70 and "grid.png of the first 64" in r.output
+    assert Image.open(many / "grid.png").size == (8 * 66 - 2, 8 * 66 - 2)
+    assert np.asarray(Image.open(many / "seed0069.png")).shape == (16, 16)
     r = CliRunner().invoke(cli.main, ["generate", "--ckpt", str(run), "--out", str(tmp_path / "g-graph"),
                                       "--speedup", "cudagraph", "--device", "cpu"])
     assert r.exit_code == 2 and "cudagraph needs a CUDA device" in r.output
