@@ -258,9 +258,12 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if speedup == "cudagraph" and dev.type != "cuda":
         raise click.BadParameter(f"cudagraph needs a CUDA device (this run: {dev.type})", param_hint="--speedup")
-    if speedup == "cudagraph" and noise_mode == "random":
-        raise click.BadParameter("cudagraph replays cannot draw each image's noise from its own seed; "
-                                 "use --noise-mode const or none, or --speedup none", param_hint="--speedup")
+    if speedup != "none" and noise_mode == "random":
+        # Graph replays cannot reseed per image, and compiled code draws other random numbers
+        # than eager code: the same seed would no longer give the same picture.
+        raise click.BadParameter(f"{speedup} cannot draw each image's noise from its own seed as eager "
+                                 "calls do; use --noise-mode const or none, or --speedup none",
+                                 param_hint="--speedup")
     try:
         ck = load_checkpoint(ckpt)
     except CheckpointError as e:

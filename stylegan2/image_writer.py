@@ -22,9 +22,9 @@ class PngWriter:
     """with PngWriter() as w: w.submit(uint8 [H, W, C] array, path) ... (waits for all on exit)."""
 
     def __init__(self, workers: Optional[int] = None) -> None:
-        self.workers = workers or max(1, min(8, (os.cpu_count() or 2) - 1))
-        if self.workers < 1:
+        if workers is not None and workers < 1:
             raise ValueError(f"workers: must be at least 1, got {workers}")
+        self.workers = workers or max(1, min(8, (os.cpu_count() or 2) - 1))
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="png")
         self._pending: deque[Future] = deque()
         self.written = 0

@@ -237,27 +237,33 @@ def load(force_build: bool = False) -> Optional[ModuleType]:
     """Returns the kernel module, or None. Tries at most once per process unless force_build."""
     if _state.tried and not force_build:
         # Settled: no lock needed (and torch.compile cannot trace one, so the kernel route
-        # would break the graph at every op call).
+        # would break the graph at every op call). `tried` is set only after everything else,
+        # so a thread that sees it also sees the module and the reason.
         return _state.module
     with _lock:
         if _state.tried and not force_build:
             return _state.module
-        _state.tried = True
-        _state.log.clear()
-        module, msg = _prebuilt()
-        _state.log.append(f"prebuilt: {msg}")
-        if module is not None and not force_build:
-            _state.module, _state.source, _state.reason = module, "prebuilt", ""
-            return module
+        log: list[str] = []
+        output = ""
         try:
-            module, msg, output = _jit(force=force_build)
-        except Exception as e:  # never let a loader bug take the ops down: fall back loudly
-            module, msg, output = None, f"the JIT loader failed: {e!r}", traceback.format_exc()
-        _state.log.append(f"jit: {msg}")
-        _state.module = module
-        _state.source = "jit" if module is not None else ""
-        _state.reason = "" if module is not None else msg
-        _state.compiler_output = output
+            module, msg = _prebuilt()
+            log.append(f"prebuilt: {msg}")
+            if module is not None and not force_build:
+                source, reason = "prebuilt", ""
+            else:
+                try:
+                    module, msg, output = _jit(force=force_build)
+                except Exception as e:  # never let a loader bug take the ops down: fall back loudly
+                    module, msg, output = None, f"the JIT loader failed: {e!r}", traceback.format_exc()
+                log.append(f"jit: {msg}")
+                source, reason = ("jit", "") if module is not None else ("", msg)
+        except Exception as e:  # the prebuilt probe itself failed (not just an ImportError)
+            module, source, reason = None, "", f"the kernel loader failed: {e!r}"
+            output = traceback.format_exc()
+            log.append(f"loader: {reason}")
+        _state.log[:] = log
+        _state.module, _state.source, _state.reason, _state.compiler_output = module, source, reason, output
+        _state.tried = True  # last: publishes the fields above to the lock-free fast path
         return module
 
 

@@ -134,6 +134,9 @@ def test_train_generate_info_resume_end_to_end(tmp_path, gen):
                                       "--speedup", "cudagraph", "--device", "cpu"])
     assert r.exit_code == 2 and "cudagraph needs a CUDA device" in r.output
     assert not (tmp_path / "g-graph").exists()
+    r = CliRunner().invoke(cli.main, ["generate", "--ckpt", str(run), "--out", str(tmp_path / "g-graph"),
+                                      "--speedup", "compile", "--noise-mode", "random"])
+    assert r.exit_code == 2 and "compile cannot draw each image's noise from its own seed" in r.output
     again = tmp_path / "gen2"
     invoke("generate", "--ckpt", run / "checkpoints" / "ckpt-000000.024.pt", "--out", again, "--n", "3",
            "--noise-mode", "random", "--no-progress")

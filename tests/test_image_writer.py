@@ -25,6 +25,8 @@ def test_every_image_is_written_intact(tmp_path, gen):
 
 
 def test_failed_write_and_bad_images_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="workers: must be at least 1, got 0"):
+        PngWriter(workers=0)
     w = PngWriter(workers=1)
     with pytest.raises(ValueError, match=r"image: expected uint8 \[H, W, 1 or 3\], got float32"):
         w.submit(np.zeros((4, 4, 1), np.float32), tmp_path / "x.png")

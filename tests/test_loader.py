@@ -291,3 +291,27 @@ def test_settled_load_traces_without_the_lock(fresh_state):
     torch.compiler.reset()
     torch.testing.assert_close(torch.compile(f, backend="aot_eager", fullgraph=True)(x), x * 3 + 1)
     assert _loader.load() is module
+
+
+def test_a_second_thread_waits_for_a_load_in_progress(fresh_state, monkeypatch):
+    """While one thread is still loading (a JIT build can take minutes), another must wait for
+    the result, not read a half-filled state through the lock-free path and fall back."""
+    import threading
+    import types
+
+    module = types.ModuleType("fake_kernels")
+    started = threading.Event()
+
+    def slow_prebuilt():
+        started.set()
+        time.sleep(0.3)
+        return module, "imported (test)"
+    monkeypatch.setattr(_loader, "_prebuilt", slow_prebuilt)
+    results = {}
+    first = threading.Thread(target=lambda: results.setdefault("first", _loader.load()))
+    first.start()
+    assert started.wait(5)
+    second = _loader.load()  # arrives mid-load
+    first.join(5)
+    assert results["first"] is module and second is module
+    assert fresh_state.tried and fresh_state.source == "prebuilt" and fresh_state.reason == ""

@@ -258,8 +258,9 @@ def test_int32_limits_fall_back_and_match_the_header():
 @pytest.mark.parametrize("fused,up,down", [(True, 1, 1), (False, 2, 1), (False, 1, 2)])
 def test_cuda_route_traces_as_one_graph(stand_in, gen, fused, up, down):
     """torch.compile must see the kernel route whole (fullgraph=True raises on any graph break):
-    the custom ops through their fakes, the cached autograd Functions without re-creating them,
-    the loader without its lock. Inference, as the compiled generator runs it."""
+    the custom ops through their fakes and the cached autograd Functions without re-creating
+    them. Inference, as the compiled generator runs it. (The stand-ins replace the loader and the
+    dispatch; test_loader traces the real settled load().)"""
     torch.compiler.reset()
     args, kwargs = draw(gen, up, down, fused, True, "per_sample", False, ("lrelu", 1.4, 0.9))
     eager = modulated_conv2d(*args, **kwargs, impl="cuda")  # the Functions exist after one call

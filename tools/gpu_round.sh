@@ -8,14 +8,16 @@
 #   bash tools/gpu_round.sh bench-train  # training img/s, NCHW and channels_last, cuda and ref  (<= 9 min)
 #   bash tools/gpu_round.sh bench-gen  # generation img/s: eager, channels_last, (un)fused modconv,
 #                                      # CUDA graphs and their mixes, cuda and ref              (<= 9 min)
-#   bash tools/gpu_round.sh bench-gen-compile     # generation under torch.compile          (<= 9 min)
+#   bash tools/gpu_round.sh bench-gen-compile-fp32  # generation under torch.compile, fp32  (<= 9 min)
+#   bash tools/gpu_round.sh bench-gen-compile-fp16  # the same, fp16 policy                 (<= 9 min)
 #   bash tools/gpu_round.sh bench-compile-fwd     # torch.compile rows, forward             (<= 9 min)
 #   bash tools/gpu_round.sh bench-compile-fwdbwd  # torch.compile rows, forward+backward    (<= 9 min)
 #   bash tools/gpu_round.sh merge      # merge every bench part into benchmarks/results/ (commit it)
 #   bash tools/gpu_round.sh precision  # fp32 vs fp16 training, same seed, loss overlay PNG (<= 9 min)
 #   bash tools/gpu_round.sh profile    # torch.profiler: training phases and top kernels, generation,
 #                                      # kernels vs references (text reports)                  (~3 min)
-#   bash tools/gpu_round.sh all        # build, test, sanitize, bench, bench-train, bench-gen (one long call)
+#   bash tools/gpu_round.sh all        # build, test, sanitize and the three bench stages in a row: about
+#                                      # 40 min, so only where no per-call limit applies
 # The bench stages write to bench/ under the repository so the merge call finds them while the
 # machine stays warm; each also copies its JSON to $OUT.
 #
@@ -75,7 +77,7 @@ BENCH=gpu-round-out/bench
 
 bench_part() {  # name, then run.py arguments
   local name=$1; shift
-  mkdir -p "$BENCH/$name"
+  rm -rf "$BENCH/$name" && mkdir -p "$BENCH/$name"  # a rerun replaces its part; merge sees each once
   python3 benchmarks/run.py --commit "$COMMIT" --out "$BENCH/$name" --time-limit 540 "$@" 2>&1 \
     | tee "$OUT/bench-$name.log" | tail -60
   cp "$BENCH/$name"/*.json "$OUT/" 2>/dev/null || true
@@ -85,7 +87,11 @@ stage_bench() { bench_part kernels --sections kernels --impls cuda,ref; }
 GEN_VARIANTS=eager,channels_last,fused,unfused,channels_last+unfused,cudagraph,unfused+cudagraph,channels_last+unfused+cudagraph
 stage_bench_train() { bench_part train --sections train --impls cuda,ref; }
 stage_bench_gen() { bench_part gen --sections generate --impls cuda,ref --gen-variants "$GEN_VARIANTS"; }
-stage_bench_gen_compile() { bench_part gen-compile --sections generate --impls cuda,ref --gen-variants compile; }
+# Two cold inductor compiles of the 256x256 generator per task (cuda, ref) at 1-2 min each: no
+# new task after 300 s, so the last one still ends inside the 10-minute call.
+stage_bench_gen_compile() {
+  bench_part gen-compile-$1 --sections generate --impls cuda,ref --gen-variants compile --precisions $1 --time-limit 300
+}
 stage_bench_compile_fwd() { bench_part compile-fwd --sections kernels --impls compile --passes fwd; }
 stage_bench_compile_fwdbwd() { bench_part compile-fwdbwd --sections kernels --impls compile --passes fwd+bwd; }
 stage_merge() {
@@ -116,12 +122,13 @@ case "${1:-all}" in
   bench) stage_bench ;;
   bench-train) stage_bench_train ;;
   bench-gen) stage_bench_gen ;;
-  bench-gen-compile) stage_bench_gen_compile ;;
+  bench-gen-compile-fp32) stage_bench_gen_compile fp32 ;;
+  bench-gen-compile-fp16) stage_bench_gen_compile fp16 ;;
   bench-compile-fwd) stage_bench_compile_fwd ;;
   bench-compile-fwdbwd) stage_bench_compile_fwdbwd ;;
   merge) stage_merge ;;
   precision) stage_precision ;;
   profile) stage_profile ;;
   all) stage_build && stage_test; stage_sanitize; stage_bench; stage_bench_train; stage_bench_gen ;;
-  *) echo "usage: $0 build|test|sanitize|bench|bench-train|bench-gen|bench-gen-compile|bench-compile-fwd|bench-compile-fwdbwd|merge|precision|profile|all" >&2; exit 2 ;;
+  *) echo "usage: $0 build|test|sanitize|bench|bench-train|bench-gen|bench-gen-compile-fp32|bench-gen-compile-fp16|bench-compile-fwd|bench-compile-fwdbwd|merge|precision|profile|all" >&2; exit 2 ;;
 esac
