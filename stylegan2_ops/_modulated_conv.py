@@ -138,7 +138,7 @@ def modulated_conv2d(
     )
     up = _check_factor("up", up)
     down = _check_factor("down", down)
-    pads = _parse_padding(padding)
+    pads = _upfirdn2d._parse_padding(OP, padding)
     for name, flag in (("demodulate", demodulate), ("flip_weight", flip_weight),
                        ("fused_modconv", fused_modconv)):
         if not isinstance(flag, bool):
@@ -358,26 +358,6 @@ def _check_factor(name: str, value: object) -> int:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{OP}: {name} must be an int >= 1, got {value!r}")
     return int(value)
-
-
-def _parse_padding(padding: object) -> tuple[int, int, int, int]:
-    """int, [x, y] or [x_before, x_after, y_before, y_after] -> (x0, x1, y0, y1)."""
-    def is_int(v: object) -> bool:
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-    if is_int(padding):
-        return (int(padding),) * 4
-    if isinstance(padding, (list, tuple)) and all(is_int(v) for v in padding):
-        if len(padding) == 2:
-            px, py = (int(v) for v in padding)
-            return px, px, py, py
-        if len(padding) == 4:
-            x0, x1, y0, y1 = (int(v) for v in padding)
-            return x0, x1, y0, y1
-    raise ValueError(
-        f"{OP}: padding must be an int, [x, y] or [x_before, x_after, y_before, y_after] of "
-        f"ints, got {padding!r}"
-    )
 
 
 def _check_extras(
