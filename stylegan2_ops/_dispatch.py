@@ -74,7 +74,10 @@ def choose(
             return "ref"  # the kernel disagreed with the reference here (warned once)
         return "cuda"
 
-    # mode == 'cuda': explain exactly what stands in the way.
+    # mode == 'cuda': explain exactly what stands in the way. (Under the test-only emulator switch,
+    # _loader.kernel_module_override, CPU tensors are what the emulated kernels take.)
+    if _loader.emulated_on_cpu() and all(t.device.type == "cpu" for t in present.values()):
+        off_gpu = []
     if off_gpu:
         name, t = off_gpu[0]
         raise ValueError(f"{op}(impl='cuda'): {name} is on {t.device}; the CUDA kernels need CUDA tensors")

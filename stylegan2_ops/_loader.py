@@ -233,8 +233,36 @@ def jit_status() -> str:
     return f"not built yet (would build into {build_dir})"
 
 
+# Test-only: a stand-in for the kernel module (the CPU emulator of csrc/ under tests/emulator/).
+# Set only by kernel_module_override(); nothing in the package sets it.
+_override: Optional[object] = None
+
+
+@contextlib.contextmanager
+def kernel_module_override(module: object) -> Iterator[object]:
+    """Test-only switch: within the block, load() returns `module` instead of the compiled kernels.
+
+    A module with RUNS_ON_CPU = True (the emulator) also lets impl='cuda' take CPU tensors
+    (_dispatch.choose), so the autograd Functions run the real kernel code end to end on the CPU.
+    impl='auto' never routes CPU tensors to it.
+    """
+    global _override
+    previous, _override = _override, module
+    try:
+        yield module
+    finally:
+        _override = previous
+
+
+def emulated_on_cpu() -> bool:
+    """Whether impl='cuda' may take CPU tensors: only inside kernel_module_override(emulator)."""
+    return _override is not None and bool(getattr(_override, "RUNS_ON_CPU", False))
+
+
 def load(force_build: bool = False) -> Optional[ModuleType]:
     """Returns the kernel module, or None. Tries at most once per process unless force_build."""
+    if _override is not None:
+        return _override  # type: ignore[return-value]
     if _state.tried and not force_build:
         # Settled: no lock needed (and torch.compile cannot trace one, so the kernel route
         # would break the graph at every op call). `tried` is set only after everything else,
