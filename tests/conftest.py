@@ -5,7 +5,7 @@ import shutil
 import subprocess
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -13,6 +13,44 @@ import torch
 from stylegan2_ops import _toolchain
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
+
+
+# Where the kernel tests run: on a GPU ("cuda", skipped without one), and on the CPU emulator of
+# csrc/ (tests/emulator/) in two thread orders, so a missing barrier fails in at least one.
+KERNEL_DEVICES = [
+    pytest.param("cuda", marks=pytest.mark.cuda),
+    pytest.param("emu-forward", marks=pytest.mark.emulator),
+    pytest.param("emu-reverse", marks=pytest.mark.emulator),
+]
+
+
+@pytest.fixture(scope="session")
+def emulator_library() -> Path:
+    """The emulated kernels' library (built once, cached across runs); skips without a compiler
+    or the CUDA headers."""
+    from emulator import EmulatorBuildError, build_kernels
+
+    try:
+        return build_kernels()
+    except EmulatorBuildError as e:
+        if "not found" in str(e):
+            pytest.skip(f"the CPU emulator cannot be built here: {e}")
+        raise
+
+
+@pytest.fixture(params=KERNEL_DEVICES)
+def kdev(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The device a kernel test puts its tensors on: 'cuda', or 'cpu' with stylegan2_ops' impl='cuda'
+    routed to the emulated kernels resuming threads in the parameter's order."""
+    if request.param == "cuda":
+        yield "cuda"
+        return
+    from emulator import emulated_kernels, routed
+
+    request.getfixturevalue("emulator_library")
+    order = request.param.split("-", 1)[1]
+    with routed(emulated_kernels(order, seed=seed_for(request.node.nodeid))):
+        yield "cpu"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

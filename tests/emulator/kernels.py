@@ -38,6 +38,10 @@ class EmulatorLaunchError(RuntimeError):
     """An emulated launch failed: the emulator's message says why."""
 
 
+class BindingCheckError(RuntimeError):
+    """An argument the bindings would refuse (TORCH_CHECK raises RuntimeError there too)."""
+
+
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
@@ -52,19 +56,19 @@ def _poisoned_like(t: torch.Tensor) -> torch.Tensor:
 
 def _check_cpu(t: torch.Tensor, name: str) -> None:
     if t.device.type != "cpu":
-        raise ValueError(f"{name} must be a CPU tensor for the emulated kernels, got one on {t.device}")
+        raise BindingCheckError(f"{name} must be a CPU tensor for the emulated kernels, got one on {t.device}")
 
 
 def _kernel_dtype(t: torch.Tensor, name: str) -> int:
     if t.dtype not in DTYPE_IDS:
-        raise ValueError(f"{name} has dtype {t.dtype}; the kernels support float32, float16 and bfloat16")
+        raise BindingCheckError(f"{name} has dtype {t.dtype}; the kernels support float32, float16 and bfloat16")
     return DTYPE_IDS[t.dtype]
 
 
 def _check_like(t: torch.Tensor, ref: torch.Tensor, name: str) -> None:
     _check_cpu(t, name)
     if t.dtype != ref.dtype or t.shape != ref.shape or t.stride() != ref.stride():
-        raise ValueError(f"{name}: dtype/shape/strides {t.dtype}/{list(t.shape)}/{t.stride()} differ from "
+        raise BindingCheckError(f"{name}: dtype/shape/strides {t.dtype}/{list(t.shape)}/{t.stride()} differ from "
                          f"{ref.dtype}/{list(ref.shape)}/{ref.stride()}")
 
 
@@ -80,11 +84,11 @@ def _dense(t: torch.Tensor) -> bool:
 
 def _epilogue_channels_last(t: torch.Tensor, name: str) -> bool:
     if t.ndim != 4:
-        raise ValueError(f"{name} must be [batch_size, channels, height, width], got {list(t.shape)}")
+        raise BindingCheckError(f"{name} must be [batch_size, channels, height, width], got {list(t.shape)}")
     if t.is_contiguous():
         return False
     if not t.is_contiguous(memory_format=torch.channels_last):
-        raise ValueError(f"{name} must be contiguous or channels_last, got strides {t.stride()}")
+        raise BindingCheckError(f"{name} must be contiguous or channels_last, got strides {t.stride()}")
     return True
 
 
@@ -129,11 +133,11 @@ class EmulatedKernels:
     @staticmethod
     def _bias_act_geometry(ref: torch.Tensor, b: Optional[torch.Tensor], dim: int) -> tuple[int, int]:
         if not _dense(ref):
-            raise ValueError(f"x must be dense in memory, got strides {ref.stride()}")
+            raise BindingCheckError(f"x must be dense in memory, got strides {ref.stride()}")
         if b is not None:
             _check_cpu(b, "b")
             if b.dtype != ref.dtype or b.ndim != 1 or b.shape[0] != ref.shape[dim] or not b.is_contiguous():
-                raise ValueError(f"b must be a contiguous [{ref.shape[dim]}] tensor of {ref.dtype}")
+                raise BindingCheckError(f"b must be a contiguous [{ref.shape[dim]}] tensor of {ref.dtype}")
         channels = ref.shape[dim] if b is not None else 1
         stride = ref.stride(dim) if b is not None else 1
         if stride < 1 or channels == 1:
@@ -153,11 +157,11 @@ class EmulatedKernels:
         _check_cpu(g, "dy")
         dt = _kernel_dtype(g, "dy")
         if x is None and y is None:
-            raise ValueError("bias_act_grad needs the saved input x or output y")
+            raise BindingCheckError("bias_act_grad needs the saved input x or output y")
         if x is None and act == 8:
-            raise ValueError("bias_act_grad: swish's derivative needs the saved input x")
+            raise BindingCheckError("bias_act_grad: swish's derivative needs the saved input x")
         if order == 2 and (x is None or h is None):
-            raise ValueError("the second derivative needs x and dy")
+            raise BindingCheckError("the second derivative needs x and dy")
         for t, name in ((h, "dy (order 2)"), (x, "x"), (y, "y")):
             if t is not None:
                 _check_like(t, g, name)
@@ -175,19 +179,19 @@ class EmulatedKernels:
         _check_cpu(f, "f")
         dt = _kernel_dtype(x, "x")
         if x.ndim != 4 or f.dtype != torch.float32 or f.ndim not in (1, 2) or not f.is_contiguous():
-            raise ValueError("upfirdn2d: x must be 4-D and f a contiguous float32 1-D or 2-D filter")
+            raise BindingCheckError("upfirdn2d: x must be 4-D and f a contiguous float32 1-D or 2-D filter")
         fw, fh = f.shape[-1], f.shape[0]
         out_w = (x.shape[3] * up_x + pad_x0 + pad_x1 - fw) // down_x + 1
         out_h = (x.shape[2] * up_y + pad_y0 + pad_y1 - fh) // down_y + 1
         if out_w < 1 or out_h < 1:
-            raise ValueError("upfirdn2d: the output would be empty")
+            raise BindingCheckError("upfirdn2d: the output would be empty")
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         y = _poisoned([x.shape[0], x.shape[1], out_h, out_w], dtype=x.dtype, memory_format=fmt)
         if y.numel() == 0:
             return y
         arrays = self._upfirdn2d_arrays(x, y, (up_x, up_y, down_x, down_y), (fw, fh))
         if path == 2 and not self._lib.sg2emu_upfirdn2d_tiled_covers(*arrays[:4], arrays[5]):
-            raise ValueError("upfirdn2d: the tiled path does not cover this configuration")
+            raise BindingCheckError("upfirdn2d: the tiled path does not cover this configuration")
         pads = (_int * 2)(pad_x0, pad_y0)
         self._check(self._lib.sg2emu_upfirdn2d(dt, _ptr(x), _ptr(f), _ptr(y), arrays[0], arrays[1], arrays[2],
                                                arrays[3], pads, arrays[5], int(f.ndim == 1), int(flip), gain, path),
@@ -214,9 +218,9 @@ class EmulatedKernels:
         _check_cpu(weight, "weight")
         _check_cpu(styles, "styles")
         if weight.ndim != 4 or not weight.is_contiguous() or styles.dtype != weight.dtype:
-            raise ValueError("weight must be a contiguous [O, I, kh, kw] tensor and styles of its dtype")
+            raise BindingCheckError("weight must be a contiguous [O, I, kh, kw] tensor and styles of its dtype")
         if styles.ndim != 2 or styles.shape[1] != weight.shape[1] or not styles.is_contiguous():
-            raise ValueError(f"styles must be a contiguous [N, {weight.shape[1]}] tensor")
+            raise BindingCheckError(f"styles must be a contiguous [N, {weight.shape[1]}] tensor")
         return styles.shape[0], weight.shape[0], weight.shape[1], weight.shape[2] * weight.shape[3]
 
     def modulate_weights(self, weight, styles, out_dtype, demodulate, eps):
@@ -235,9 +239,9 @@ class EmulatedKernels:
         pdt = _kernel_dtype(weight, "weight")
         odt = _kernel_dtype(grad, "grad")
         if list(grad.shape) != [n, o, i, weight.shape[2], weight.shape[3]] or not grad.is_contiguous():
-            raise ValueError(f"grad must be a contiguous [{n}, {o}, {i}, kh, kw] tensor, got {list(grad.shape)}")
+            raise BindingCheckError(f"grad must be a contiguous [{n}, {o}, {i}, kh, kw] tensor, got {list(grad.shape)}")
         if dcoefs.dtype != torch.float32 or list(dcoefs.shape) != [n, o] or not dcoefs.is_contiguous():
-            raise ValueError(f"dcoefs must be a contiguous float32 [{n}, {o}] tensor")
+            raise BindingCheckError(f"dcoefs must be a contiguous float32 [{n}, {o}] tensor")
         grad_weight, grad_styles = _poisoned_like(weight), _poisoned_like(styles)
         q = _poisoned([n, o], dtype=torch.float32)
         self._check(self._lib.sg2emu_modulate(1, pdt, odt, _ptr(weight), _ptr(styles), None, _ptr(dcoefs),
@@ -250,12 +254,12 @@ class EmulatedKernels:
         n, c, h, w = ref.shape
         if scale is not None and (scale.dtype != torch.float32 or list(scale.shape) != [n, c]
                                   or not scale.is_contiguous()):
-            raise ValueError(f"scale must be a contiguous float32 [{n}, {c}] tensor")
+            raise BindingCheckError(f"scale must be a contiguous float32 [{n}, {c}] tensor")
         if noise is not None and (noise.dtype != ref.dtype or noise.ndim != 4 or noise.shape[0] not in (1, n)
                                   or list(noise.shape[1:]) != [1, h, w] or not noise.is_contiguous()):
-            raise ValueError(f"noise must be a contiguous [1 or {n}, 1, {h}, {w}] tensor of {ref.dtype}")
+            raise BindingCheckError(f"noise must be a contiguous [1 or {n}, 1, {h}, {w}] tensor of {ref.dtype}")
         if bias is not None and (bias.dtype != ref.dtype or list(bias.shape) != [c] or not bias.is_contiguous()):
-            raise ValueError(f"bias must be a contiguous [{c}] tensor of {ref.dtype}")
+            raise BindingCheckError(f"bias must be a contiguous [{c}] tensor of {ref.dtype}")
         per_sample = noise is not None and noise.shape[0] == n and n > 1
         return n, c, h * w, per_sample
 
@@ -279,9 +283,9 @@ class EmulatedKernels:
         if x is not None:
             _check_like(x, dy, "x")
         elif not (act == 0 and clamp < 0 and not want_scale):
-            raise ValueError("modconv_epilogue_grad needs x for a nonlinear activation, a clamp or grad_scale")
+            raise BindingCheckError("modconv_epilogue_grad needs x for a nonlinear activation, a clamp or grad_scale")
         if (want_scale and scale is None) or (want_noise and noise is None):
-            raise ValueError("a reduction was asked for without its operand")
+            raise BindingCheckError("a reduction was asked for without its operand")
         dx = _poisoned_like(dy)
         gs = torch.zeros([n, c] if want_scale else [0])
         gb = torch.zeros([n, c] if want_bias else [0])
