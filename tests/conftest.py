@@ -53,6 +53,17 @@ def kdev(request: pytest.FixtureRequest) -> Iterator[str]:
         yield "cpu"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--sweep", action="store_true",
+                     help="run the kernel tests' GPU-sized cases on the CPU emulator too (minutes more)")
+
+
+@pytest.fixture
+def sweep(request: pytest.FixtureRequest) -> bool:
+    """Whether --sweep asked for the larger emulated cases."""
+    return bool(request.config.getoption("--sweep"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return

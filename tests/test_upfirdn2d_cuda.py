@@ -27,11 +27,20 @@ KTOL = {
     torch.bfloat16: dict(atol=8e-3, rtol=8e-3),
 }
 GENERAL_PATH, TILED_PATH = 1, 2
+# (height, width), channels. On the emulator (False) the sizes that cross tile edges and channel
+# groups stay, at a tenth of the elements (the float64 reference of 512 channels alone takes
+# ~20 s on a CPU); `pytest --sweep` runs the GPU's sizes there too.
+RESAMPLING_SHAPES = {
+    True: [((4, 4), 512), ((17, 33), 3), ((64, 64), 32), ((35, 70), 17), ((128, 128), 1)],
+    False: [((4, 4), 48), ((17, 33), 3), ((20, 24), 32), ((35, 70), 17), ((70, 66), 1)],
+}
 
 
-def poison_allocator(nbytes: int) -> None:
+def poison_allocator(device: str, nbytes: int) -> None:
     """Fill and free a block so the next allocation of that size likely reuses NaN-filled
     memory: an output element the kernel forgets to write then shows up as NaN."""
+    if device != "cuda":
+        return  # the emulated kernels allocate their outputs NaN-filled
     torch.full((nbytes // 4 + 1024,), float("nan"), device="cuda").resize_(0)
     torch.cuda.synchronize()
 
@@ -58,8 +67,8 @@ def random_config(gen: torch.Generator, max_out: int = 900):
             return (h, w), f, up, down, pad, flip, gain
 
 
-def to_device(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
-    x = x.to("cuda", dtype)
+def to_device(device: str, x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, dtype)
     return x.to(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
@@ -153,17 +162,16 @@ def test_module_limits_agree_with_python():
     assert k.UPFIRDN2D_MAX_FACTOR == _upfirdn2d.KERNEL_MAX_FACTOR
 
 
-@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_kernel_matches_reference_on_random_configs(gen, dtype, channels_last):
+def test_kernel_matches_reference_on_random_configs(kdev, gen, dtype, channels_last):
     for case in range(30):
         (h, w), f, up, down, pad, flip, gain = random_config(gen)
         n, c = ri(gen, 1, 3), [1, 3, 5, 16, 19][case % 5]
-        x = to_device(torch.randn(n, c, h, w, generator=gen), dtype, channels_last)
-        f = f.cuda()
+        x = to_device(kdev, torch.randn(n, c, h, w, generator=gen), dtype, channels_last)
+        f = f.to(kdev)
         want = upfirdn2d(x.double(), f, up, down, pad, flip, gain, impl="ref")
-        poison_allocator(want.numel() * x.element_size())
+        poison_allocator(kdev, want.numel() * x.element_size())
         got = upfirdn2d(x, f, up, down, pad, flip, gain, impl="cuda")
         assert got.dtype == dtype and got.shape == want.shape
         assert got.is_contiguous(memory_format=_upfirdn2d._memory_format(x))  # x's memory format
@@ -171,16 +179,15 @@ def test_kernel_matches_reference_on_random_configs(gen, dtype, channels_last):
         assert_close_scaled(got, want, dtype)
 
 
-@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_stylegan2_resampling_matches_reference(gen, dtype, channels_last):
+def test_stylegan2_resampling_matches_reference(kdev, gen, dtype, channels_last, sweep):
     """The helpers as the model calls them (4-tap [1,3,3,1], 2-D and separable): the fast paths,
     at sizes across tile edges and with channel counts below, at and above a channel group."""
     for separable in (False, True):
-        f = setup_filter([1, 3, 3, 1], device="cuda", separable=separable)
-        for (h, w), c in [((4, 4), 512), ((17, 33), 3), ((64, 64), 32), ((35, 70), 17), ((128, 128), 1)]:
-            x = to_device(torch.randn(2, c, h, w, generator=gen), dtype, channels_last)
+        f = setup_filter([1, 3, 3, 1], device=kdev, separable=separable)
+        for (h, w), c in RESAMPLING_SHAPES[kdev == "cuda" or sweep]:
+            x = to_device(kdev, torch.randn(2, c, h, w, generator=gen), dtype, channels_last)
             for name, call in [
                 ("up", lambda t, impl: upsample2d(t, f, up=2, impl=impl)),
                 ("down", lambda t, impl: downsample2d(t, f, down=2, impl=impl)),
@@ -188,16 +195,15 @@ def test_stylegan2_resampling_matches_reference(gen, dtype, channels_last):
                 ("conv-up pad", lambda t, impl: upfirdn2d(t, f, padding=[2, 1, 2, 1], gain=4, impl=impl)),
             ]:
                 want = call(x.double(), "ref")
-                poison_allocator(want.numel() * x.element_size())
+                poison_allocator(kdev, want.numel() * x.element_size())
                 got = call(x, "cuda")
                 assert not got.isnan().any(), f"{name}: unwritten output elements"
                 assert_close_scaled(got, want, dtype)
 
 
-@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_tiled_path_matches_general_path(gen, dtype, channels_last):
+def test_tiled_path_matches_general_path(kdev, gen, dtype, channels_last):
     """Choosing the path changes nothing beyond float32 summation order (then one rounding)."""
     k = kernels()
     for case in range(12):
@@ -206,12 +212,12 @@ def test_tiled_path_matches_general_path(gen, dtype, channels_last):
         pad = [ri(gen, -2, 4) for _ in range(4)]
         if w * up[0] + pad[0] + pad[1] < 4 or h * up[1] + pad[2] + pad[3] < 4:
             pad = [3, 2, 3, 2]
-        f = (torch.randn(4, generator=gen) if case % 2 else torch.randn(4, 4, generator=gen)).cuda()
-        x = to_device(torch.randn(2, c, h, w, generator=gen), dtype, channels_last)
+        f = (torch.randn(4, generator=gen) if case % 2 else torch.randn(4, 4, generator=gen)).to(kdev)
+        x = to_device(kdev, torch.randn(2, c, h, w, generator=gen), dtype, channels_last)
         args = (x, f, up[0], up[1], down[0], down[1], *pad, case % 3 == 0, 1.7, channels_last)
-        poison_allocator(x.numel() * 4 * x.element_size())
+        poison_allocator(kdev, x.numel() * 4 * x.element_size())
         tiled = k.upfirdn2d(*args, TILED_PATH)
-        poison_allocator(x.numel() * 4 * x.element_size())
+        poison_allocator(kdev, x.numel() * 4 * x.element_size())
         general = k.upfirdn2d(*args, GENERAL_PATH)
         assert not tiled.isnan().any() and not general.isnan().any()
         if dtype == torch.float32:
@@ -224,18 +230,17 @@ def test_tiled_path_matches_general_path(gen, dtype, channels_last):
         assert_close_scaled(tiled, want, dtype)
 
 
-@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_first_and_second_derivatives_match_reference(gen, dtype, channels_last):
+def test_first_and_second_derivatives_match_reference(kdev, gen, dtype, channels_last):
     """d/dx of a nonlinear function of upfirdn2d, then the gradient of a random scalar of that
     first derivative (what R1 does); both through the kernel's backward Functions."""
     cases = [random_config(gen, max_out=300) for _ in range(6)]
     cases.append(((9, 7), setup_filter([1, 3, 3, 1]), (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0))
     cases.append(((10, 11), setup_filter([1, 3, 3, 1], separable=True), (1, 1), (2, 2), (1, 1, 1, 1), True, 1.0))
     for (h, w), f, up, down, pad, flip, gain in cases:
-        f = f.cuda()
-        x0 = to_device(torch.randn(2, 5, h, w, generator=gen), dtype, channels_last)
+        f = f.to(kdev)
+        x0 = to_device(kdev, torch.randn(2, 5, h, w, generator=gen), dtype, channels_last)
         r = torch.randn(2, 5, h, w, generator=gen)
         results = {}
         for impl in ("cuda", "ref"):
@@ -250,16 +255,15 @@ def test_first_and_second_derivatives_match_reference(gen, dtype, channels_last)
             assert_close_scaled(got, want, dtype, derivative=True)
 
 
-@pytest.mark.cuda
-def test_gradient_of_the_gradient_is_the_forward_again(gen):
+def test_gradient_of_the_gradient_is_the_forward_again(kdev, gen):
     """upfirdn2d is linear: differentiating dx = J^T dy with respect to dy gives J r again."""
     (h, w), f, up, down, pad, flip, gain = random_config(gen)
-    f = f.cuda()
-    x = torch.randn(2, 3, h, w, generator=gen).cuda().requires_grad_(True)
+    f = f.to(kdev)
+    x = torch.randn(2, 3, h, w, generator=gen).to(kdev).requires_grad_(True)
     y = upfirdn2d(x, f, up, down, pad, flip, gain, impl="cuda")
-    dy = torch.randn(y.shape, generator=gen).cuda().requires_grad_(True)
+    dy = torch.randn(y.shape, generator=gen).to(kdev).requires_grad_(True)
     (dx,) = torch.autograd.grad(y, x, dy, create_graph=True)
-    r = torch.randn(x.shape, generator=gen).cuda()
+    r = torch.randn(x.shape, generator=gen).to(kdev)
     (d_dy,) = torch.autograd.grad((dx * r).sum(), dy)
     want = upfirdn2d(r.double(), f, up, down, pad, flip, gain, impl="ref")
     assert_close_scaled(d_dy, want, torch.float32)
@@ -328,27 +332,26 @@ def test_registered_op_passes_opcheck(gen):
                               test_utils=("test_schema", "test_faketensor"))
 
 
-@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-def test_kernel_on_strided_views_with_storage_offsets(gen, dtype):
+def test_kernel_on_strided_views_with_storage_offsets(kdev, gen, dtype):
     """Inputs that are views: a storage offset (an odd element address), gaps between rows and
     planes, a permuted channel order and a broadcast (stride-0) batch, on the tiled and general
     paths, forward and input gradient (review R2)."""
-    f4 = setup_filter([1, 3, 3, 1], device="cuda")
-    f5 = torch.randn(5, 3, generator=gen).cuda()
+    f4 = setup_filter([1, 3, 3, 1], device=kdev)
+    f5 = torch.randn(5, 3, generator=gen).to(kdev)
     for f, up, down, pad in ((f4, 2, 1, [2, 1, 2, 1]), (f4, 1, 2, [1, 1, 1, 1]), (f4, 1, 1, [1, 2, 2, 1]),
                              (f5, [3, 1], [1, 2], [2, -1, 0, 3])):
-        base = torch.randn(3, 21, 13, 17, generator=gen).to("cuda", dtype)
+        base = torch.randn(3, 21, 13, 17, generator=gen).to(kdev, dtype)
         views = [base[:, 1:20:2, 1:12, 3:16],  # offset, gaps
                  base.permute(0, 2, 3, 1)[:, 1:, 2:, 1:20].permute(0, 3, 1, 2),  # channels_last-like, offset
                  base[1:2, 3:12, 2:9, 1:14].expand(4, -1, -1, -1)]  # stride-0 batch
         for x in views:
             want = upfirdn2d(x.double(), f, up, down, pad, gain=1.5, impl="ref")
-            poison_allocator(want.numel() * x.element_size())
+            poison_allocator(kdev, want.numel() * x.element_size())
             got = upfirdn2d(x, f, up, down, pad, gain=1.5, impl="cuda")
             assert not got.isnan().any(), "unwritten output elements"
             assert_close_scaled(got, want, dtype)
-            dy = torch.randn(want.shape, generator=gen).to("cuda", dtype)
+            dy = torch.randn(want.shape, generator=gen).to(kdev, dtype)
             xs = x.detach().clone().requires_grad_(True)
             (dx,) = torch.autograd.grad(upfirdn2d(xs, f, up, down, pad, gain=1.5, impl="cuda"), xs, dy)
             xr = x.detach().double().requires_grad_(True)
