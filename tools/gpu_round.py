@@ -359,7 +359,9 @@ def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.{digits}g}" if math.isfinite(v) else str(v)
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.0f}" if abs(v) >= 10 ** digits else f"{v:.{digits}g}"  # 2560 img/s, not 2.56e+03
     return str(v)
 
 
