@@ -435,7 +435,8 @@ def size_guard(out: Path) -> list[str]:
     return notes
 
 
-def write_report(work: Path, out: Path, dry_run: bool, total_limit: str = "") -> tuple[Path, int]:
+def write_report(work: Path, out: Path, dry_run: bool, total_limit: str = "",
+                 start_ms: int | None = None) -> tuple[Path, int]:
     """round-summary.md and round.log in `out` (plus a stub results JSON if the benchmarks wrote
     none); returns the summary's path and the exit code the round should end with."""
     parts = read_parts(work / "parts.tsv")
@@ -463,7 +464,7 @@ def write_report(work: Path, out: Path, dry_run: bool, total_limit: str = "") ->
     tests_log = (logs / "tests.log").read_text(errors="replace") if (logs / "tests.log").exists() else ""
     xml = out / "cuda-tests.xml"
     now = _dt.datetime.now(_dt.timezone.utc)
-    wall = (work / "wall_s").read_text().strip() if (work / "wall_s").exists() else "-"
+    wall = f"{time.time() - start_ms / 1e3:.1f}" if start_ms else "-"
     bad = [n for n in PARTS if parts.get(n, {}).get("status") in ("failed", "timeout", "interrupted")]
     lines = [
         f"# GPU round 'first': {now:%Y-%m-%d %H:%M} UTC",
@@ -518,7 +519,7 @@ def write_report(work: Path, out: Path, dry_run: bool, total_limit: str = "") ->
     if failing:
         lines += ["", "## Last lines of the parts that did not pass"]
         for name in failing:
-            tail = (logs / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+            tail = [t[:300] for t in (logs / f"{name}.log").read_text(errors="replace").splitlines()[-15:]]
             lines += ["", f"### {name}", "", "```", *tail, "```"]
     notes = fixes + size_guard(out)
     if notes:
@@ -529,7 +530,7 @@ def write_report(work: Path, out: Path, dry_run: bool, total_limit: str = "") ->
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    summary, code = write_report(Path(args.work), Path(args.out), args.dry_run, args.total_limit)
+    summary, code = write_report(Path(args.work), Path(args.out), args.dry_run, args.total_limit, args.start_ms)
     print(summary.read_text())
     return code
 
@@ -560,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--out", required=True)
     s.add_argument("--dry-run", action="store_true")
     s.add_argument("--total-limit", default="")
+    s.add_argument("--start-ms", type=int, default=None, help="the round's start, ms since the epoch")
     args = p.parse_args(argv)
     if args.command == "arch":
         arch = gpu_arch()

@@ -92,6 +92,12 @@ elif [ -z "${OUT:-}" ]; then
   rm -rf "$OUT"  # our own default folder: a previous round's files must not mix with this one's
 fi
 mkdir -p "$OUT" || die "cannot create the output folder $OUT"
+if [ -f "$OUT/round-summary.md" ]; then
+  # A previous round's folder: its results file would be taken for this round's. Only the names
+  # a round writes are removed.
+  rm -f "$OUT"/round-summary.md "$OUT"/round.log "$OUT"/cuda-tests.xml "$OUT"/20[0-9][0-9]-[01][0-9]-[0-3][0-9]-*.json \
+    "$OUT"/20[0-9][0-9]-[01][0-9]-[0-3][0-9]-*.md
+fi
 OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-round-work.XXXXXX") || die "cannot create a scratch folder"
 mkdir -p "$WORK/logs" "$WORK/status" "$WORK/bench" "$WORK/site"
@@ -327,8 +333,7 @@ if [ -e "${jsons[0]}" ]; then
   timeout -k 3 17 python3 benchmarks/run.py --merge "${jsons[@]}" --out "$OUT" > "$WORK/logs/merge.log" 2>&1 \
     || { say "merge failed: copying the parts' own files"; cp "$WORK"/bench/*/*.json "$WORK"/bench/*/*.md "$OUT/" 2>/dev/null; }
 fi
-awk -v ms=$(( $(date +%s%3N) - START_MS )) 'BEGIN { printf "%.1f\n", ms / 1000 }' > "$WORK/wall_s"
-report_args=(--work "$WORK" --out "$OUT" --total-limit "$TOTAL"); [ "$DRY" = 1 ] && report_args+=(--dry-run)
+report_args=(--work "$WORK" --out "$OUT" --total-limit "$TOTAL" --start-ms "$START_MS"); [ "$DRY" = 1 ] && report_args+=(--dry-run)
 timeout -k 3 17 python3 tools/gpu_round.py report "${report_args[@]}"
 code=$?
 if [ $code -gt 1 ]; then
@@ -338,5 +343,7 @@ if [ $code -gt 1 ]; then
   cat "$OUT/round-summary.md"
   code=1
 fi
-say "done in $(cat "$WORK/wall_s") s; files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
+# Last, so the tail of the call's output (all the device tool shows) always has it.
+say "parts: $(awk -F'\t' '{ printf "%s %s, ", $1, $2 }' "$WORK/parts.tsv" | sed 's/, $//')"
+say "done in $(awk -v ms=$(( $(date +%s%3N) - START_MS )) 'BEGIN { printf "%.1f", ms / 1000 }') s; files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
 exit $code
