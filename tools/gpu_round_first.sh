@@ -75,6 +75,9 @@ if [ "$DRY" = 1 ]; then
 fi
 positive_int() { [[ $2 =~ ^[0-9]+$ ]] && [ "$2" -gt 0 ] || die "$1 must be a whole number of seconds > 0, got '$2'"; }
 if [ -n "${GPU_ROUND_TOTAL:-}" ]; then positive_int GPU_ROUND_TOTAL "$GPU_ROUND_TOTAL"; TOTAL=$GPU_ROUND_TOTAL; fi
+if [ -n "${GPU_ROUND_TEST_WORKERS:-}" ] && ! [[ $GPU_ROUND_TEST_WORKERS =~ ^[0-9]+$ ]]; then
+  die "GPU_ROUND_TEST_WORKERS must be a whole number (0: no pytest-xdist), got '$GPU_ROUND_TEST_WORKERS'"
+fi
 for p in "${PARTS[@]}"; do
   var=GPU_ROUND_LIMIT_$(echo "${p//-/_}" | tr a-z A-Z)
   if [ -n "${!var:-}" ]; then positive_int "$var" "${!var}"; LIMIT[$p]=${!var}; FLOOR[$p]=1; fi
@@ -82,7 +85,7 @@ done
 
 if [ "$DRY" = 1 ]; then
   export CUDA_VISIBLE_DEVICES=""  # the CPU form even on a GPU machine
-elif ! nvidia-smi -L >/dev/null 2>&1; then
+elif ! timeout 20 nvidia-smi -L >/dev/null 2>&1; then
   die "no NVIDIA GPU visible (nvidia-smi -L failed); on a machine without one run: bash tools/gpu_round.sh first --dry-run-cpu"
 fi
 
@@ -163,7 +166,7 @@ from stylegan2_ops import _toolchain
 assert k.SOURCE_HASH == _toolchain.source_hash(), "the compiled module is stale"
 print("compiled module:", k.__file__)
 PY
-  part_note "compiled for sm ${arch:-?} with MAX_JOBS $MAX_JOBS"
+  part_note "compiled for compute capability ${arch:-?} with MAX_JOBS $MAX_JOBS"
 }
 
 part_doctor() {
