@@ -127,6 +127,17 @@ def test_part_past_its_limit_is_timed_out_and_the_round_goes_on(tmp_path):
 
 
 @needs_bash
+def test_a_part_without_enough_time_left_is_skipped(tmp_path):
+    """40 s in all is what the merge and the report keep: no part may start, each says why."""
+    done = first(tmp_path, "--only", "build,selfcheck", GPU_ROUND_TOTAL="40")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    parts = part_table((tmp_path / "round-summary.md").read_text())
+    for name in ("build", "selfcheck"):
+        assert parts[name][0] == "skipped" and parts[name][1].startswith("not enough time left"), parts[name]
+    assert (tmp_path / "round.log").exists() and list(tmp_path.glob("*.json"))
+
+
+@needs_bash
 @pytest.mark.parametrize("args, env, message", [
     (["--only", "bench"], {}, "no part named 'bench'"),
     (["--frobnicate"], {}, "unknown argument '--frobnicate'"),
