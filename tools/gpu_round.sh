@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # One GPU round on a lent H100/H200 (the `device` tool), in stages that each fit its 10-minute limit:
 #
+#   bash tools/gpu_round.sh first      # THE FIRST CALL: build, doctor, cuda tests, self-check,
+#                                      # sanitizer, kernel/train/generate rows, all in <= 8 min,
+#                                      # each part under its own limit (tools/gpu_round_first.sh;
+#                                      # --dry-run-cpu runs it on a CPU in about a minute, as CI does)
+#
+# The stages below measure the rest, one per call, if device time remains:
+#
 #   bash tools/gpu_round.sh build      # compile the extension for this GPU, doctor        (~3 min)
 #   bash tools/gpu_round.sh test       # every `cuda` test, JUnit XML + log                  (~3 min)
 #   bash tools/gpu_round.sh sanitize   # compute-sanitizer memcheck over the kernel tests    (~5 min)
@@ -29,6 +36,8 @@
 # nilearn, which the data tests and the precision stage need; then name .whl in the call's carry.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# `first` has its own output, wheel and time handling: nothing below applies to it.
+if [ "${1:-}" = first ]; then shift; exec bash tools/gpu_round_first.sh "$@"; fi
 OUT="${OUT:-$PWD/gpu-round-out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -130,5 +139,5 @@ case "${1:-all}" in
   precision) stage_precision ;;
   profile) stage_profile ;;
   all) stage_build && stage_test; stage_sanitize; stage_bench; stage_bench_train; stage_bench_gen ;;
-  *) echo "usage: $0 build|test|sanitize|bench|bench-train|bench-gen|bench-gen-compile-fp32|bench-gen-compile-fp16|bench-compile-fwd|bench-compile-fwdbwd|merge|precision|profile|all" >&2; exit 2 ;;
+  *) echo "usage: $0 first [--dry-run-cpu]|build|test|sanitize|bench|bench-train|bench-gen|bench-gen-compile-fp32|bench-gen-compile-fp16|bench-compile-fwd|bench-compile-fwdbwd|merge|precision|profile|all" >&2; exit 2 ;;
 esac
