@@ -39,6 +39,8 @@ class ImageDataset(torch.utils.data.Dataset):
         label_names: class names, e.g. ["AD", "NC"]; [] if unlabeled.
         skipped: number of files (or volumes) skipped because they could not be read.
         source: a human description, e.g. "ADNI AD_NC at /data/AD_NC (21520 images: ...)".
+        notes: the one-line reports made while decoding (skipped files, resized images). Kept
+            with the pixels so that a copy read back from the cache can report them again.
 
     `dataset[i]` returns (uint8 tensor [num_channels, resolution, resolution], label or -1).
     The training loop converts pixels to [-1, 1] with `x.float() / 127.5 - 1`.
@@ -52,6 +54,7 @@ class ImageDataset(torch.utils.data.Dataset):
         *,
         skipped: int = 0,
         source: str = "",
+        notes: Sequence[str] = (),
     ) -> None:
         """images: uint8 [N, C, R, R] with C in (1, 3); labels: integer [N] or None."""
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
@@ -81,6 +84,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.label_names = names
         self.skipped = int(skipped)
         self.source = source
+        self.notes = [str(n) for n in notes]
         self._fingerprint: Optional[str] = None
 
     @property
@@ -130,9 +134,15 @@ class ImageDataset(torch.utils.data.Dataset):
                 f"source={self.source!r})")
 
 
-def warn_skipped(skipped: int, total: int, where: str, example: Optional[str]) -> None:
-    """Emits one DatasetWarning summarising `skipped` unreadable items out of `total`."""
-    if skipped:
-        first = f"; first: {example}" if example else ""
-        warnings.warn(f"skipped {skipped} of {total} unreadable files under {where}{first}",
-                      DatasetWarning, stacklevel=3)
+def report(message: str, notes: Optional[list[str]] = None) -> None:
+    """Reports one line about a dataset as a DatasetWarning (the path every data report takes,
+    so callers filter or record them in one place) and appends it to `notes` if given."""
+    if notes is not None:
+        notes.append(message)
+    warnings.warn(message, DatasetWarning, stacklevel=3)
+
+
+def skipped_message(skipped: int, total: int, where: str, example: Optional[str]) -> str:
+    """The one-line summary of `skipped` unreadable items out of `total`."""
+    first = f"; first: {example}" if example else ""
+    return f"skipped {skipped} of {total} unreadable files under {where}{first}"

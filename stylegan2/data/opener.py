@@ -5,19 +5,25 @@ import os
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from .adni import open_adni
+from .adni import list_adni
 from .base import DatasetWarning, ImageDataset
 from .cache import cache_file, load_cached, save_cached
 from .detect import detect_layout
-from .folder import open_image_folder
+from .folder import ImageListing, list_image_folder, open_listing
 from .imageops import FIT_MODES
 from .mni152 import DEFAULT_COUNT, GENERATOR_VERSION, WarpStrength, build_mni152, template_path
 from .nifti import list_nifti_files, open_nifti
-from .oasis import open_oasis
+from .oasis import list_oasis
 
 BUILTIN = "mni152"
+# The image-folder layouts: each lists its files (and labels), `open_listing` decodes them.
+LISTERS: dict[str, Callable[[Path], ImageListing]] = {
+    "oasis": list_oasis,
+    "adni": list_adni,
+    "folder": list_image_folder,
+}
 
 
 def _check_args(spec: object, resolution: object, channels: object, max_images: object, fit: object) -> None:
@@ -100,14 +106,10 @@ def open_dataset(
 
     layout = detect_layout(Path(spec).expanduser())
     root = layout.root
-    if layout.kind == "oasis":
-        return open_oasis(root, resolution, channels, fit=fit, **common)
-    if layout.kind == "adni":
-        return open_adni(root, resolution, channels, fit=fit, **common)
     if layout.kind == "nifti":
         files = list_nifti_files(root)
         params = dict(resolution=resolution, channels=channels, seed=seed, max_images=max_images,
                       files=_file_stats(files))
         return _cached(cache_dir, "nifti", params,
                        lambda: open_nifti(root, resolution, channels, files=files, **common))
-    return open_image_folder(root, resolution, channels, fit=fit, **common)
+    return open_listing(LISTERS[layout.kind](root), resolution, channels, fit=fit, **common)
