@@ -17,10 +17,11 @@ from typing import Any
 
 import click
 
+from .data import BUILTIN
 from .sampling import SPEEDUPS
 from .training.config import LOSSES, PRECISIONS, PRESET_NAMES, TrainConfig, make_config, resolve
 
-BUILTIN_DATA = ("mni152",)
+BUILTIN_DATA = (BUILTIN,)
 GRID_MAX = 64  # generate's grid.png shows at most this many images
 
 # Options that change what the networks are or what data they see: fixed by a checkpoint when

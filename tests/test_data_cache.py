@@ -24,6 +24,7 @@ from PIL import Image
 import stylegan2.data as data
 import stylegan2.data.folder as folder
 import stylegan2.data.opener as opener
+from stylegan2 import cli
 from stylegan2.data import DatasetWarning, ImageDataset, open_dataset
 from stylegan2.data import cache as cache_mod
 
@@ -405,3 +406,9 @@ def test_one_size_everywhere_is_not_reported(tmp_path: Path, rng: np.random.Gene
         warnings.simplefilter("error", DatasetWarning)
         ds = opened(src, 8)
     assert ds.notes == []
+
+
+def test_builtin_name_is_defined_once_and_imported_by_the_cli():
+    assert data.BUILTIN == "mni152" and data.KINDS[0] == data.BUILTIN
+    assert cli.BUILTIN_DATA == (data.BUILTIN,)
+    assert cli._dataset_name(" MNI152 ") == data.BUILTIN

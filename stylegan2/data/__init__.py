@@ -9,15 +9,17 @@ See `open_dataset` for the sources and options.
 """
 from .base import DatasetError, DatasetWarning, ImageDataset
 from .cache import CACHE_ENV, default_cache_dir
-from .detect import LAYOUTS, detect_layout
+from .detect import BUILTIN, KINDS, LAYOUTS, detect_layout
 from .mni152 import DEFAULT_COUNT as MNI152_DEFAULT_COUNT
 from .opener import open_dataset
 
 __all__ = [
+    "BUILTIN",
     "CACHE_ENV",
     "DatasetError",
     "DatasetWarning",
     "ImageDataset",
+    "KINDS",
     "LAYOUTS",
     "MNI152_DEFAULT_COUNT",
     "default_cache_dir",

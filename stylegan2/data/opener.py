@@ -9,14 +9,13 @@ from typing import Any, Callable, Optional
 from .adni import list_adni
 from .base import ImageDataset
 from .cache import cached_dataset
-from .detect import detect_layout
+from .detect import BUILTIN, detect_layout, is_builtin
 from .folder import ImageListing, list_image_folder, open_listing
 from .imageops import FIT_MODES
 from .mni152 import DEFAULT_COUNT, GENERATOR_VERSION, WarpStrength, build_mni152, template_path
 from .nifti import list_nifti_files, open_nifti
 from .oasis import list_oasis
 
-BUILTIN = "mni152"
 # The image-folder layouts: each lists its files (and labels), `open_listing` decodes them.
 LISTERS: dict[str, Callable[[Path], ImageListing]] = {
     "oasis": list_oasis,
@@ -71,7 +70,7 @@ def open_dataset(
     `skipped` and summarised in one DatasetWarning.
     """
     _check_args(spec, resolution, channels, max_images, fit)
-    if isinstance(spec, str) and spec.strip().lower() == BUILTIN:
+    if is_builtin(spec):
         count = max_images or DEFAULT_COUNT
         tpl = template_path()
         params: dict[str, Any] = dict(resolution=resolution, channels=channels, count=count, seed=seed,
