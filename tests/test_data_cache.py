@@ -1,5 +1,5 @@
-"""The dataset cache, the one image-folder loop the folder/OASIS/ADNI layouts share, and the
-mixed-size report.
+"""The dataset cache, the one image-folder loop the folder/OASIS/ADNI layouts share, the
+mixed-size report and `python -m stylegan2 cache`.
 
 Hits and misses are told apart by counting calls of the decoders (never by timing). Source
 files get modification times an hour in the past unless a test is about fresh files: a file
@@ -19,13 +19,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
 import stylegan2.data as data
 import stylegan2.data.folder as folder
 import stylegan2.data.opener as opener
 from stylegan2 import cli
-from stylegan2.data import DatasetWarning, ImageDataset, open_dataset
+from stylegan2.data import DatasetWarning, ImageDataset, clear_cache, list_cache, open_dataset
 from stylegan2.data import cache as cache_mod
 
 HOUR_AGO = time.time() - 3600
@@ -406,6 +407,64 @@ def test_one_size_everywhere_is_not_reported(tmp_path: Path, rng: np.random.Gene
         warnings.simplefilter("error", DatasetWarning)
         ds = opened(src, 8)
     assert ds.notes == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing and clearing, through the library and the command line
+
+
+def test_cache_list_and_clear_end_to_end(tmp_path: Path, rng: np.random.Generator,
+                                         monkeypatch: pytest.MonkeyPatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(data.CACHE_ENV, str(cache))
+    folder_ds = opened(make_folder(tmp_path / "imgs", rng), 8)
+    opened(make_oasis(tmp_path / "oasis", rng), 8)
+    opened(make_oasis(tmp_path / "oasis", rng), 16)
+    store = cache / "datasets"
+    (store / "folder-8px-1ch-00000000000000000000.npz").write_bytes(b"PK\x05\x06" + bytes(18))  # damaged
+    (store / "oasis-16px-1ch-0123.abcd.tmp").write_bytes(b"half")                         # killed write
+    np.savez(store / "mni152-8px-1ch-11111111111111111111.npz", images=np.zeros((1, 1, 8, 8), np.uint8))  # format 1
+    (store / "README.txt").write_text("not ours: never listed or removed")
+    old = next(store.glob("oasis-8px-*.npz"))
+    os.utime(old, (time.time() - 5 * 86400,) * 2)
+
+    runner = CliRunner()
+    r = runner.invoke(cli.main, ["cache", "--list"])
+    assert r.exit_code == 0, r.output
+    assert "6 files" in r.output and str(store) in r.output
+    folder_line = next(line for line in r.output.splitlines() if folder_ds.source in line)
+    assert folder_line.split()[:3] == ["folder", "8", "4"]
+    assert "damaged" in r.output and "unfinished write" in r.output and "older cache format" in r.output
+    assert runner.invoke(cli.main, ["cache"]).output == r.output  # listing is the default
+
+    r = runner.invoke(cli.main, ["cache", "--list", "--kind", "oasis"])
+    assert "3 files" in r.output and "folder " not in r.output
+    r = runner.invoke(cli.main, ["cache", "--clear", "--unused-days", "2"])
+    assert r.exit_code == 0 and f"removed {old.name} (oasis" in r.output
+    assert "removed 1 file " in r.output and str(store) in r.output and not old.exists()
+
+    r = runner.invoke(cli.main, ["cache", "--clear", "--kind", "folder"])
+    assert "removed 2 files" in r.output
+    assert sorted(e.kind for e in list_cache()) == ["mni152", "oasis", "oasis"]
+
+    r = runner.invoke(cli.main, ["cache", "--clear"])
+    assert r.exit_code == 0 and "removed 3 files" in r.output
+    assert sorted(p.name for p in store.iterdir()) == ["README.txt"]
+    assert "0 files" in runner.invoke(cli.main, ["cache", "--list"]).output
+    assert clear_cache() == []
+
+    r = runner.invoke(cli.main, ["cache", "--list", "--clear"])
+    assert r.exit_code == 2 and "not both" in r.output
+    r = runner.invoke(cli.main, ["cache", "--list", "--dir", str(tmp_path / "elsewhere")])
+    assert r.exit_code == 0 and str(tmp_path / "elsewhere" / "datasets") in r.output
+
+
+def test_list_cache_reports_what_the_cli_shows(tmp_path: Path, rng: np.random.Generator):
+    ds = opened(make_adni(tmp_path / "adni", rng), 8, channels=3)
+    (entry,) = list_cache()
+    assert (entry.kind, entry.resolution, entry.channels, entry.images, entry.state) == ("adni", 8, 3, 8, "ok")
+    assert entry.source == ds.source and entry.size == entry.path.stat().st_size
+    assert abs(entry.last_used - time.time()) < 60
 
 
 def test_builtin_name_is_defined_once_and_imported_by_the_cli():

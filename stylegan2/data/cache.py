@@ -1,4 +1,5 @@
-"""One on-disk cache of decoded datasets for every source kind.
+"""One on-disk cache of decoded datasets for every source kind, and the functions that list and
+clear it.
 
 Decoding is the slow part of opening a dataset (OASIS at 256x256: tens of seconds of PNG
 decoding and resizing; the MNI152 set: a minute of 3-D sampling), while reading the uint8
@@ -41,7 +42,7 @@ from .base import DatasetWarning, ImageDataset, report
 
 CACHE_ENV = "STYLEGAN2_CACHE"
 # Bump when the file layout or the way any source turns files into pixels changes: it is part
-# of every key, so files of an older format are never read.
+# of every key, so files of an older format are never read (and `clear_cache` removes them).
 CACHE_FORMAT = 2
 SUFFIX = ".npz"
 TEMP_SUFFIX = ".tmp"
@@ -263,3 +264,122 @@ def cached_dataset(
                   "created": time.time()}
         save_cached(path, ds, header)
     return ds
+
+
+# --------------------------------------------------------------------------------------------
+# Listing and clearing
+
+
+@dataclass
+class CacheEntry:
+    """One file in the cache folder.
+
+    kind: the dataset kind ("oasis", "mni152", ...), from the header or the file name.
+    source: the dataset's description, or why there is none ("older cache format", ...).
+    resolution, channels, images: from the header; None when it cannot be read.
+    size: bytes on disk. last_used: seconds since the epoch (refreshed on every cache hit).
+    state: "ok", "old" (an older format, never read again), "damaged" or "partial" (a temporary
+    file of a write in progress, or of a killed one).
+    """
+
+    path: Path
+    kind: str
+    source: str
+    resolution: Optional[int]
+    channels: Optional[int]
+    images: Optional[int]
+    size: int
+    last_used: float
+    state: str
+
+
+def _entry(path: Path) -> Optional[CacheEntry]:
+    try:
+        st = path.stat()
+    except OSError:
+        return None  # removed while listing
+    kind = path.name.split("-", 1)[0].lstrip(".")
+    base = dict(path=path, kind=kind, resolution=None, channels=None, images=None,
+                size=st.st_size, last_used=st.st_mtime)
+    if path.name.endswith(TEMP_SUFFIX):
+        return CacheEntry(source="unfinished write (in progress, or left by a killed process)",
+                          state="partial", **base)
+    try:
+        header = read_header(path)
+    except OldFormat:
+        return CacheEntry(source="older cache format, no longer read", state="old", **base)
+    except READ_ERRORS as e:
+        return CacheEntry(source=f"damaged ({type(e).__name__}); rebuilt when next used",
+                          state="damaged", **base)
+    base.update(kind=str(header.get("kind", kind)), resolution=header.get("resolution"),
+                channels=header.get("channels"), images=header.get("images"))
+    return CacheEntry(source=str(header.get("source", "")), state="ok", **base)
+
+
+def list_cache(
+    cache_dir: Optional[str | os.PathLike] = None,
+    *,
+    kinds: Sequence[str] = (),
+    unused_days: Optional[float] = None,
+) -> list[CacheEntry]:
+    """The dataset cache files, most recently used first.
+
+    kinds: keep only these dataset kinds (empty: all). unused_days: keep only files not used
+    for at least this many days.
+    """
+    folder = datasets_dir(cache_dir)
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    entries = []
+    cutoff = None if unused_days is None else time.time() - unused_days * 86400.0
+    for name in names:
+        if not (name.endswith(SUFFIX) or name.endswith(TEMP_SUFFIX)):
+            continue  # only files this module writes
+        entry = _entry(folder / name)
+        if entry is None or (kinds and entry.kind not in kinds):
+            continue
+        if cutoff is not None and entry.last_used > cutoff:
+            continue
+        entries.append(entry)
+    return sorted(entries, key=lambda e: e.last_used, reverse=True)
+
+
+def clear_cache(
+    cache_dir: Optional[str | os.PathLike] = None,
+    *,
+    kinds: Sequence[str] = (),
+    unused_days: Optional[float] = None,
+) -> list[CacheEntry]:
+    """Removes the dataset cache files `list_cache` selects with the same arguments; returns
+    those removed. A file that vanished meanwhile is skipped; other failures raise OSError."""
+    removed = []
+    for entry in list_cache(cache_dir, kinds=kinds, unused_days=unused_days):
+        try:
+            entry.path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(entry)
+    return removed
+
+
+def format_size(n: int) -> str:
+    """Bytes as a short human string: 512 B, 3.4 MB, 1.2 GB (powers of 1000, as `du --si`)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def format_entries(entries: Sequence[CacheEntry]) -> list[str]:
+    """A table of `entries` (one header line, one line each) for printing."""
+    lines = [f"{'kind':8s} {'res':>5s} {'images':>7s} {'size':>9s}  {'last used':16s}  source / file"]
+    for e in entries:
+        res = f"{e.resolution}" if e.resolution else "-"
+        count = f"{e.images}" if e.images is not None else "-"
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+        lines.append(f"{e.kind:8s} {res:>5s} {count:>7s} {format_size(e.size):>9s}  {used:16s}  "
+                     f"{e.source}")
+        lines.append(f"{'':52s}{e.path.name}")
+    return lines
