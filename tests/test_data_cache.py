@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import stylegan2.data as data
+import stylegan2.data.base as base
 import stylegan2.data.folder as folder
 import stylegan2.data.opener as opener
 from stylegan2 import cli
@@ -144,6 +145,21 @@ def test_second_open_reads_the_cache_instead_of_decoding(tmp_path: Path, rng: np
         np.testing.assert_array_equal(again.labels, first.labels)
     assert (again.label_names, again.source, again.skipped) == (first.label_names, first.source, first.skipped)
     assert again.fingerprint() == first.fingerprint()
+
+
+def test_cache_hit_carries_the_fingerprint(tmp_path: Path, rng: np.random.Generator,
+                                           monkeypatch: pytest.MonkeyPatch):
+    src = make_adni(tmp_path / "src", rng)
+    want = opened(src, 8).fingerprint()
+    hit = opened(src, 8)
+
+    def no_hash(*args):
+        raise AssertionError("the fingerprint was computed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(base.hashlib, "sha256", no_hash)
+        assert hit.fingerprint() == want
+    assert ImageDataset(hit.images.copy(), hit.labels, hit.label_names).fingerprint() == want
 
 
 def test_cache_dir_argument_and_environment_variable(tmp_path: Path, rng: np.random.Generator,

@@ -55,8 +55,13 @@ class ImageDataset(torch.utils.data.Dataset):
         skipped: int = 0,
         source: str = "",
         notes: Sequence[str] = (),
+        fingerprint: Optional[str] = None,
     ) -> None:
-        """images: uint8 [N, C, R, R] with C in (1, 3); labels: integer [N] or None."""
+        """images: uint8 [N, C, R, R] with C in (1, 3); labels: integer [N] or None.
+
+        fingerprint: `fingerprint()` of exactly these arrays when it is already known (a cache
+        file whose checksums just passed stores it), so it is not hashed again.
+        """
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(
                 "images must be a uint8 numpy array [N, C, R, R], got "
@@ -85,7 +90,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.skipped = int(skipped)
         self.source = source
         self.notes = [str(n) for n in notes]
-        self._fingerprint: Optional[str] = None
+        self._fingerprint = fingerprint
 
     @property
     def resolution(self) -> int:

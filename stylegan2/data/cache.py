@@ -41,7 +41,7 @@ from typing import Any, BinaryIO, Callable, Optional, Sequence
 
 import numpy as np
 
-from .base import DatasetWarning, ImageDataset, report
+from .base import FINGERPRINT_VERSION, DatasetWarning, ImageDataset, report
 
 CACHE_ENV = "STYLEGAN2_CACHE"
 # Bump when the file layout or the way any source turns files into pixels changes: it is part
@@ -220,9 +220,14 @@ def load_cached(path: Path, state: SourceState) -> Optional[ImageDataset]:
             if any(_file_sha256(p) != digest for p, digest in fresh.items()):
                 return None
             labels = _read_member(f, zf, "labels.npy") if header["labeled"] else None
-            ds = ImageDataset(_read_member(f, zf, "images.npy"), labels, header["label_names"] if header["labeled"] else None,
+            # The arrays just passed their CRC-32, so the fingerprint stored beside them holds;
+            # hashing 740 MB again would cost the training start about 2 s.
+            same_hash = header.get("fingerprint_version") == FINGERPRINT_VERSION.decode()
+            ds = ImageDataset(_read_member(f, zf, "images.npy"), labels,
+                              header["label_names"] if header["labeled"] else None,
                               skipped=int(header["skipped"]), source=str(header["source"]),
-                              notes=header["notes"])
+                              notes=header["notes"],
+                              fingerprint=header.get("fingerprint") if same_hash else None)
     except OldFormat:
         return None  # another version's file in this slot: rebuilt, and replaced
     except READ_ERRORS as e:
@@ -299,7 +304,10 @@ def cached_dataset(
                   "source": ds.source, "resolution": ds.resolution, "channels": ds.num_channels,
                   "images": len(ds), "labeled": ds.labels is not None, "label_names": ds.label_names,
                   "skipped": ds.skipped, "notes": ds.notes, "sources": len(sources),
-                  "created": time.time()}
+                  "created": time.time(),
+                  # Training asks for it anyway (checkpoints record it), and the object remembers
+                  # it, so computing it here costs nothing extra there.
+                  "fingerprint": ds.fingerprint(), "fingerprint_version": FINGERPRINT_VERSION.decode()}
         save_cached(path, ds, header)
     return ds
 
