@@ -14,8 +14,8 @@ result back is a plain file read. So `cached_dataset` sits in front of every sou
   time of every source file. A changed, added or removed file changes it, and the dataset is
   decoded again. File systems stamp times coarsely (a few ms on Linux, 2 s on FAT), so a file
   rewritten within one tick of being read could keep its stamp: files that were that fresh when
-  the dataset was decoded also have their bytes hashed into the header, and are re-hashed on
-  every later read.
+  the dataset was decoded also have their bytes hashed into the header and re-hashed on later
+  reads (unless they settled while the dataset was being decoded, see `settle`).
 * The arrays are stored uncompressed: reading OASIS at 256x256 back (740 MB) and checking it
   took 1.6-2.9 s on a busy 2-core machine, where inflating a zlib copy (3x smaller) took 7.8 s
   and writing it 19 s, far past the 3 s a cached start may take. The zip format keeps a CRC-32
@@ -29,9 +29,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tempfile
 import time
-import struct
 import warnings
 import zipfile
 import zlib
