@@ -85,13 +85,13 @@ def open_dataset(
     # not make `train --seed 1` decode a folder again.
     params = dict(root=str(root.resolve()), resolution=resolution, channels=channels,
                   max_images=max_images, seed=seed if max_images is not None else None)
-    subset = dict(seed=seed, max_images=max_images, progress=progress)
+    options = dict(seed=seed, max_images=max_images, progress=progress)
     if layout.kind == "nifti":
         volumes = list_nifti_files(root)
         return cached_dataset("nifti", params, volumes,
-                              lambda: open_nifti(root, resolution, channels, files=volumes, **subset),
+                              lambda: open_nifti(root, resolution, channels, files=volumes, **options),
                               cache_dir=cache_dir)
     listing = LISTERS[layout.kind](root)
     return cached_dataset(layout.kind, {**params, "fit": fit}, listing.files,
-                          lambda: open_listing(listing, resolution, channels, fit=fit, **subset),
+                          lambda: open_listing(listing, resolution, channels, fit=fit, **options),
                           cache_dir=cache_dir)
