@@ -1,10 +1,11 @@
-"""Command line: `python -m stylegan2 train | generate | info`.
+"""Command line: `python -m stylegan2 train | generate | info | cache`.
 
     python -m stylegan2 train                        # mni152, preset auto, into runs/<n>-mni152-<preset>
     python -m stylegan2 train --data /data/oasis --preset gpu256 --kimg 5000
     python -m stylegan2 train --resume runs/00003-mni152-cpu-small --kimg 20
     python -m stylegan2 generate --ckpt runs/00003-mni152-cpu-small --seeds 0-7,12 --out out/
     python -m stylegan2 info --ckpt runs/00003-mni152-cpu-small/checkpoints/ckpt-000006.pt
+    python -m stylegan2 cache --list                 # decoded datasets cached on disk; --clear removes them
 """
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from typing import Any
 
 import click
 
+from .data import BUILTIN, KINDS
 from .sampling import SPEEDUPS
 from .training.config import LOSSES, PRECISIONS, PRESET_NAMES, TrainConfig, make_config, resolve
 
-BUILTIN_DATA = ("mni152",)
+BUILTIN_DATA = (BUILTIN,)
 GRID_MAX = 64  # generate's grid.png shows at most this many images
 
 # Options that change what the networks are or what data they see: fixed by a checkpoint when
@@ -373,6 +375,42 @@ def _count_parameters(ck: dict[str, Any], key: str) -> int:
     cls = Generator if key == "G" else Discriminator
     module = cls(ModelConfig.from_dict(ck["model_config"]))
     return sum(p.numel() for p in module.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# cache
+
+@main.command()
+@click.option("--list", "list_", is_flag=True, help="Show the cached datasets (the default).")
+@click.option("--clear", is_flag=True, help="Remove cached datasets: all, or those --kind and --unused-days select.")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS), help="Only datasets of this kind (repeatable).")
+@click.option("--unused-days", type=click.FloatRange(0), default=None, help="Only datasets not used for this many days.")
+@click.option("--dir", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              show_default="$STYLEGAN2_CACHE, else ~/.cache/stylegan2", help="The cache folder.")
+def cache(list_: bool, clear: bool, kinds: tuple[str, ...], unused_days: float | None, cache_dir: Path | None) -> None:
+    """List or clear the decoded datasets cached on disk (every dataset is decoded once, then read back)."""
+    from .data import clear_cache, datasets_dir, format_entries, format_size, list_cache
+
+    if list_ and clear:
+        raise click.UsageError("give --list or --clear, not both")
+    folder = datasets_dir(cache_dir)
+    if clear:
+        try:
+            removed = clear_cache(cache_dir, kinds=kinds, unused_days=unused_days)
+        except OSError as e:
+            raise click.ClickException(f"cannot remove {e.filename}: {e.strerror}") from e
+        for entry in removed:
+            click.echo(f"removed {entry.path.name} ({entry.kind}, {format_size(entry.size)})")
+        click.echo(f"removed {_files(len(removed))} ({format_size(sum(e.size for e in removed))}) from {folder}")
+        return
+    entries = list_cache(cache_dir, kinds=kinds, unused_days=unused_days)
+    for line in format_entries(entries) if entries else []:
+        click.echo(line)
+    click.echo(f"{_files(len(entries))} ({format_size(sum(e.size for e in entries))}) in {folder}")
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
 
 
 if __name__ == "__main__":

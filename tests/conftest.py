@@ -88,6 +88,15 @@ def seed_for(nodeid: str) -> int:
     return zlib.crc32(nodeid.encode())
 
 
+@pytest.fixture(autouse=True)
+def private_dataset_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty dataset cache: every dataset kind is cached, so without this
+    the suite would fill the user's ~/.cache/stylegan2 and tests could see each other's files."""
+    folder = tmp_path_factory.mktemp("dataset-cache")
+    monkeypatch.setenv("STYLEGAN2_CACHE", str(folder))
+    return folder
+
+
 @pytest.fixture
 def gen(request: pytest.FixtureRequest) -> torch.Generator:
     """A CPU generator seeded from the test id. Draw on the CPU, then move to the device, so a

@@ -5,22 +5,33 @@
     img, label = ds[0]     # uint8 tensor [C, R, R], label index or -1
     ds.images              # uint8 [N, C, R, R]; ds.labels int64 [N] or None; ds.label_names
 
-See `open_dataset` for the sources and options.
+Every source is decoded once and cached on disk ($STYLEGAN2_CACHE, else ~/.cache/stylegan2);
+`list_cache` and `clear_cache` show and remove those files. See `open_dataset` for the sources
+and options.
 """
 from .base import DatasetError, DatasetWarning, ImageDataset
-from .cache import CACHE_ENV, default_cache_dir
-from .detect import LAYOUTS, detect_layout
+from .cache import (CACHE_ENV, CacheEntry, clear_cache, datasets_dir, default_cache_dir, format_entries,
+                    format_size, list_cache)
+from .detect import BUILTIN, KINDS, LAYOUTS, detect_layout
 from .mni152 import DEFAULT_COUNT as MNI152_DEFAULT_COUNT
 from .opener import open_dataset
 
 __all__ = [
+    "BUILTIN",
     "CACHE_ENV",
+    "CacheEntry",
     "DatasetError",
     "DatasetWarning",
     "ImageDataset",
+    "KINDS",
     "LAYOUTS",
     "MNI152_DEFAULT_COUNT",
+    "clear_cache",
+    "datasets_dir",
     "default_cache_dir",
     "detect_layout",
+    "format_entries",
+    "format_size",
+    "list_cache",
     "open_dataset",
 ]

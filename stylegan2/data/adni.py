@@ -13,10 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
-from .base import DatasetError, ImageDataset
-from .folder import load_image_files, require_images, select_subset
+from .base import DatasetError
+from .folder import ImageListing
 from .scan import child_dirs, find_child, is_image_file, walk_files
 
 LABEL_NAMES = ["AD", "NC"]
@@ -49,18 +47,9 @@ def find_adni_root(path: Path) -> Optional[Path]:
     return None
 
 
-def open_adni(
-    root: Path,
-    resolution: int,
-    channels: int,
-    *,
-    fit: str = "pad",
-    seed: int = 0,
-    max_images: Optional[int] = None,
-    progress: bool = True,
-) -> ImageDataset:
-    """ADNI AD_NC at `root`: uint8 [N, channels, resolution, resolution], labels int64 [N]
-    (0 = AD, 1 = NC)."""
+def list_adni(root: Path) -> ImageListing:
+    """The image files of ADNI AD_NC at `root`, by split, class folder and name, labeled
+    0 = AD, 1 = NC; DatasetError if there are none."""
     files: list[Path] = []
     labels: list[int] = []
     for d, label in adni_class_dirs(root):
@@ -70,14 +59,5 @@ def open_adni(
     if not files:
         raise DatasetError(f"ADNI layout at {root} has no images: expected "
                            "{train,test}/{AD,NC}/*.jpeg")
-    idx = select_subset(len(files), max_images, seed)
-    files = [files[i] for i in idx]
-    label_arr = np.asarray(labels, dtype=np.int64)[idx]
-    loaded = load_image_files(files, resolution, channels, fit=fit, progress=progress,
-                              desc="loading ADNI slices")
-    require_images(loaded, root, len(files), "ADNI image")
-    label_arr = label_arr[loaded.kept]
-    counts = ", ".join(f"{name} {int((label_arr == i).sum())}" for i, name in enumerate(LABEL_NAMES))
-    n = loaded.images.shape[0]
-    return ImageDataset(loaded.images, label_arr, LABEL_NAMES, skipped=loaded.skipped,
-                        source=f"ADNI AD_NC at {root} ({n} images: {counts})")
+    return ImageListing(root, files, title="ADNI AD_NC at", noun="ADNI slice", labels=labels,
+                        label_names=list(LABEL_NAMES))

@@ -39,6 +39,8 @@ class ImageDataset(torch.utils.data.Dataset):
         label_names: class names, e.g. ["AD", "NC"]; [] if unlabeled.
         skipped: number of files (or volumes) skipped because they could not be read.
         source: a human description, e.g. "ADNI AD_NC at /data/AD_NC (21520 images: ...)".
+        notes: the one-line reports made while decoding (skipped files, resized images). Kept
+            with the pixels so that a copy read back from the cache can report them again.
 
     `dataset[i]` returns (uint8 tensor [num_channels, resolution, resolution], label or -1).
     The training loop converts pixels to [-1, 1] with `x.float() / 127.5 - 1`.
@@ -52,8 +54,14 @@ class ImageDataset(torch.utils.data.Dataset):
         *,
         skipped: int = 0,
         source: str = "",
+        notes: Sequence[str] = (),
+        fingerprint: Optional[str] = None,
     ) -> None:
-        """images: uint8 [N, C, R, R] with C in (1, 3); labels: integer [N] or None."""
+        """images: uint8 [N, C, R, R] with C in (1, 3); labels: integer [N] or None.
+
+        fingerprint: `fingerprint()` of exactly these arrays when it is already known (a cache
+        file whose checksums just passed stores it), so it is not hashed again.
+        """
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(
                 "images must be a uint8 numpy array [N, C, R, R], got "
@@ -81,7 +89,8 @@ class ImageDataset(torch.utils.data.Dataset):
         self.label_names = names
         self.skipped = int(skipped)
         self.source = source
-        self._fingerprint: Optional[str] = None
+        self.notes = [str(n) for n in notes]
+        self._fingerprint = fingerprint
 
     @property
     def resolution(self) -> int:
@@ -130,9 +139,15 @@ class ImageDataset(torch.utils.data.Dataset):
                 f"source={self.source!r})")
 
 
-def warn_skipped(skipped: int, total: int, where: str, example: Optional[str]) -> None:
-    """Emits one DatasetWarning summarising `skipped` unreadable items out of `total`."""
-    if skipped:
-        first = f"; first: {example}" if example else ""
-        warnings.warn(f"skipped {skipped} of {total} unreadable files under {where}{first}",
-                      DatasetWarning, stacklevel=3)
+def report(message: str, notes: Optional[list[str]] = None) -> None:
+    """Reports one line about a dataset as a DatasetWarning (the path every data report takes,
+    so callers filter or record them in one place) and appends it to `notes` if given."""
+    if notes is not None:
+        notes.append(message)
+    warnings.warn(message, DatasetWarning, stacklevel=3)
+
+
+def skipped_message(skipped: int, total: int, where: str, example: Optional[str]) -> str:
+    """The one-line summary of `skipped` unreadable items out of `total`."""
+    first = f"; first: {example}" if example else ""
+    return f"skipped {skipped} of {total} unreadable files under {where}{first}"

@@ -1,4 +1,5 @@
-"""Deciding which source a dataset path is: OASIS, ADNI, NIfTI volumes or a plain image folder."""
+"""Deciding which source a dataset spec is: the built-in set, or a path to OASIS, ADNI, NIfTI
+volumes or a plain image folder."""
 from __future__ import annotations
 
 import warnings
@@ -10,10 +11,20 @@ from .base import DatasetError, DatasetWarning
 from .oasis import find_oasis_root
 from .scan import is_image_file, is_nifti_file, walk_files
 
+# The name of the built-in dataset (warped MNI152 slices, see mni152.py), as users type it; the
+# command line imports it from here.
+BUILTIN = "mni152"
 LAYOUTS = ("oasis", "adni", "nifti", "folder")
+# Every kind of dataset, e.g. for choosing what to list or clear in the cache.
+KINDS = (BUILTIN, *LAYOUTS)
 
-EXPECTED = ("'mni152' (the built-in set), a folder of PNG/JPEG images, an OASIS "
+EXPECTED = (f"'{BUILTIN}' (the built-in set), a folder of PNG/JPEG images, an OASIS "
             "keras_png_slices_data folder, an ADNI AD_NC folder, or NIfTI volumes (.nii/.nii.gz)")
+
+
+def is_builtin(spec: object) -> bool:
+    """True if `spec` names the built-in dataset (any case, surrounding blanks ignored)."""
+    return isinstance(spec, str) and spec.strip().lower() == BUILTIN
 
 
 @dataclass

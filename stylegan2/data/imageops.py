@@ -49,13 +49,16 @@ def fit_square(img: Image.Image, fit: str = "pad") -> Image.Image:
     return canvas
 
 
-def load_image_file(path: Path, resolution: int, channels: int, fit: str = "pad") -> np.ndarray:
-    """Decodes one PNG/JPEG/... file into uint8 [channels, resolution, resolution].
+def load_image_file(path: Path, resolution: int, channels: int, fit: str = "pad"
+                    ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decodes one PNG/JPEG/... file into uint8 [channels, resolution, resolution], and returns
+    it with the file's own (width, height), so a caller can say what it resized.
 
     Grayscale sources are replicated when channels=3; RGB sources are converted to luma when
     channels=1. Raises one of DECODE_ERRORS if the file cannot be decoded.
     """
     with Image.open(path) as img:
+        size = img.size  # before draft(), which shrinks the decoded JPEG
         if img.format == "JPEG":
             # Let the JPEG decoder downscale by 2/4/8 when the file is much larger than needed:
             # decoding a 4000 px photo to feed a 256 px model is most of the cost otherwise.
@@ -70,7 +73,7 @@ def load_image_file(path: Path, resolution: int, channels: int, fit: str = "pad"
         arr = np.repeat(arr[None], channels, axis=0)
     else:
         arr = arr.transpose(2, 0, 1)
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr), size
 
 
 def float_to_uint8(x: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .base import DatasetError, ImageDataset, warn_skipped
+from .base import DatasetError, ImageDataset, report, skipped_message
 from .folder import select_subset
 from .imageops import float_to_uint8, resize_float
 from .scan import is_nifti_file, walk_files
@@ -119,10 +119,12 @@ def open_nifti(
     if not parts:
         raise DatasetError(f"no usable NIfTI volume in {path}: all {len(files)} volumes failed "
                            f"(first error: {first_error})")
-    warn_skipped(skipped, len(files), str(path), first_error)
+    notes: list[str] = []
+    if skipped:
+        report(skipped_message(skipped, len(files), str(path), first_error), notes)
     slices = np.concatenate(parts, axis=0)
     slices = slices[select_subset(slices.shape[0], max_images, seed)]
     images = np.ascontiguousarray(np.repeat(slices[:, None], channels, axis=1))
-    return ImageDataset(images, skipped=skipped,
+    return ImageDataset(images, skipped=skipped, notes=notes,
                         source=f"NIfTI volumes at {path} ({len(parts)} volumes, "
                                f"{images.shape[0]} axial slices)")

@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .base import DatasetError, ImageDataset
-from .folder import load_image_files, require_images, select_subset
+from .base import DatasetError
+from .folder import ImageListing
 from .scan import child_dirs, is_image_file, walk_files
 
 SPLITS = ("train", "validate", "test")
@@ -39,37 +39,17 @@ def find_oasis_root(path: Path) -> Optional[Path]:
     return None
 
 
-def oasis_files(root: Path) -> list[Path]:
-    """Image files of the three image splits, in split order (train, validate, test)."""
+def list_oasis(root: Path) -> ImageListing:
+    """The image files of the three image splits under `root`, in split order (train, validate,
+    test), unlabeled; DatasetError if there are none."""
     files: list[Path] = []
     for name in SPLIT_DIRS:
         split = root / name
         if split.is_dir():
             files.extend(p for p in walk_files(split) if is_image_file(p))
-    return files
-
-
-def open_oasis(
-    root: Path,
-    resolution: int,
-    channels: int,
-    *,
-    fit: str = "pad",
-    seed: int = 0,
-    max_images: Optional[int] = None,
-    progress: bool = True,
-) -> ImageDataset:
-    """All OASIS image splits under `root`, unlabeled: uint8 [N, channels, resolution, resolution]."""
-    files = oasis_files(root)
     if not files:
         raise DatasetError(
             f"OASIS layout at {root} has no images: expected PNG files in "
             + ", ".join(SPLIT_DIRS)
         )
-    files = [files[i] for i in select_subset(len(files), max_images, seed)]
-    loaded = load_image_files(files, resolution, channels, fit=fit, progress=progress,
-                              desc="loading OASIS slices")
-    require_images(loaded, root, len(files), "OASIS image")
-    n = loaded.images.shape[0]
-    return ImageDataset(loaded.images, skipped=loaded.skipped,
-                        source=f"OASIS keras_png_slices_data at {root} ({n} images)")
+    return ImageListing(root, files, title="OASIS keras_png_slices_data at", noun="OASIS slice")

@@ -2,27 +2,31 @@
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from .adni import open_adni
-from .base import DatasetWarning, ImageDataset
-from .cache import cache_file, load_cached, save_cached
-from .detect import detect_layout
-from .folder import open_image_folder
+from .adni import list_adni
+from .base import ImageDataset
+from .cache import cached_dataset
+from .detect import BUILTIN, detect_layout, is_builtin
+from .folder import ImageListing, list_image_folder, open_listing
 from .imageops import FIT_MODES
 from .mni152 import DEFAULT_COUNT, GENERATOR_VERSION, WarpStrength, build_mni152, template_path
 from .nifti import list_nifti_files, open_nifti
-from .oasis import open_oasis
+from .oasis import list_oasis
 
-BUILTIN = "mni152"
+# The image-folder layouts: each lists its files (and labels), `open_listing` decodes them.
+LISTERS: dict[str, Callable[[Path], ImageListing]] = {
+    "oasis": list_oasis,
+    "adni": list_adni,
+    "folder": list_image_folder,
+}
 
 
 def _check_args(spec: object, resolution: object, channels: object, max_images: object, fit: object) -> None:
     if not isinstance(spec, (str, os.PathLike)) or not str(spec):
-        raise ValueError(f"spec must be 'mni152' or a dataset path, got {spec!r}")
+        raise ValueError(f"spec must be '{BUILTIN}' or a dataset path, got {spec!r}")
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 4:
         raise ValueError(f"resolution must be an int >= 4, got {resolution!r}")
     if channels not in (1, 3) or isinstance(channels, bool):
@@ -32,28 +36,6 @@ def _check_args(spec: object, resolution: object, channels: object, max_images: 
         raise ValueError(f"max_images must be None or an int >= 1, got {max_images!r}")
     if fit not in FIT_MODES:
         raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
-
-
-def _file_stats(files: list[Path]) -> list[tuple[str, int, int]]:
-    """(path, size, mtime) of each file: a change to any of them gives a new cache key."""
-    out = []
-    for f in files:
-        st = f.stat()
-        out.append((str(f.resolve()), st.st_size, st.st_mtime_ns))
-    return out
-
-
-def _cached(cache_dir: Optional[str], kind: str, params: dict[str, Any], build) -> ImageDataset:
-    path = cache_file(cache_dir, kind, params)
-    ds = load_cached(path)
-    if ds is None:
-        ds = build()
-        save_cached(path, ds)
-    elif ds.skipped:
-        # The build warned about these; a cache hit must not hide them.
-        warnings.warn(f"{ds.source}: {ds.skipped} unreadable files were skipped when this dataset "
-                      f"was built (cached in {path})", DatasetWarning, stacklevel=3)
-    return ds
 
 
 def open_dataset(
@@ -76,9 +58,9 @@ def open_dataset(
     resolution: side R of the square output images. channels: 1 (grayscale) or 3 (RGB; grayscale
         sources are replicated).
     seed: seeds the MNI152 warps and the choice of the `max_images` subset of larger datasets.
-    cache_dir: where built MNI152 and NIfTI sets are cached (default $STYLEGAN2_CACHE or
-        ~/.cache/stylegan2). Image folders are not cached: decoding them is as fast as reading a
-        cache would be.
+    cache_dir: the cache folder (default $STYLEGAN2_CACHE or ~/.cache/stylegan2). Every kind
+        is decoded once and read back from there while its files (paths, sizes, modification
+        times) and these arguments stay the same; see `stylegan2.data.cache`.
     max_images: keep at most this many images (a seeded random subset).
     progress: show tqdm progress bars while loading.
     fit: how non-square images become square: "pad" (centred on black) or "crop" (centre).
@@ -88,26 +70,28 @@ def open_dataset(
     `skipped` and summarised in one DatasetWarning.
     """
     _check_args(spec, resolution, channels, max_images, fit)
-    common = dict(seed=seed, max_images=max_images, progress=progress)
-    if isinstance(spec, str) and spec.strip().lower() == BUILTIN:
+    if is_builtin(spec):
         count = max_images or DEFAULT_COUNT
         tpl = template_path()
-        params = dict(resolution=resolution, channels=channels, count=count, seed=seed,
-                      version=GENERATOR_VERSION, strength=asdict(WarpStrength()),
-                      template=(tpl.name, tpl.stat().st_size) if tpl else None)
-        return _cached(cache_dir, BUILTIN, params,
-                       lambda: build_mni152(resolution, channels, count, seed, progress=progress))
+        params: dict[str, Any] = dict(resolution=resolution, channels=channels, count=count, seed=seed,
+                                      version=GENERATOR_VERSION, strength=asdict(WarpStrength()))
+        return cached_dataset(BUILTIN, params, [tpl] if tpl else [],
+                              lambda: build_mni152(resolution, channels, count, seed, progress=progress),
+                              cache_dir=cache_dir)
 
     layout = detect_layout(Path(spec).expanduser())
     root = layout.root
-    if layout.kind == "oasis":
-        return open_oasis(root, resolution, channels, fit=fit, **common)
-    if layout.kind == "adni":
-        return open_adni(root, resolution, channels, fit=fit, **common)
+    # The seed only picks the max_images subset here: without one it changes nothing, and must
+    # not make `train --seed 1` decode a folder again.
+    params = dict(root=str(root.resolve()), resolution=resolution, channels=channels,
+                  max_images=max_images, seed=seed if max_images is not None else None)
+    options = dict(seed=seed, max_images=max_images, progress=progress)
     if layout.kind == "nifti":
-        files = list_nifti_files(root)
-        params = dict(resolution=resolution, channels=channels, seed=seed, max_images=max_images,
-                      files=_file_stats(files))
-        return _cached(cache_dir, "nifti", params,
-                       lambda: open_nifti(root, resolution, channels, files=files, **common))
-    return open_image_folder(root, resolution, channels, fit=fit, **common)
+        volumes = list_nifti_files(root)
+        return cached_dataset("nifti", params, volumes,
+                              lambda: open_nifti(root, resolution, channels, files=volumes, **options),
+                              cache_dir=cache_dir)
+    listing = LISTERS[layout.kind](root)
+    return cached_dataset(layout.kind, {**params, "fit": fit}, listing.files,
+                          lambda: open_listing(listing, resolution, channels, fit=fit, **options),
+                          cache_dir=cache_dir)
