@@ -161,8 +161,11 @@ def train(ctx: click.Context, **opts: Any) -> None:
             raise click.ClickException(str(e)) from None
     click.echo(f"data: {dataset.source}" + (f" ({dataset.skipped} unreadable files skipped)" if dataset.skipped else ""))
     click.echo(f"run directory: {run_dir}")
-    result = _run_training(cfg, run_dir, dataset, ckpt, opts)
-    _print_outputs(result)
+    from .training.signals import StopRequest
+    # Held until the outputs are listed: a second Ctrl-C stays ignored after the loop returned.
+    with StopRequest() as stop:
+        result = _run_training(cfg, run_dir, dataset, ckpt, opts, stop)
+        _print_outputs(result)
     if result.stop_signal is not None:
         # 128 + signal, as a shell reports a process the signal ended (130 SIGINT, 143 SIGTERM):
         # a scheduler can tell a preempted run, to be resumed, from a finished one.
@@ -237,11 +240,11 @@ def _open_data(cfg: TrainConfig, progress: bool) -> Any:
 
 
 def _run_training(cfg: TrainConfig, run_dir: Path, dataset: Any, ckpt: dict[str, Any] | None,
-                  opts: dict[str, Any]) -> Any:
+                  opts: dict[str, Any], stop: Any = None) -> Any:
     from .training.loop import ResumeError, TrainingDiverged, TrainingWriteError, train as train_loop
     try:
         return train_loop(cfg, run_dir, dataset, resume=ckpt, allow_data_change=opts["allow_data_change"],
-                          progress=opts["progress"], keep=opts["keep"], log=click.echo)
+                          progress=opts["progress"], keep=opts["keep"], log=click.echo, stop=stop)
     except (TrainingDiverged, ResumeError, TrainingWriteError, fileio.WriteError) as e:
         raise click.ClickException(str(e)) from None
     except ValueError as e:  # e.g. --cond on a dataset without labels

@@ -29,6 +29,13 @@ _STALE = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")
 # Fixed-name temporaries of earlier versions of this package, which a kill could leave too.
 _LEGACY_STALE = re.compile(r"^(config\.json\.tmp|stats\.csv\.tmp|.+\.tmp\.png)$")
 
+# mkstemp creates files 0600; a finished file gets the mode a plain open() would have given it
+# (0666 less the umask), so run folders stay readable by a group as before. The umask is read once
+# here: reading it means setting it, which is not safe while PngWriter threads create files.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 _CAUSES = {
     errno.ENOSPC: "no space left on the device (the disk is full)",
     errno.EDQUOT: "disk quota exceeded",
@@ -71,8 +78,9 @@ def describe_cause(cause: BaseException | str) -> str:
     return text[:300]
 
 
-def _write_chunk(f: IO[bytes], data: Any) -> int | None:
-    """The single place bytes reach a file (tests replace it to simulate a full disk)."""
+def _write_chunk(f: IO[bytes], data: Any, target: Path) -> int | None:
+    """The single place bytes reach a file, `target` being the file they are for (tests replace
+    this function to simulate a full disk for chosen files)."""
     return f.write(data)
 
 
@@ -83,13 +91,14 @@ class _GuardedFile:
     past this object, and the cause of a failure would be lost again.
     """
 
-    def __init__(self, f: IO[bytes]) -> None:
+    def __init__(self, f: IO[bytes], target: Path) -> None:
         self._f = f
+        self._target = target
         self.error: OSError | None = None
 
     def write(self, data: Any) -> int | None:
         try:
-            return _write_chunk(self._f, data)
+            return _write_chunk(self._f, data, self._target)
         except OSError as e:
             self.error = self.error or e
             raise
@@ -135,11 +144,12 @@ def atomic_write(path: str | os.PathLike, fill: Callable[[IO[bytes]], Any], *, f
     guard: _GuardedFile | None = None
     try:
         with os.fdopen(fd, "wb") as f:
-            guard = _GuardedFile(f)
+            guard = _GuardedFile(f, path)
             fill(guard)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
+            os.fchmod(f.fileno(), _FILE_MODE)
         os.replace(tmp, path)
     except BaseException as e:
         _unlink_quietly(tmp)
@@ -168,7 +178,7 @@ def append_text(path: str | os.PathLike, text: str) -> None:
         with open(path, "ab") as f:
             start = f.tell()
             try:
-                _write_chunk(f, text.encode("utf-8"))
+                _write_chunk(f, text.encode("utf-8"), path)
                 f.flush()
             except OSError:
                 try:

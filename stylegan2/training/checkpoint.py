@@ -178,9 +178,9 @@ def read_checkpoint_file(p: str | os.PathLike, map_location: str | torch.device 
             # e.g. "Detected pickle protocol 4": noise about a file we are about to reject anyway.
             warnings.simplefilter("ignore")
             return torch.load(p, map_location=map_location, weights_only=True)
-    except OSError as e:
-        reason = f"cannot be read ({fileio.describe_cause(e)})"
-    except Exception:  # torch raises RuntimeError, UnpicklingError, EOFError, KeyError, ... here
+    except Exception:  # torch raises RuntimeError, UnpicklingError, EOFError, KeyError, OSError...
+        # ...even an OSError (EINVAL) for a truncated archive: the file itself is examined to tell
+        # which kind of failure it was, including whether it can be read at all.
         reason = _why_unreadable(p)
     raise CheckpointError(f"{p} is not a readable checkpoint of this project: {reason}", path=p,
                           reason=f"not a readable checkpoint: {reason}") from None

@@ -5,7 +5,9 @@ that can still go wrong after Ctrl-C is a checkpoint torn by a second Ctrl-C (a 
 raised inside torch.save's writer surfaced as `unexpected pos`), and the step plus the checkpoint
 take seconds. A user who must stop at once has SIGKILL, which the atomic checkpoint writes
 survive (the previous checkpoint stays). Handlers are installed only in the main thread (Python
-allows no other) and restored on exit.
+allows no other) and restored on exit. The context nests: the CLI holds one around the whole run,
+so that a second signal is still ignored while the outputs are listed after the loop returned, and
+the loop enters the same object again.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class StopRequest:
         self.signum: int | None = None
         self.ignored = 0
         self._old: dict[int, object] = {}
+        self._depth = 0
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -33,8 +36,8 @@ class StopRequest:
             self.ignored += 1
             # os.write, not print: the handler may run while the main thread is inside a print
             # (tqdm, a log line), and a buffered stream refuses a reentrant write.
-            _note(f"\n{name} again: ignored, the run is already stopping and writes its checkpoint "
-                  f"first (kill -9 {os.getpid()} aborts without saving)\n")
+            _note(f"\n{name} again: ignored, the run is already stopping: it saves its checkpoint, "
+                  f"then exits (kill -9 {os.getpid()} aborts without saving)\n")
             return
         self.requested = name
         self.signum = int(signum)
@@ -45,12 +48,16 @@ class StopRequest:
         self.requested = reason
 
     def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for s in self.SIGNALS:
                 self._old[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth > 0:
+            return
         for s, h in self._old.items():
             if h is not None:  # None: the old handler was not set from Python; nothing to restore
                 signal.signal(s, h)
