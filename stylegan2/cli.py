@@ -185,12 +185,17 @@ def _load_for_resume(path: Path) -> dict[str, Any]:
     from .training.checkpoint import CheckpointError, load_checkpoint, load_newest_valid
     try:
         if not path.is_dir():
-            return load_checkpoint(path)
+            try:
+                return load_checkpoint(path)
+            except CheckpointError as e:
+                hint = (f"; --resume {path.parent.parent} resumes from the newest checkpoint that loads"
+                        if path.parent.name == "checkpoints" else "")
+                raise CheckpointError(f"{e}{hint}") from None
         ckpt, skipped = load_newest_valid(path)
     except CheckpointError as e:
         raise click.ClickException(str(e)) from None
     for p, reason in skipped:
-        click.echo(f"skipped {p}: {reason} (left in place)")
+        click.echo(f"skipped {p}: {reason}; the file is left in place")
     return ckpt
 
 

@@ -196,7 +196,8 @@ def make_dirs(path: str | os.PathLike) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise WriteError(path, e, what="cannot create folder") from None
+        # Name the folder that failed (/proc/x for /proc/x/runs), which is where the fix goes.
+        raise WriteError(e.filename or path, e, what="cannot create folder") from None
     return path
 
 
