@@ -204,13 +204,17 @@ def test_resume_skips_a_truncated_newest_checkpoint_and_removes_stale_temporarie
     stale = [run / "checkpoints" / ".ckpt-000000.024.pt.k2j4h5g_.tmp", run / ".stats.csv.a8d7f6s5.tmp"]
     for p in stale:
         p.write_bytes(b"half written")
-    r = invoke("train", "--resume", run, "--data", data, "--kimg", "0.012", "--threads", "1", "--no-progress")
+    r = invoke("train", "--resume", run, "--data", data, "--kimg", "0.012", "--keep", "1", "--threads", "1",
+               "--no-progress")
     assert r.exit_code == 0, r.output
     assert f"skipped {newest}: not a readable checkpoint: truncated" in r.output
     assert "resuming " + str(run / "checkpoints" / "ckpt-000000.008.pt") in r.output
     assert "removed 2 temporary file(s)" in r.output
     assert not any(p.exists() for p in stale)
     assert "finished at 0.012 kimg" in r.output
+    # --keep 1 kept the checkpoint just written, although the broken one is newer by name.
+    assert [n for n, _ in ckpt_io.list_checkpoints(run)] == [12, 16]
+    ckpt_io.load_checkpoint(run / "checkpoints" / "ckpt-000000.012.pt")
     # Every checkpoint broken: one line, naming the newest and why.
     for _, p in ckpt_io.list_checkpoints(run):
         p.write_bytes(b"")

@@ -227,7 +227,7 @@ def load_newest_valid(run_dir: str | os.PathLike, map_location: str | torch.devi
 # Validation: structure, types, configs, and every tensor's name and shape against the networks
 # the stored model_config builds (built on the meta device: no memory, no initialisation).
 
-_TOP = {"G": dict, "D": dict, "G_ema": dict, "opt_G": dict, "opt_D": dict, "config": dict,
+_TOP = {"G": dict, "D": dict, "G_ema": dict, "opt_G": dict, "opt_D": dict, "loss": dict, "config": dict,
         "model_config": dict, "progress": dict, "rng": dict, "dataset": dict}
 
 
@@ -279,7 +279,10 @@ def _check_optimizer(name: str, opt: dict[str, Any], shapes: list[torch.Size]) -
                                  f"the parameter {list(shapes[i])}")
 
 
-def _check_fields(name: str, d: dict[str, Any], fields: dict[str, Callable[[Any], bool]], what: str) -> None:
+def _check_fields(name: str, d: dict[str, Any], fields: dict[str, Callable[[Any], bool]],
+                  what: str | dict[str, str]) -> None:
+    """Each named field present and accepted by its check; `what` says what was expected (one
+    phrase for all, or one per field)."""
     for key, ok in fields.items():
         if key not in d:
             raise ValueError(f"{name}: missing '{key}'")
@@ -304,8 +307,6 @@ def _check_contents(ck: dict[str, Any]) -> None:
     for k, typ in _TOP.items():
         if not isinstance(ck[k], typ):
             raise ValueError(f"'{k}' is a {type(ck[k]).__name__}, expected a {typ.__name__}")
-    if not isinstance(ck.get("loss", {}), dict):
-        raise ValueError(f"'loss' is a {type(ck['loss']).__name__}, expected a dict")
 
     try:
         mc = ModelConfig.from_dict(ck["model_config"])
@@ -349,9 +350,9 @@ def _check_contents(ck: dict[str, Any]) -> None:
         raise ValueError(f"rng.feeder: a permutation of {len(feeder['perm'])} images at position "
                          f"{feeder['pos']} does not fit n = {feeder['n']}")
 
-    for k, v in ck.get("loss", {}).items():
-        if not torch.is_tensor(v):
-            raise ValueError(f"loss: '{k}' is a {type(v).__name__}, not a tensor")
+    # The path-length running mean (StyleGAN2Loss.state_dict), which resuming restores.
+    if not torch.is_tensor(ck["loss"].get("pl_mean")) or ck["loss"]["pl_mean"].numel() != 1:
+        raise ValueError("loss: 'pl_mean' is missing or not a one-element tensor")
 
     with torch.device("meta"):  # shapes only: no memory, no random initialisation
         G, D = Generator(mc), Discriminator(mc)
@@ -414,9 +415,13 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
-def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints (keep <= 0 keeps everything)."""
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int, protect: str | os.PathLike | None = None) -> None:
+    """Delete all but the newest `keep` checkpoints (keep <= 0 keeps everything), never `protect`
+    (the one just written: after resuming past a broken newer file, the fresh checkpoint is not
+    the newest by name, and --keep 1 would otherwise delete it and keep the broken one)."""
     if keep <= 0:
         return
+    keep_path = None if protect is None else Path(protect)
     for _, p in list_checkpoints(run_dir)[:-keep]:
-        p.unlink(missing_ok=True)
+        if p != keep_path:
+            p.unlink(missing_ok=True)
