@@ -103,8 +103,9 @@ def atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
 
 _ZIP_MAGIC = b"PK\x03\x04"   # torch.save writes a zip archive
 _PICKLE_PROTO = b"\x80"      # a bare pickle (torch's legacy format, or pickle.dump)
-# Modules whose globals a plain torch.save of tensors, dicts and lists may name in its pickle.
-_DATA_MODULES = ("torch", "collections", "builtins", "_codecs", "numpy")
+# Modules whose globals a plain torch.save of tensors, dicts and lists may name in its pickle
+# (builtins is not one: builtins.eval and builtins.exec are how payloads run code).
+_DATA_MODULES = ("torch", "collections", "_codecs", "numpy")
 
 
 def _pickle_globals(data: bytes) -> list[str] | None:
@@ -141,30 +142,35 @@ def _why_unreadable(p: Path) -> str:
         return f"cannot be read ({fileio.describe_cause(e)})"
     if size == 0:
         return "the file is empty (truncated)"
-    refused = ("refused because it contains code: loading it would call {}; it was not loaded "
-               "(a checkpoint of this project holds only tensors and plain data)")
+
+    def refused(code: list[str]) -> str:
+        what = f"loading it would call {', '.join(code)}" if code else \
+            "pickled objects other than tensors and plain data"
+        return f"refused because it contains code ({what}); nothing in it was run"
+
     if head == _ZIP_MAGIC:
         try:
             with zipfile.ZipFile(p) as z:
+                broken = z.testzip()  # reads every member: only on this failure path
+                if broken is not None:
+                    return f"damaged ({broken} fails its checksum)"
                 pkl = [n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
                 if not pkl:
                     return "not a checkpoint (a zip archive without the data.pkl that torch.save writes)"
                 data = z.read(pkl[0])
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error):
-            return "truncated or damaged (its zip archive is incomplete or fails its checksums)"
+            return "truncated or damaged (its zip archive is incomplete)"
         names = _pickle_globals(data)
         if names is None:
             return "truncated or damaged (its data.pkl is incomplete)"
-        code = _code_in(names)
-        if code:
-            return refused.format(", ".join(code))
-        return "damaged (its contents do not load as tensors and plain data)"
+        # An intact archive with a complete pickle that torch's safe loader refused: the pickle
+        # asks for something other than tensors and containers.
+        return refused(_code_in(names))
     if head[:1] == _PICKLE_PROTO:
         with open(p, "rb") as f:
-            names = _pickle_globals(f.read())
-        code = _code_in(names or [])
+            code = _code_in(_pickle_globals(f.read()) or [])
         if code:
-            return refused.format(", ".join(code))
+            return refused(code)
         return "not a checkpoint (a plain pickle, not the zip archive torch.save writes)"
     return "not a checkpoint (neither a zip archive written by torch.save nor a pickle)"
 
