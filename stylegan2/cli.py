@@ -149,7 +149,10 @@ def train(ctx: click.Context, **opts: Any) -> None:
     if cfg.precision == "fp16" and not _cuda_available() and not (cfg.device or "").startswith("cuda"):
         raise click.BadParameter("fp16 needs a CUDA GPU; use fp32 (or bf16) on a CPU", param_hint="--precision")
     # Before the dataset loads (minutes for a large one): can the run's files be written at all?
-    _check_out(run_dir if run_dir is not None else opts["out"], keep=run_dir is not None)
+    if run_dir is None:
+        _check_out(opts["out"], keep=False)
+    else:  # resuming writes into the checkpoint's run directory, whatever --out says
+        _check_out(run_dir, keep=True, option="--resume")
 
     dataset = _open_data(cfg, opts["progress"])
     if cfg.cond and (dataset.labels is None or not dataset.label_names):
@@ -172,11 +175,12 @@ def train(ctx: click.Context, **opts: Any) -> None:
         ctx.exit(128 + result.stop_signal)
 
 
-def _check_out(folder: Path, keep: bool) -> None:
+def _check_out(folder: Path, keep: bool, option: str = "--out") -> None:
+    """Fail in one line, naming the option, if files cannot be created in `folder`."""
     try:
         fileio.check_writable_dir(folder, keep=keep)
     except fileio.WriteError as e:
-        raise click.ClickException(f"--out: {e}") from None
+        raise click.ClickException(f"{option}: {e}") from None
 
 
 def _load_for_resume(path: Path) -> dict[str, Any]:
