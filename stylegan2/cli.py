@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -18,9 +19,10 @@ from typing import Any
 
 import click
 
+from . import fileio
 from .data import BUILTIN, KINDS
 from .sampling import SPEEDUPS
-from .training.config import LOSSES, PRECISIONS, PRESET_NAMES, TrainConfig, make_config, resolve
+from .training.config import LOSSES, MAX_KIMG, PRECISIONS, PRESET_NAMES, TrainConfig, make_config, resolve
 
 BUILTIN_DATA = (BUILTIN,)
 GRID_MAX = 64  # generate's grid.png shows at most this many images
@@ -31,6 +33,18 @@ _MODEL_OPTIONS = ("preset", "resolution", "batch", "cond", "mirror", "gamma", "l
                   "precision", "channels", "max_images")
 _RUNTIME_FIELDS = {"kimg": "kimg", "snap": "snap_kimg", "tick": "tick_kimg", "threads": "threads",
                    "device": "device", "channels_last": "channels_last"}
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses inf and nan: both passed its comparisons (nan compares
+    false with everything, inf has no upper bound by default), so `--kimg inf` or `--gamma nan`
+    reached the training loop. Checked while the command line is parsed, before any folder exists."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 def _cuda_available() -> bool:
@@ -55,7 +69,7 @@ def _dataset_name(spec: str) -> str:
 
 def new_run_dir(out: Path, desc: str) -> Path:
     """out/<NNNNN>-<desc> with the next free number; never reuses an existing folder."""
-    out.mkdir(parents=True, exist_ok=True)
+    fileio.make_dirs(out)
     while True:
         ids = [int(m.group(1)) for p in out.iterdir() if (m := re.match(r"^(\d+)-", p.name))]
         path = out / f"{max(ids, default=-1) + 1:05d}-{desc}"
@@ -64,6 +78,8 @@ def new_run_dir(out: Path, desc: str) -> Path:
             return path
         except FileExistsError:  # another process took the number first
             continue
+        except OSError as e:
+            raise fileio.WriteError(path, e, what="cannot create folder") from None
 
 
 def _check_data_path(spec: str) -> None:
@@ -89,17 +105,17 @@ def main() -> None:
               help="auto: gpu256 with a CUDA GPU, else cpu-small.")
 @click.option("--resolution", type=click.IntRange(4, 1024), default=None, show_default="from preset")
 @click.option("--batch", type=click.IntRange(1, 4096), default=None, show_default="from preset")
-@click.option("--kimg", type=click.FloatRange(0, min_open=True), default=None, show_default="from preset",
+@click.option("--kimg", type=FiniteFloatRange(0, MAX_KIMG, min_open=True), default=None, show_default="from preset",
               help="Train until this many thousand real images have been shown.")
-@click.option("--snap", type=click.FloatRange(0, min_open=True), default=None, show_default="from preset",
+@click.option("--snap", type=FiniteFloatRange(0, MAX_KIMG, min_open=True), default=None, show_default="from preset",
               help="Checkpoint and fake grid every this many kimg.")
-@click.option("--tick", type=click.FloatRange(0, min_open=True), default=None, show_default="from preset",
+@click.option("--tick", type=FiniteFloatRange(0, MAX_KIMG, min_open=True), default=None, show_default="from preset",
               help="Progress, stats and the NaN check every this many kimg.")
 @click.option("--cond/--no-cond", default=False, help="Condition on the dataset's labels.")
 @click.option("--mirror/--no-mirror", default=False, help="Random x-flips of the real images.")
-@click.option("--gamma", type=click.FloatRange(0), default=None, show_default="0.0002*res^2/batch",
+@click.option("--gamma", type=FiniteFloatRange(0), default=None, show_default="0.0002*res^2/batch",
               help="R1 weight.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, show_default="0.0025")
+@click.option("--lr", type=FiniteFloatRange(0, 1, min_open=True), default=None, show_default="0.0025")
 @click.option("--loss", type=click.Choice(LOSSES), default=None, show_default="logistic")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None, show_default="from preset",
               help="fp16/bf16 run the 4 highest resolutions in reduced precision (clamped convs).")
@@ -120,14 +136,9 @@ def main() -> None:
 @click.pass_context
 def train(ctx: click.Context, **opts: Any) -> None:
     """Train a StyleGAN2 (defaults: the built-in mni152 data, preset auto)."""
-    from .training.checkpoint import CheckpointError, load_checkpoint
-
     ckpt = None
     if opts["resume"] is not None:
-        try:
-            ckpt = load_checkpoint(opts["resume"])
-        except CheckpointError as e:
-            raise click.ClickException(str(e)) from e
+        ckpt = _load_for_resume(opts["resume"])
         cfg, run_dir, why = _resume_config(ctx, opts, ckpt)
     else:
         cfg, why = _fresh_config(opts)
@@ -139,16 +150,59 @@ def train(ctx: click.Context, **opts: Any) -> None:
         return
     if cfg.precision == "fp16" and not _cuda_available() and not (cfg.device or "").startswith("cuda"):
         raise click.BadParameter("fp16 needs a CUDA GPU; use fp32 (or bf16) on a CPU", param_hint="--precision")
+    # Before the dataset loads (minutes for a large one): can the run's files be written at all?
+    if run_dir is None:
+        _check_out(opts["out"], keep=False)
+    else:  # resuming writes into the checkpoint's run directory, whatever --out says
+        _check_out(run_dir, keep=True, option="--resume")
 
     dataset = _open_data(cfg, opts["progress"])
     if cfg.cond and (dataset.labels is None or not dataset.label_names):
         raise click.UsageError(f"--cond: the dataset ({dataset.source}) has no labels to condition on")
     if run_dir is None:
-        run_dir = new_run_dir(opts["out"], f"{_dataset_name(cfg.data)}-{cfg.preset}")
+        try:
+            run_dir = new_run_dir(opts["out"], f"{_dataset_name(cfg.data)}-{cfg.preset}")
+        except fileio.WriteError as e:
+            raise click.ClickException(str(e)) from None
     click.echo(f"data: {dataset.source}" + (f" ({dataset.skipped} unreadable files skipped)" if dataset.skipped else ""))
     click.echo(f"run directory: {run_dir}")
-    result = _run_training(cfg, run_dir, dataset, ckpt, opts)
-    _print_outputs(result)
+    from .training.signals import StopRequest
+    # Held until the outputs are listed: a second Ctrl-C stays ignored after the loop returned.
+    with StopRequest() as stop:
+        result = _run_training(cfg, run_dir, dataset, ckpt, opts, stop)
+        _print_outputs(result)
+    if result.stop_signal is not None:
+        # 128 + signal, as a shell reports a process the signal ended (130 SIGINT, 143 SIGTERM):
+        # a scheduler can tell a preempted run, to be resumed, from a finished one.
+        ctx.exit(128 + result.stop_signal)
+
+
+def _check_out(folder: Path, keep: bool, option: str = "--out") -> None:
+    """Fail in one line, naming the option, if files cannot be created in `folder`."""
+    try:
+        fileio.check_writable_dir(folder, keep=keep)
+    except fileio.WriteError as e:
+        raise click.ClickException(f"{option}: {e}") from None
+
+
+def _load_for_resume(path: Path) -> dict[str, Any]:
+    """A checkpoint file as named, or a run directory's newest checkpoint that validates (each
+    newer one that does not is named, with why, and left in place)."""
+    from .training.checkpoint import CheckpointError, load_checkpoint, load_newest_valid
+    try:
+        if not path.is_dir():
+            try:
+                return load_checkpoint(path)
+            except CheckpointError as e:
+                hint = (f"; --resume {path.parent.parent} resumes from the newest checkpoint that loads"
+                        if path.parent.name == "checkpoints" else "")
+                raise CheckpointError(f"{e}{hint}") from None
+        ckpt, skipped = load_newest_valid(path)
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from None
+    for p, reason in skipped:
+        click.echo(f"skipped {p}: {reason}; the file is left in place")
+    return ckpt
 
 
 def _fresh_config(opts: dict[str, Any]) -> tuple[TrainConfig, str]:
@@ -197,13 +251,13 @@ def _open_data(cfg: TrainConfig, progress: bool) -> Any:
 
 
 def _run_training(cfg: TrainConfig, run_dir: Path, dataset: Any, ckpt: dict[str, Any] | None,
-                  opts: dict[str, Any]) -> Any:
-    from .training.loop import ResumeError, TrainingDiverged, train as train_loop
+                  opts: dict[str, Any], stop: Any = None) -> Any:
+    from .training.loop import ResumeError, TrainingDiverged, TrainingWriteError, train as train_loop
     try:
         return train_loop(cfg, run_dir, dataset, resume=ckpt, allow_data_change=opts["allow_data_change"],
-                          progress=opts["progress"], keep=opts["keep"], log=click.echo)
-    except (TrainingDiverged, ResumeError) as e:
-        raise click.ClickException(str(e)) from e
+                          progress=opts["progress"], keep=opts["keep"], log=click.echo, stop=stop)
+    except (TrainingDiverged, ResumeError, TrainingWriteError, fileio.WriteError) as e:
+        raise click.ClickException(str(e)) from None
     except ValueError as e:  # e.g. --cond on a dataset without labels
         raise click.ClickException(str(e)) from e
 
@@ -229,7 +283,7 @@ def _print_outputs(result: Any) -> None:
               help="Folder for seedNNNN.png files and grid.png.")
 @click.option("--seeds", default=None, show_default="0..n-1", help="Seeds, e.g. '0-7,12'.")
 @click.option("--n", "count", type=click.IntRange(1, 100000), default=16, help="Number of images when --seeds is not given.")
-@click.option("--trunc", type=click.FloatRange(0, 2), default=1.0, help="Truncation psi (1: off).")
+@click.option("--trunc", type=FiniteFloatRange(0, 2), default=1.0, help="Truncation psi (1: off).")
 @click.option("--class", "class_", default=None, help="Class label name or index (conditional models).")
 @click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const")
 @click.option("--batch", type=click.IntRange(1, 1024), default=16, help="Images per forward pass.")
@@ -245,12 +299,9 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
              progress: bool) -> None:
     """Generate images from a checkpoint: one PNG per seed and a grid."""
     import torch
-    from tqdm.auto import tqdm
 
-    from .image_writer import PngWriter
     from .sampling import Sampler
     from .training.checkpoint import CheckpointError, load_checkpoint
-    from .training.grids import save_grid, to_uint8
     from .training.seeds import parse_seeds
 
     try:
@@ -266,10 +317,11 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
         raise click.BadParameter(f"{speedup} cannot draw each image's noise from its own seed as eager "
                                  "calls do; use --noise-mode const or none, or --speedup none",
                                  param_hint="--speedup")
+    _check_out(out, keep=False)
     try:
         ck = load_checkpoint(ckpt)
     except CheckpointError as e:
-        raise click.ClickException(str(e)) from e
+        raise click.ClickException(str(e)) from None
     G = _load_generator(ck, "G" if raw else "G_ema", dev)
     c = _class_vector(ck, class_, G.c_dim, dev)
     if dev.type == "cuda":
@@ -277,7 +329,25 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
     # Reduced-precision layers of a GPU-trained model run in float32 on a CPU.
     sampler = Sampler(G, speedup=speedup, channels_last=channels_last, truncation_psi=trunc,
                       noise_mode=noise_mode, force_fp32=dev.type != "cuda")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        fileio.make_dirs(out)
+        written = _generate_images(sampler, G, c, seed_list, out, noise_mode, batch, dev, progress)
+    except fileio.WriteError as e:
+        raise click.ClickException(str(e)) from None
+    grid, count = written
+    shown = "" if count <= GRID_MAX else f" of the first {GRID_MAX}"
+    click.echo(f"wrote {count} images (seed{seed_list[0]:04d}.png ...) and {grid.name}{shown} to {out}")
+
+
+def _generate_images(sampler: Any, G: Any, c: Any, seed_list: list[int], out: Path, noise_mode: str,
+                     batch: int, dev: Any, progress: bool) -> tuple[Path, int]:
+    """seedNNNN.png for every seed and grid.png of the first GRID_MAX; (grid path, count)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .image_writer import PngWriter
+    from .training.grids import save_grid, to_uint8
+
     # Random noise is drawn per image from its seed, so an image does not depend on the batch.
     step = 1 if noise_mode == "random" else batch
     grid_images = []  # the first GRID_MAX images only: --n 100000 must not keep every image in memory
@@ -295,9 +365,7 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
             room = GRID_MAX - sum(len(g) for g in grid_images)
             if room > 0:
                 grid_images.append(img[:room].float().cpu())
-    grid = save_grid(torch.cat(grid_images), out / "grid.png")
-    shown = "" if len(seed_list) <= GRID_MAX else f" of the first {GRID_MAX}"
-    click.echo(f"wrote {len(seed_list)} images (seed{seed_list[0]:04d}.png ...) and {grid.name}{shown} to {out}")
+    return save_grid(torch.cat(grid_images), out / "grid.png"), len(seed_list)
 
 
 def _load_generator(ck: dict[str, Any], key: str, device: Any) -> Any:
@@ -341,7 +409,7 @@ def info(ckpt: Path, as_json: bool) -> None:
     try:
         ck = load_checkpoint(ckpt)
     except CheckpointError as e:
-        raise click.ClickException(str(e)) from e
+        raise click.ClickException(str(e)) from None
     counts = {k: _count_parameters(ck, k) for k in ("G", "D")}
     doc = {"path": ck["path"], "created": ck.get("created"), "torch": ck.get("torch"),
            "kimg": ck["progress"]["cur_nimg"] / 1000, "step": ck["progress"]["step"],

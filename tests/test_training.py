@@ -235,7 +235,8 @@ def test_checkpoint_loads_with_weights_only_and_holds_everything(tmp_path, gen):
     for key in ("G", "D", "G_ema", "opt_G", "opt_D", "loss", "config", "model_config", "progress", "rng", "dataset"):
         assert key in raw, key
     assert raw["dataset"]["fingerprint"] == ds.fingerprint()
-    assert set(raw["rng"]) >= {"torch_cpu", "torch_cuda", "numpy", "python", "feeder"}
+    # Only torch's generators and the feeder's: nothing draws from numpy's or Python's global RNG.
+    assert set(raw["rng"]) == {"torch_cpu", "torch_cuda", "feeder"}
     assert raw["progress"]["cur_nimg"] == 8 and raw["progress"]["step"] == 2
     assert TrainConfig.from_dict(raw["config"]).resolution == 16
 
@@ -254,10 +255,9 @@ def test_checkpoint_loads_with_weights_only_and_holds_everything(tmp_path, gen):
 
 def test_restore_rng_round_trip():
     state = ckpt_io.capture_rng()
-    a = (torch.rand(3), np.random.rand(3), __import__("random").random())
+    a = torch.rand(3)
     ckpt_io.restore_rng(state)
-    b = (torch.rand(3), np.random.rand(3), __import__("random").random())
-    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    assert torch.equal(a, torch.rand(3))
 
 
 def test_failing_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, gen):
@@ -273,7 +273,7 @@ def test_failing_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, gen):
         ckpt_io.atomic_save(ckpt_io.new_checkpoint(w=torch.zeros(5)), path)
     monkeypatch.undo()
     assert os.listdir(path.parent) == [path.name]  # no temporary file left behind
-    assert torch.equal(ckpt_io.load_checkpoint(path)["w"], good["w"])
+    assert torch.equal(ckpt_io.load_checkpoint(path, validate=False)["w"], good["w"])
 
 
 def test_load_checkpoint_errors(tmp_path):
@@ -283,10 +283,10 @@ def test_load_checkpoint_errors(tmp_path):
     with pytest.raises(ckpt_io.CheckpointError, match="no checkpoints"):
         ckpt_io.load_checkpoint(tmp_path / "run")
     (tmp_path / "junk.pt").write_bytes(b"not a zip file at all")
-    with pytest.raises(ckpt_io.CheckpointError, match="cannot read"):
+    with pytest.raises(ckpt_io.CheckpointError, match="not a readable checkpoint of this project: not a checkpoint"):
         ckpt_io.load_checkpoint(tmp_path / "junk.pt")
     torch.save({"a": torch.ones(1)}, tmp_path / "other.pt")
-    with pytest.raises(ckpt_io.CheckpointError, match="not a stylegan2 checkpoint"):
+    with pytest.raises(ckpt_io.CheckpointError, match="not a checkpoint of this project"):
         ckpt_io.load_checkpoint(tmp_path / "other.pt")
 
 

@@ -10,21 +10,24 @@ A checkpoint is a plain dict of tensors, dicts, lists, ints, floats and strings,
     config               TrainConfig.to_dict()
     model_config         the networks' ModelConfig as a dict
     progress             {"cur_nimg", "step", "tick", "elapsed_s"}
-    rng                  {"torch_cpu", "torch_cuda", "numpy", "python", "feeder"}
+    rng                  {"torch_cpu", "torch_cuda", "feeder"} (older files also "numpy", "python")
     dataset              {"fingerprint", "source", "num_images", "label_names"}
 """
 from __future__ import annotations
 
+import math
 import os
-import random
 import re
-import tempfile
 import time
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
 import torch
+
+from .. import fileio
 
 FORMAT = "stylegan2-brain-mri"
 VERSION = 1
@@ -32,7 +35,17 @@ _NAME = re.compile(r"^ckpt-(\d{6})(?:\.(\d{3}))?\.pt$")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: missing, unreadable, or from another dataset/format."""
+    """A checkpoint that cannot be used: missing, unreadable, invalid, or from another format.
+
+    str() is always one line. `path` is the file concerned (when there is one) and `reason` the
+    message without it, for callers that list several files (resume's fall-back).
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike | None = None, reason: str | None = None) -> None:
+        message = " ".join(str(message).split())  # one line, whatever an inner message held
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+        self.reason = " ".join((reason or message).split())
 
 
 def ckpt_tag(cur_nimg: int) -> str:
@@ -75,39 +88,307 @@ def atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     """torch.save into a temporary file in the same folder, fsync, then os.replace over `path`.
 
     A crash or a failing save at any point leaves either the old file or the new one, never a torn
-    one; the temporary file is removed when the save fails.
+    one; the temporary file is removed when the save fails, which raises fileio.WriteError (one
+    line naming the file and the cause, e.g. the disk is full).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fileio.make_dirs(path.parent)
+    return fileio.atomic_write(path, lambda f: torch.save(obj, f), fsync=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading: a file that is not a readable checkpoint of ours gets one line saying which of the
+# three it is (truncated/damaged, not a checkpoint, refused because it holds code). torch's own
+# message is never shown: it suggests loading with weights_only=False, which is how a payload runs.
+
+_ZIP_MAGIC = b"PK\x03\x04"   # torch.save writes a zip archive
+_PICKLE_PROTO = b"\x80"      # a bare pickle (torch's legacy format, or pickle.dump)
+# Modules whose globals a plain torch.save of tensors, dicts and lists may name in its pickle
+# (builtins is not one: builtins.eval and builtins.exec are how payloads run code).
+_DATA_MODULES = ("torch", "collections", "_codecs", "numpy")
+
+
+def _pickle_globals(data: bytes) -> list[str] | None:
+    """The module.name globals a pickle refers to, found by reading its opcodes (nothing is
+    unpickled, so nothing runs), or None when the bytes are not a complete pickle."""
+    import pickletools
+    found: list[str] = []
+    strings: list[str] = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                found.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            if isinstance(arg, str) and "UNICODE" in op.name:
+                strings.append(arg)
+    except Exception:  # truncated or not a pickle at all: genops raises several types
+        return None
+    return found
+
+
+def _code_in(globals_: list[str]) -> list[str]:
+    """Globals outside the modules plain tensor data needs: what a payload would call."""
+    return sorted({g for g in globals_ if g.split(".")[0] not in _DATA_MODULES})
+
+
+def _why_unreadable(p: Path) -> str:
+    """Which kind of unreadable file `p` is, after torch.load(weights_only=True) refused it."""
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return f"cannot be read ({fileio.describe_cause(e)})"
+    if size == 0:
+        return "the file is empty (truncated)"
+
+    def refused(code: list[str]) -> str:
+        what = f"loading it would call {', '.join(code)}" if code else \
+            "pickled objects other than tensors and plain data"
+        return f"refused because it contains code ({what}); nothing in it was run"
+
+    if head == _ZIP_MAGIC:
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+            with zipfile.ZipFile(p) as z:
+                broken = z.testzip()  # reads every member: only on this failure path
+                if broken is not None:
+                    return f"damaged ({broken} fails its checksum)"
+                pkl = [n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+                if not pkl:
+                    return "not a checkpoint (a zip archive without the data.pkl that torch.save writes)"
+                data = z.read(pkl[0])
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error):
+            return "truncated or damaged (its zip archive is incomplete)"
+        names = _pickle_globals(data)
+        if names is None:
+            return "truncated or damaged (its data.pkl is incomplete)"
+        # An intact archive with a complete pickle that torch's safe loader refused: the pickle
+        # asks for something other than tensors and containers.
+        return refused(_code_in(names))
+    if head[:1] == _PICKLE_PROTO:
+        with open(p, "rb") as f:
+            code = _code_in(_pickle_globals(f.read()) or [])
+        if code:
+            return refused(code)
+        return "not a checkpoint (a plain pickle, not the zip archive torch.save writes)"
+    return "not a checkpoint (neither a zip archive written by torch.save nor a pickle)"
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with weights_only=True (never runs code) and check that it is one of ours."""
-    p = find_checkpoint(path)
+def read_checkpoint_file(p: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load(p, weights_only=True), failing with a one-line CheckpointError (never torch's
+    text) that says whether the file is truncated, not a checkpoint, or refused for holding code."""
+    p = Path(p)
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {p}: {e}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{p} is not a stylegan2 checkpoint of this package")
-    if ckpt.get("version", 0) > VERSION:
-        raise CheckpointError(f"{p} has format version {ckpt['version']}; this package reads <= {VERSION}")
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": noise about a file we are about to reject anyway.
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location=map_location, weights_only=True)
+    except Exception:  # torch raises RuntimeError, UnpicklingError, EOFError, KeyError, OSError...
+        # ...even an OSError (EINVAL) for a truncated archive: the file itself is examined to tell
+        # which kind of failure it was, including whether it can be read at all.
+        reason = _why_unreadable(p)
+    raise CheckpointError(f"{p} is not a readable checkpoint of this project: {reason}", path=p,
+                          reason=f"not a readable checkpoint: {reason}") from None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    validate: bool = True) -> dict[str, Any]:
+    """Load a checkpoint (a file, or a run directory's newest) safely and check it is one of ours.
+
+    Loading never runs code (weights_only=True). With validate=True (the default) every entry is
+    checked before anything uses it (see validate_checkpoint). Raises CheckpointError, one line.
+    """
+    p = find_checkpoint(path)
+    ckpt = read_checkpoint_file(p, map_location)
+    if validate:
+        validate_checkpoint(ckpt, p)
+    elif not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is not a checkpoint of this project (no format '{FORMAT}')", path=p)
     ckpt["path"] = str(p)
     return ckpt
+
+
+def load_newest_valid(run_dir: str | os.PathLike, map_location: str | torch.device = "cpu"
+                      ) -> tuple[dict[str, Any], list[tuple[Path, str]]]:
+    """The newest checkpoint of a run directory that loads and validates, and the (path, reason)
+    of each newer one skipped. Resuming uses it so that a checkpoint torn by a dying disk or a
+    copy cut short costs one snapshot interval, not the run. Raises CheckpointError when none is
+    usable (or there are none)."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"no checkpoints (checkpoints/ckpt-*.pt) in run directory {run_dir}")
+    skipped: list[tuple[Path, str]] = []
+    for _, p in reversed(found):
+        try:
+            return load_checkpoint(p, map_location), skipped
+        except CheckpointError as e:
+            skipped.append((p, e.reason))
+    newest = skipped[0]
+    raise CheckpointError(f"no usable checkpoint in {run_dir}: all {len(found)} failed to load or "
+                          f"validate (newest {newest[0].name}: {newest[1]})")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: structure, types, configs, and every tensor's name and shape against the networks
+# the stored model_config builds (built on the meta device: no memory, no initialisation).
+
+_TOP = {"G": dict, "D": dict, "G_ema": dict, "opt_G": dict, "opt_D": dict, "loss": dict, "config": dict,
+        "model_config": dict, "progress": dict, "rng": dict, "dataset": dict}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _shape(t: Any) -> str:
+    return str(list(t.shape)) if torch.is_tensor(t) else type(t).__name__
+
+
+def _check_state_dict(name: str, saved: dict[str, Any], expected: dict[str, torch.Tensor]) -> None:
+    missing = [k for k in expected if k not in saved]
+    extra = [k for k in saved if k not in expected]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s) ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+        if extra:
+            parts.append(f"{len(extra)} unknown tensor(s) ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})")
+        raise ValueError(f"{name}: {' and '.join(parts)} for the networks its model_config builds")
+    for k, ref in expected.items():
+        v = saved[k]
+        if not torch.is_tensor(v):
+            raise ValueError(f"{name}: '{k}' is a {type(v).__name__}, not a tensor")
+        if tuple(v.shape) != tuple(ref.shape):
+            raise ValueError(f"{name}: tensor '{k}' has shape {list(v.shape)}, its model_config needs "
+                             f"{list(ref.shape)}")
+        if v.is_floating_point() != ref.is_floating_point():
+            raise ValueError(f"{name}: tensor '{k}' has dtype {v.dtype}, expected {ref.dtype}")
+
+
+def _check_optimizer(name: str, opt: dict[str, Any], shapes: list[torch.Size]) -> None:
+    groups, st = opt.get("param_groups"), opt.get("state")
+    if not isinstance(groups, list) or not isinstance(st, dict) or \
+            not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        raise ValueError(f"{name}: not an optimizer state (needs 'state' and 'param_groups' with 'params')")
+    ids = [i for g in groups for i in g["params"]]
+    if ids != list(range(len(shapes))):
+        raise ValueError(f"{name}: holds state for {len(ids)} parameters, the network has {len(shapes)}")
+    for i, s in st.items():
+        if not _is_int(i) or not 0 <= i < len(shapes) or not isinstance(s, dict):
+            raise ValueError(f"{name}: state entry {i!r} does not belong to a parameter")
+        for key, v in s.items():
+            if key == "step":
+                continue
+            if not torch.is_tensor(v) or tuple(v.shape) != tuple(shapes[i]):
+                raise ValueError(f"{name}: state '{key}' of parameter {i} has shape {_shape(v)}, "
+                                 f"the parameter {list(shapes[i])}")
+
+
+def _check_fields(name: str, d: dict[str, Any], fields: dict[str, Callable[[Any], bool]],
+                  what: str | dict[str, str]) -> None:
+    """Each named field present and accepted by its check; `what` says what was expected (one
+    phrase for all, or one per field)."""
+    for key, ok in fields.items():
+        if key not in d:
+            raise ValueError(f"{name}: missing '{key}'")
+        if not ok(d[key]):
+            raise ValueError(f"{name}: '{key}' is {d[key]!r}, expected {what.get(key) if isinstance(what, dict) else what}")
+
+
+def _nonneg_int(v: Any) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _check_contents(ck: dict[str, Any]) -> None:
+    """Raises ValueError naming the first thing wrong with a loaded checkpoint dict."""
+    from stylegan2.networks import Discriminator, Generator, ModelConfig
+
+    from .config import TrainConfig, resolve
+    from .state import model_config_dict
+
+    missing = [k for k in _TOP if k not in ck]
+    if missing:
+        raise ValueError(f"missing {', '.join(repr(k) for k in missing)}")
+    for k, typ in _TOP.items():
+        if not isinstance(ck[k], typ):
+            raise ValueError(f"'{k}' is a {type(ck[k]).__name__}, expected a {typ.__name__}")
+
+    try:
+        mc = ModelConfig.from_dict(ck["model_config"])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"invalid model_config: {e}") from None
+    try:
+        cfg = resolve(TrainConfig.from_dict(ck["config"]))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"invalid stored config: {e}") from None
+    derived = model_config_dict(cfg, mc.c_dim)
+    differ = [k for k, v in derived.items() if ck["model_config"].get(k) != v]
+    if differ:
+        k = differ[0]
+        raise ValueError(f"config and model_config disagree on {k} ({derived[k]!r} vs {ck['model_config'].get(k)!r})")
+
+    _check_fields("progress", ck["progress"], {"cur_nimg": _nonneg_int, "step": _nonneg_int, "tick": _nonneg_int,
+                                               "elapsed_s": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               and math.isfinite(v) and v >= 0}, "a non-negative number")
+    _check_fields("dataset", ck["dataset"], {
+        "fingerprint": lambda v: isinstance(v, str), "source": lambda v: isinstance(v, str),
+        "num_images": _nonneg_int,
+        "label_names": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v)},
+        {"fingerprint": "a string", "source": "a string", "num_images": "a non-negative int",
+         "label_names": "a list of strings"})
+
+    rng = ck["rng"]
+    if not torch.is_tensor(rng.get("torch_cpu")) or rng["torch_cpu"].dtype != torch.uint8:
+        raise ValueError("rng: 'torch_cpu' is not a torch RNG state (a uint8 tensor)")
+    cuda = rng.get("torch_cuda", [])
+    if not isinstance(cuda, list) or not all(torch.is_tensor(t) and t.dtype == torch.uint8 for t in cuda):
+        raise ValueError("rng: 'torch_cuda' is not a list of torch RNG states")
+    feeder = rng.get("feeder")
+    if not isinstance(feeder, dict):
+        raise ValueError("rng: missing the data feeder's state ('feeder')")
+    _check_fields("rng.feeder", feeder, {"n": lambda v: _is_int(v) and v > 0, "epoch": _nonneg_int,
+                                         "pos": _nonneg_int,
+                                         "gen": lambda v: torch.is_tensor(v) and v.dtype == torch.uint8,
+                                         "perm": lambda v: torch.is_tensor(v) and v.dim() == 1},
+                  "a valid feeder state")
+    if len(feeder["perm"]) != feeder["n"] or feeder["pos"] > feeder["n"]:
+        raise ValueError(f"rng.feeder: a permutation of {len(feeder['perm'])} images at position "
+                         f"{feeder['pos']} does not fit n = {feeder['n']}")
+
+    # The path-length running mean (StyleGAN2Loss.state_dict), which resuming restores.
+    if not torch.is_tensor(ck["loss"].get("pl_mean")) or ck["loss"]["pl_mean"].numel() != 1:
+        raise ValueError("loss: 'pl_mean' is missing or not a one-element tensor")
+
+    with torch.device("meta"):  # shapes only: no memory, no random initialisation
+        G, D = Generator(mc), Discriminator(mc)
+    g_ref, d_ref = G.state_dict(), D.state_dict()
+    _check_state_dict("G", ck["G"], g_ref)
+    _check_state_dict("G_ema", ck["G_ema"], g_ref)
+    _check_state_dict("D", ck["D"], d_ref)
+    _check_optimizer("opt_G", ck["opt_G"], [p.shape for p in G.parameters()])
+    _check_optimizer("opt_D", ck["opt_D"], [p.shape for p in D.parameters()])
+
+
+def validate_checkpoint(ckpt: Any, path: str | os.PathLike = "checkpoint") -> None:
+    """Check a loaded checkpoint before anything uses it: our format and version, every entry
+    present with the right type, the stored training config and model config valid and
+    consistent, progress and dataset fields, RNG and feeder states, and every tensor of G, G_ema
+    and D (and every optimizer moment) named and shaped as the networks its model_config builds.
+    Raises CheckpointError with one line naming the first problem."""
+    p = Path(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is not a checkpoint of this project (no format '{FORMAT}' entry)",
+                              path=p, reason=f"not a checkpoint of this project (no format '{FORMAT}' entry)")
+    version = ckpt.get("version")
+    if not _is_int(version) or version < 1 or version > VERSION:
+        why = f"has format version {version!r}; this package reads 1 to {VERSION}"
+        raise CheckpointError(f"{p} {why}", path=p, reason=why)
+    try:
+        _check_contents(ckpt)
+    except ValueError as e:
+        why = f"not a valid checkpoint: {e}"
+        raise CheckpointError(f"{p} is {why}", path=p, reason=why) from None
 
 
 def new_checkpoint(**parts: Any) -> dict[str, Any]:
@@ -116,17 +397,19 @@ def new_checkpoint(**parts: Any) -> dict[str, Any]:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **parts}
 
 
+# --------------------------------------------------------------------------------------------
+# RNG. Training draws only from torch's global generators (latents, noise, style mixing) and the
+# feeder's own generator (data order, flips, fake labels); nothing in this package draws from
+# numpy's or Python's global RNG (the folder loader uses its own seeded numpy Generator). So
+# only torch's states are saved. Checkpoints of earlier versions also hold "numpy" and
+# "python" entries: they still load, and those entries are ignored (restoring them would
+# change nothing this package computes, and would overwrite a notebook user's own seeding).
+
 def capture_rng() -> dict[str, Any]:
-    """Global RNG states as tensors and lists (weights_only-safe)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, pystate, gauss_next = random.getstate()
+    """torch's global RNG states as tensors (weights_only-safe)."""
     return {
         "torch_cpu": torch.get_rng_state(),
         "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": {"version": int(version), "state": list(pystate),
-                   "gauss_next": None if gauss_next is None else float(gauss_next)},
     }
 
 
@@ -136,16 +419,15 @@ def restore_rng(state: dict[str, Any]) -> None:
     cuda = state.get("torch_cuda") or []
     if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
 
 
-def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints (keep <= 0 keeps everything)."""
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int, protect: str | os.PathLike | None = None) -> None:
+    """Delete all but the newest `keep` checkpoints (keep <= 0 keeps everything), never `protect`
+    (the one just written: after resuming past a broken newer file, the fresh checkpoint is not
+    the newest by name, and --keep 1 would otherwise delete it and keep the broken one)."""
     if keep <= 0:
         return
+    keep_path = None if protect is None else Path(protect)
     for _, p in list_checkpoints(run_dir)[:-keep]:
-        p.unlink(missing_ok=True)
+        if p != keep_path:
+            p.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,7 +158,25 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     return c
 
 
+# Float fields and whether None is allowed. Every one must be a finite number: inf or nan passed
+# the range checks before (`--kimg inf` overflowed in the loop, `--gamma inf` diverged).
+_FLOATS = {"kimg": False, "lr": False, "beta1": False, "beta2": False, "eps": False, "gamma": True,
+           "pl_weight": False, "style_mixing": False, "ema_kimg": True, "ema_rampup": True,
+           "tick_kimg": False, "snap_kimg": False, "conv_clamp": True}
+# Upper limits where a larger value can only be a typo (and would overflow image counters).
+MAX_KIMG = 1e9
+
+
 def _check(c: TrainConfig) -> None:
+    for name, optional in _FLOATS.items():
+        v = getattr(c, name)
+        if v is None and optional:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name}: must be a finite number, got {v!r}")
+    for name in ("kimg", "tick_kimg", "snap_kimg"):
+        if getattr(c, name) > MAX_KIMG:
+            raise ValueError(f"{name}: must be at most {MAX_KIMG:g}, got {getattr(c, name)}")
     res = c.resolution
     if res < 4 or res > 1024 or res & (res - 1):
         raise ValueError(f"resolution: must be a power of two from 4 to 1024, got {res}")
@@ -185,3 +204,5 @@ def _check(c: TrainConfig) -> None:
         raise ValueError(f"threads: must be at least 1, got {c.threads}")
     if not 0.0 <= c.style_mixing <= 1.0:
         raise ValueError(f"style_mixing: must lie in [0, 1], got {c.style_mixing}")
+    if c.pl_weight < 0:
+        raise ValueError(f"pl_weight: must be >= 0, got {c.pl_weight}")

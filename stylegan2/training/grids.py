@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import fileio
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[N, C, H, W] float in [-1, 1] (clipped) or uint8 -> uint8 [N, H, W, C] on the host."""
@@ -38,13 +40,9 @@ def make_grid(images: torch.Tensor, cols: int | None = None, pad: int = 2) -> np
 
 
 def save_image(img: np.ndarray, path: str | os.PathLike) -> Path:
-    """uint8 [H, W, C] (C = 1 or 3) -> PNG, written atomically."""
-    path = Path(path)
+    """uint8 [H, W, C] (C = 1 or 3) -> PNG, written atomically (fileio.WriteError on failure)."""
     pil = Image.fromarray(img[:, :, 0], "L") if img.shape[2] == 1 else Image.fromarray(img, "RGB")
-    tmp = path.with_name(path.stem + ".tmp.png")
-    pil.save(tmp)
-    os.replace(tmp, path)
-    return path
+    return fileio.atomic_write(path, lambda f: pil.save(f, format="PNG"))
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, cols: int | None = None) -> Path:

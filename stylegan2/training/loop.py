@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from .. import fileio
 from . import checkpoint as ckpt_io
 from .config import TrainConfig
 from .grids import save_grid
@@ -31,11 +32,16 @@ from .signals import StopRequest
 from .state import ResumeError, pick_device, pick_threads, restore_run, save_checkpoint, setup_run
 from .stats import StatsAccumulator, StatsWriter, non_finite
 
-__all__ = ["ResumeError", "TrainResult", "TrainingDiverged", "train"]
+__all__ = ["ResumeError", "TrainResult", "TrainingDiverged", "TrainingWriteError", "train"]
 
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or Inf; the message names it and the last good checkpoint."""
+
+
+class TrainingWriteError(RuntimeError):
+    """A file of the run could not be written (full disk, lost mount...). One line: the file, the
+    cause, and the last good checkpoint to resume from."""
 
 
 @dataclass
@@ -47,6 +53,7 @@ class TrainResult:
     status: str                    # "done" | "stopped" (signal or request)
     checkpoint: Path | None
     files: dict[str, Path] = field(default_factory=dict)
+    stop_signal: int | None = None  # the signal that stopped the run (exit status 128 + it)
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,10 +100,16 @@ def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[s
 
     dataset: an ImageDataset (uint8 images [N, C, R, R]). resume: a loaded checkpoint dict (its
     config must match `cfg` except for kimg and the bookkeeping fields). Raises TrainingDiverged
-    on a NaN/Inf loss, ResumeError for a checkpoint of another dataset or model.
+    on a NaN/Inf loss, ResumeError for a checkpoint of another dataset or model,
+    TrainingWriteError when a file cannot be written (the last good checkpoint stays usable).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    fileio.make_dirs(run_dir)
+    # Temporaries of a writer killed mid-write (the run's own files; no one else writes here).
+    stale = [p for d in (run_dir, run_dir / "checkpoints") for p in fileio.remove_stale_temporaries(d)]
+    if stale:
+        log(f"removed {len(stale)} temporary file(s) left by an interrupted write: "
+            f"{', '.join(p.name for p in stale[:4])}{' ...' if len(stale) > 4 else ''}")
     device = pick_device(cfg)
     threads = pick_threads(cfg, device)
     if threads:
@@ -110,18 +123,35 @@ def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[s
     files: dict[str, Path] = {"config": run_dir / "config.json"}
     if resume is not None:
         restore_run(run, resume, allow_data_change)
-        stats.truncate_after(run.cur_nimg)
-    _write_config(run, files["config"])
-    files["reals"] = save_reals(run, dataset, run_dir / "reals.png")
-    grid_z, grid_c = grid_latents(run)
-    if resume is None:
-        save_grid(render(run.G_ema, grid_z, grid_c, cfg.batch), run_dir / "fakes_init.png")
+        # The file resumed from: newer ones may exist but failed validation (see load_newest_valid).
+        run.last_checkpoint = Path(resume["path"]) if "path" in resume else None
+    else:
+        found = ckpt_io.list_checkpoints(run_dir)
+        run.last_checkpoint = found[-1][1] if found else None
+    try:
+        if resume is not None:
+            stats.truncate_after(run.cur_nimg)
+        _write_config(run, files["config"])
+        files["reals"] = save_reals(run, dataset, run_dir / "reals.png")
+        grid_z, grid_c = grid_latents(run)
+        if resume is None:
+            save_grid(render(run.G_ema, grid_z, grid_c, cfg.batch), run_dir / "fakes_init.png")
+        return _loop(run, run_dir, grid_z, grid_c, stats, files, keep, progress, log, stop)
+    except fileio.WriteError as e:
+        kept = (f"the last good checkpoint is {run.last_checkpoint}" if run.last_checkpoint
+                else "no checkpoint was written yet")
+        raise TrainingWriteError(f"{e}; training stopped at {run.cur_nimg / 1000:.3f} kimg, {kept}") from None
 
+
+def _loop(run: Run, run_dir: Path, grid_z: torch.Tensor, grid_c: torch.Tensor, stats: StatsWriter,
+          files: dict[str, Path], keep: int, progress: bool, log: Callable[[str], None],
+          stop: StopRequest | None) -> TrainResult:
+    """Steps, ticks and snapshots until kimg or a stop; the body of train()."""
+    cfg = run.cfg
     total_nimg = int(math.ceil(cfg.kimg * 1000))
     tick_nimg = max(1, int(round(cfg.tick_kimg * 1000)))
     snap_nimg = max(1, int(round(cfg.snap_kimg * 1000)))
     acc = StatsAccumulator()
-    last_ckpt = ckpt_io.list_checkpoints(run_dir)[-1][1] if ckpt_io.list_checkpoints(run_dir) else None
     tick_start = (time.perf_counter(), run.cur_nimg)
     bar = tqdm(total=total_nimg, initial=min(run.cur_nimg, total_nimg), unit="img", unit_scale=True,
                disable=not progress, dynamic_ncols=True, desc="train")
@@ -134,10 +164,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[s
                 done = run.cur_nimg >= total_nimg
                 snap = done or stop.requested is not None or _crossed(prev, run.cur_nimg, snap_nimg)
                 if snap or _crossed(prev, run.cur_nimg, tick_nimg):
-                    tick_start = _end_tick(run, acc, stats, bar, tick_start, last_ckpt)
+                    tick_start = _end_tick(run, acc, stats, bar, tick_start)
                 if snap:
                     t0 = time.perf_counter()
-                    last_ckpt = _snapshot(run, run_dir, grid_z, grid_c, stats, keep, files)
+                    _snapshot(run, run_dir, grid_z, grid_c, stats, keep, files)
                     # Snapshot time counts in the run's total but not in the next tick's img/s.
                     run.elapsed_s += time.perf_counter() - t0
                     tick_start = (time.perf_counter(), run.cur_nimg)
@@ -147,24 +177,24 @@ def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[s
     finally:
         bar.close()  # before any message, so it does not land on the bar's line
     if status == "stopped":
-        log(f"{stop.requested}: saved {last_ckpt} at {run.cur_nimg / 1000:.3f} kimg; "
+        log(f"{stop.requested}: saved {run.last_checkpoint} at {run.cur_nimg / 1000:.3f} kimg; "
             f"continue with --resume {run_dir}")
-    if last_ckpt is None:  # kimg already reached when resuming: still leave a complete directory
-        last_ckpt = _snapshot(run, run_dir, grid_z, grid_c, stats, keep, files)
-    files["checkpoint"] = last_ckpt
-    return TrainResult(run_dir=run_dir, cur_nimg=run.cur_nimg, status=status, checkpoint=last_ckpt, files=files)
+    if run.last_checkpoint is None:  # kimg already reached when resuming: still leave a complete directory
+        _snapshot(run, run_dir, grid_z, grid_c, stats, keep, files)
+    files["checkpoint"] = run.last_checkpoint
+    return TrainResult(run_dir=run_dir, cur_nimg=run.cur_nimg, status=status, checkpoint=run.last_checkpoint,
+                       files=files,
+                       stop_signal=stop.signum if status == "stopped" else None)
 
 
 def _write_config(run: Run, path: Path) -> None:
     doc = {"train": run.cfg.to_dict(), "model": run.model_cfg, "dataset": run.dataset_info,
            "device": str(run.device), "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(path)
+    fileio.atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
 
 
 def _end_tick(run: Run, acc: StatsAccumulator, stats: StatsWriter, bar: Any,
-              tick_start: tuple[float, int], last_ckpt: Path | None) -> tuple[float, int]:
+              tick_start: tuple[float, int]) -> tuple[float, int]:
     """Read the tick's losses (the only host sync), stop on NaN/Inf, write a stats row."""
     values = acc.reduce()
     now = time.perf_counter()
@@ -172,7 +202,8 @@ def _end_tick(run: Run, acc: StatsAccumulator, stats: StatsWriter, bar: Any,
     run.elapsed_s += dt
     bad = non_finite(values)
     if bad:
-        kept = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+        kept = (f"the last good checkpoint is {run.last_checkpoint}" if run.last_checkpoint
+                else "no checkpoint was written yet")
         raise TrainingDiverged(
             f"training diverged at {run.cur_nimg / 1000:.3f} kimg (step {run.step}): "
             f"{', '.join(f'{k} = {values[k]}' for k in bad)}; stopped, {kept}. Try a lower --lr "
@@ -204,6 +235,7 @@ def _snapshot(run: Run, run_dir: Path, grid_z: torch.Tensor, grid_c: torch.Tenso
             raise TrainingDiverged(f"{name} has NaN/Inf weights at {run.cur_nimg / 1000:.3f} kimg; "
                                    f"not saving them over the last good checkpoint")
     path = save_checkpoint(run, run_dir, keep)
+    run.last_checkpoint = path  # before the grid and plots: their failure must name this one
     tag = ckpt_io.ckpt_tag(run.cur_nimg)
     files["fakes"] = save_grid(render(run.G_ema, grid_z, grid_c, run.cfg.batch), run_dir / f"fakes_{tag}.png")
     rows = stats.rows()

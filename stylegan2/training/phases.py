@@ -9,6 +9,7 @@ per-term stats go into a StatsAccumulator as device tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -35,6 +36,7 @@ class Run:
     step: int = 0
     tick: int = 0
     elapsed_s: float = 0.0
+    last_checkpoint: Path | None = None  # newest checkpoint written (or resumed from)
 
 
 def _sanitize_grads(module: torch.nn.Module) -> None:

@@ -7,6 +7,8 @@ from typing import Any
 
 import matplotlib
 
+from .. import fileio
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
@@ -37,10 +39,16 @@ def _plot(rows: list[dict[str, Any]], keys: tuple[str, ...], title: str, path: P
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, path)
+
+
+def _save(fig: Any, path: str | os.PathLike) -> None:
+    """PNG written atomically (fileio.WriteError names the file on failure); the figure is closed
+    either way, so a failed write does not leak matplotlib's memory."""
+    try:
+        fileio.atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def plot_losses(rows: list[dict[str, Any]], run_dir: str | os.PathLike) -> list[Path]:
@@ -80,9 +88,5 @@ def plot_runs_overlay(
     if drawn:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, Path(path))
     return drawn

@@ -136,7 +136,7 @@ def checkpoint_dict(run: Run) -> dict[str, Any]:
 
 def save_checkpoint(run: Run, run_dir: Path, keep: int = 0) -> Path:
     path = ckpt_io.atomic_save(checkpoint_dict(run), Path(run_dir) / "checkpoints" / ckpt_io.ckpt_name(run.cur_nimg))
-    ckpt_io.prune_checkpoints(run_dir, keep)
+    ckpt_io.prune_checkpoints(run_dir, keep, protect=path)
     return path
 
 

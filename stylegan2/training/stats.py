@@ -6,6 +6,7 @@ to the host until `reduce()` at a tick boundary, so the GPU never waits on Pytho
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+
+from .. import fileio
 
 
 class StatsAccumulator:
@@ -80,12 +83,12 @@ class StatsWriter:
         self._rewrite(rows)
 
     def append(self, row: dict[str, Any]) -> None:
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        """Add a row to both files; a failed write (fileio.WriteError) leaves no half line."""
+        fileio.append_text(self.jsonl, json.dumps(row) + "\n")
         self._write_csv(self.rows())
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
-        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        fileio.atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in rows))
         self._write_csv(rows)
 
     def _write_csv(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -93,9 +96,8 @@ class StatsWriter:
         columns: list[str] = []
         for r in rows:  # union of keys in first-seen order: a phase absent from a tick is blank
             columns += [k for k in r if k not in columns]
-        tmp = self.csv.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=columns)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, self.csv)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+        fileio.atomic_write_text(self.csv, text.getvalue())
