@@ -201,11 +201,17 @@ def build_kernels(sanitize: Optional[str] = None) -> Path:
     return build_library([CSRC / s for s in KERNEL_SOURCES], [HERE / "entry.cpp"], "sg2emu", sanitize)
 
 
+def build_selftest(sanitize: Optional[str] = None) -> Path:
+    """The library of selftest.cu: the emulator's own checks (test_emulator.py)."""
+    return build_library([HERE / "selftest.cu"], [], "sg2emu_selftest", sanitize)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sanitize", choices=["address"], default=None)
+    parser.add_argument("--selftest", action="store_true", help="build selftest.cu instead of csrc/")
     args = parser.parse_args()
-    print(build_kernels(args.sanitize))
+    print(build_selftest(args.sanitize) if args.selftest else build_kernels(args.sanitize))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import math
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -318,13 +317,3 @@ def routed(kernels: EmulatedKernels) -> Iterator[EmulatedKernels]:
 
     with _loader.kernel_module_override(kernels):
         yield kernels
-
-
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    """max |got - want| / max(1, max |want|), in float64; inf if shapes differ or NaN appears."""
-    if got.shape != want.shape:
-        return math.inf
-    got, want = got.detach().double(), want.detach().double()
-    if not bool(torch.isfinite(got).all() == torch.isfinite(want).all()):
-        return math.inf
-    return ((got - want).abs().max() / want.abs().max().clamp(min=1.0)).item() if want.numel() else 0.0
