@@ -227,3 +227,25 @@ def test_asan_build_runs_every_kernel_cleanly():
                           text=True, env=asan_env(), timeout=900, cwd=str(HERE.parent))
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "ok:" in done.stdout, done.stdout[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# The test-only switch in stylegan2_ops.
+
+
+def test_switch_reaches_impl_cuda_only_and_is_undone(emulator_library, gen):
+    from emulator import emulated_kernels, routed
+    from stylegan2_ops import _dispatch, _loader, bias_act
+
+    x = torch.randn(2, 3, 4, 4, generator=gen)
+    kernels = emulated_kernels("forward")
+    with routed(kernels):
+        # auto keeps CPU tensors on the references even while the emulator is routed in.
+        assert _dispatch.choose("bias_act", "auto", "bias_act_forward", {"x": x}) == "ref"
+        assert _dispatch.choose("bias_act", "cuda", "bias_act_forward", {"x": x}) == "cuda"
+        assert _loader.load() is kernels
+        y = bias_act(x, act="lrelu", impl="cuda")
+        torch.testing.assert_close(y, bias_act(x, act="lrelu", impl="ref"))
+    assert _loader.load() is not kernels
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        bias_act(x, act="lrelu", impl="cuda")

@@ -177,6 +177,13 @@ class Block {
   static void entry();
   void switch_to_scheduler();
   void release_completed_collectives();
+  void release_completed_collectives(int warp);
+  void complete_group(int i);
+  void make_runnable(int i) {
+    fibers_[i].state = State::kRunnable;
+    first_runnable_ = std::min(first_runnable_, i);
+    last_runnable_ = std::max(last_runnable_, i);
+  }
   [[noreturn]] void fail(const std::string& what);
   std::string describe_waits() const;
   int pick_next();
@@ -184,6 +191,9 @@ class Block {
 
   std::vector<Fiber> fibers_;
   int current_ = -1;
+  // Bounds on the runnable threads' indices, so that picking the next thread in forward or
+  // reverse order does not rescan the whole block after every switch.
+  int first_runnable_ = 0, last_runnable_ = 0;
   Context scheduler_{};
   const std::function<void()>* body_ = nullptr;
   std::string error_;  // set on a fiber; the scheduler raises it
@@ -310,9 +320,24 @@ std::string Block::describe_waits() const {
 // names an exited or missing lane, or on lanes that disagree about the collective.
 void Block::release_completed_collectives() {
   const int n = static_cast<int>(fibers_.size());
-  for (int i = 0; i < n; ++i) {
+  for (int warp = 0; warp * 32 < n; ++warp) release_completed_collectives(warp);
+}
+
+// The same for one warp: only a thread that arrives at a collective or exits can complete (or
+// break) one, and only in its own warp, so the scheduler checks just that warp after a switch
+// (checking every warp after every switch made the epilogue's backward quadratic in threads).
+void Block::release_completed_collectives(int warp) {
+  const int end = std::min(static_cast<int>(fibers_.size()), (warp + 1) * 32);
+  for (int i = warp * 32; i < end; ++i) complete_group(i);
+}
+
+// Completes the collective thread i waits at if every lane it names has arrived (then all of
+// them become runnable); raises if a named lane is missing or exited, or meets elsewhere.
+void Block::complete_group(int i) {
+  const int n = static_cast<int>(fibers_.size());
+  {
     Fiber& f = fibers_[i];
-    if (f.state != State::kAtCollective) continue;
+    if (f.state != State::kAtCollective) return;
     const int warp_base = f.linear / 32 * 32;
     bool complete = true;
     for (int lane = 0; lane < 32; ++lane) {
@@ -339,7 +364,7 @@ void Block::release_completed_collectives() {
                           hex(f.mask) + " vs " + collective_name(g.kind) + " mask " + hex(g.mask));
       }
     }
-    if (!complete) continue;
+    if (!complete) return;
     // Everyone named is here: compute each lane's result, then let them all go.
     uint64_t vote = 0;
     for (int lane = 0; lane < 32; ++lane) {
@@ -373,7 +398,7 @@ void Block::release_completed_collectives() {
       }
     }
     for (int lane = 0; lane < 32; ++lane) {
-      if (f.mask >> lane & 1u) fibers_[warp_base + lane].state = State::kRunnable;
+      if (f.mask >> lane & 1u) make_runnable(warp_base + lane);
     }
   }
 }
@@ -390,10 +415,17 @@ int Block::pick_next() {
     }
     return -1;
   }
-  for (int step = 0; step < n; ++step) {
-    const int i = g_order == kReverse ? n - 1 - step : step;
-    if (fibers_[i].state == State::kRunnable) return i;
+  if (g_order == kReverse) {
+    for (; last_runnable_ >= 0; --last_runnable_) {
+      if (fibers_[last_runnable_].state == State::kRunnable) return last_runnable_;
+    }
+    first_runnable_ = n;
+    return -1;
   }
+  for (; first_runnable_ < n; ++first_runnable_) {
+    if (fibers_[first_runnable_].state == State::kRunnable) return first_runnable_;
+  }
+  last_runnable_ = -1;
   return -1;
 }
 
@@ -405,6 +437,8 @@ void Block::run(const LaunchConfig& cfg, uint3 block_id, const std::function<voi
   error_.clear();
   const int n = static_cast<int>(cfg.block.x * cfg.block.y * cfg.block.z);
   fibers_.assign(static_cast<size_t>(n), Fiber{});
+  first_runnable_ = 0;
+  last_runnable_ = n - 1;
   for (int i = 0; i < n; ++i) {
     Fiber& f = fibers_[i];
     f.linear = i;
@@ -440,8 +474,8 @@ void Block::run(const LaunchConfig& cfg, uint3 block_id, const std::function<voi
                           std::to_string(bid.z) + "): no thread can run;" + describe_waits());
       }
       // __syncthreads over the block's live threads: every thread that has not exited is here.
-      for (Fiber& f : fibers_) {
-        if (f.state == State::kAtBarrier) f.state = State::kRunnable;
+      for (int i = 0; i < static_cast<int>(fibers_.size()); ++i) {
+        if (fibers_[i].state == State::kAtBarrier) make_runnable(i);
       }
       continue;
     }
@@ -458,7 +492,11 @@ void Block::run(const LaunchConfig& cfg, uint3 block_id, const std::function<voi
       throw LaunchError("block (" + std::to_string(bid.x) + "," + std::to_string(bid.y) + "," + std::to_string(bid.z) +
                         "): " + error_);
     }
-    release_completed_collectives();
+    if (fibers_[next].state == State::kAtCollective) {
+      complete_group(next);  // only the arriving lane's group can have completed
+    } else if (fibers_[next].state == State::kDone) {
+      release_completed_collectives(next / 32);  // a lane waiting on this one must hear of it
+    }
   }
 }
 
