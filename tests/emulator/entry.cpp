@@ -10,6 +10,29 @@
 
 namespace {
 sg2::DType dtype_of(int id) { return static_cast<sg2::DType>(id); }
+
+// The geometry fields of Upfirdn2dParams from the flat arrays kernels.py passes.
+sg2::Upfirdn2dParams upfirdn2d_geometry(const int64_t* x_stride, const int64_t* y_stride, const int64_t* sizes,
+                                        const int* factors, const int* taps) {
+  sg2::Upfirdn2dParams p{};
+  for (int d = 0; d < 4; ++d) {
+    p.x_stride[d] = x_stride[d];
+    p.y_stride[d] = y_stride[d];
+  }
+  p.batch = sizes[0];
+  p.channels = sizes[1];
+  p.in_h = static_cast<int>(sizes[2]);
+  p.in_w = static_cast<int>(sizes[3]);
+  p.out_h = static_cast<int>(sizes[4]);
+  p.out_w = static_cast<int>(sizes[5]);
+  p.up_x = factors[0];
+  p.up_y = factors[1];
+  p.down_x = factors[2];
+  p.down_y = factors[3];
+  p.filter_w = taps[0];
+  p.filter_h = taps[1];
+  return p;
+}
 }  // namespace
 
 extern "C" {
@@ -41,28 +64,12 @@ int sg2emu_bias_act(int dtype, int order, const void* x, const void* b, const vo
 int sg2emu_upfirdn2d(int dtype, const void* x, const float* f, void* y, const int64_t* x_stride,
                      const int64_t* y_stride, const int64_t* sizes, const int* factors, const int* pads,
                      const int* taps, int separable, int flip, float gain, int path) {
-  sg2::Upfirdn2dParams p{};
+  sg2::Upfirdn2dParams p = upfirdn2d_geometry(x_stride, y_stride, sizes, factors, taps);
   p.x = x;
   p.f = f;
   p.y = y;
-  for (int d = 0; d < 4; ++d) {
-    p.x_stride[d] = x_stride[d];
-    p.y_stride[d] = y_stride[d];
-  }
-  p.batch = sizes[0];
-  p.channels = sizes[1];
-  p.in_h = static_cast<int>(sizes[2]);
-  p.in_w = static_cast<int>(sizes[3]);
-  p.out_h = static_cast<int>(sizes[4]);
-  p.out_w = static_cast<int>(sizes[5]);
-  p.up_x = factors[0];
-  p.up_y = factors[1];
-  p.down_x = factors[2];
-  p.down_y = factors[3];
   p.pad_x0 = pads[0];
   p.pad_y0 = pads[1];
-  p.filter_w = taps[0];
-  p.filter_h = taps[1];
   p.separable = separable != 0;
   p.flip = flip != 0;
   p.gain = gain;
@@ -72,24 +79,7 @@ int sg2emu_upfirdn2d(int dtype, const void* x, const float* f, void* y, const in
 
 int sg2emu_upfirdn2d_tiled_covers(const int64_t* x_stride, const int64_t* y_stride, const int64_t* sizes,
                                   const int* factors, const int* taps) {
-  sg2::Upfirdn2dParams p{};
-  for (int d = 0; d < 4; ++d) {
-    p.x_stride[d] = x_stride[d];
-    p.y_stride[d] = y_stride[d];
-  }
-  p.batch = sizes[0];
-  p.channels = sizes[1];
-  p.in_h = static_cast<int>(sizes[2]);
-  p.in_w = static_cast<int>(sizes[3]);
-  p.out_h = static_cast<int>(sizes[4]);
-  p.out_w = static_cast<int>(sizes[5]);
-  p.up_x = factors[0];
-  p.up_y = factors[1];
-  p.down_x = factors[2];
-  p.down_y = factors[3];
-  p.filter_w = taps[0];
-  p.filter_h = taps[1];
-  return sg2::upfirdn2d_tiled_covers(p) ? 1 : 0;
+  return sg2::upfirdn2d_tiled_covers(upfirdn2d_geometry(x_stride, y_stride, sizes, factors, taps)) ? 1 : 0;
 }
 
 // backward 0: out, dcoefs from weight, styles; 1: grad_weight, grad_styles (uses q).
