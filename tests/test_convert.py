@@ -639,6 +639,14 @@ def test_rosinality_matches_reference(tmp_path):
     load_checkpoint(tmp_path / "ours.pt")
 
 
+def test_rosinality_in_torch_legacy_format(tmp_path):
+    g_ema, d = rosinality_tensors()
+    torch.save({"g_ema": g_ema, "d": d, "latent_avg": torch.zeros(W)}, tmp_path / "old.pt",
+               _use_new_zipfile_serialization=False)  # starts like a pickle, read by torch.load
+    conv = load_foreign_checkpoint(tmp_path / "old.pt")
+    assert conv.model_config.resolution == RES and any("only g_ema" in n for n in conv.report.notes)
+
+
 def test_rosinality_without_latent_avg_estimates_it(tmp_path):
     g_ema, _ = rosinality_tensors()
     torch.save({"g_ema": g_ema}, tmp_path / "r.pt")

@@ -20,8 +20,9 @@ import torch
 from stylegan2.networks import ModelConfig
 
 from .adapt import adapt_channels
-from .common import ConversionError, ConversionReport, Converted, fail_if_partial
-from .nvlabs import convert_nvlabs_state_dicts, load_nvlabs_pickle, nvlabs_init_kwargs, to_nvlabs_state_dict
+from .common import ConversionError, ConversionReport, Converted
+from .nvlabs import (NotNvlabsPickle, convert_nvlabs_state_dicts, load_nvlabs_pickle, nvlabs_init_kwargs,
+                     to_nvlabs_state_dict)
 from .rosinality import RecordedArgs, convert_rosinality_state_dicts, read_rosinality
 
 PathLike = Union[str, os.PathLike]
@@ -49,10 +50,8 @@ def load_foreign_checkpoint(path: PathLike, allow_partial: bool = False) -> Conv
     if _kind(p) == "pickle":
         try:
             return load_nvlabs_pickle(p, allow_partial)
-        except ConversionError:
-            raise
-        except Exception as first:
-            # torch's legacy torch.save format also starts like a pickle: try it the safe way.
+        except NotNvlabsPickle as first:
+            # torch's legacy torch.save format also starts like a pickle: read it the safe way.
             try:
                 ckpt = read_rosinality(p)
             except ConversionError:
@@ -180,4 +179,4 @@ def export_nvlabs(src: PathLike, dst: PathLike, allow_partial: bool = False) -> 
     return conv.report
 
 
-__all__ = ["convert", "export_nvlabs", "fail_if_partial", "load_any", "load_foreign_checkpoint", "make_checkpoint"]
+__all__ = ["convert", "export_nvlabs", "load_any", "load_foreign_checkpoint", "make_checkpoint"]

@@ -43,12 +43,17 @@ _EPI_KEYS = {"mbstd_group_size", "mbstd_num_channels", "activation"}
 # --------------------------------------------------------------------------------------------
 # Reading the pickle.
 
+class NotNvlabsPickle(ConversionError):
+    """A pickle that is not NVlabs' dict of networks (torch's legacy save format starts with one
+    holding a number, so the caller may try that reader next)."""
+
+
 def read_nvlabs_pickle(path: Union[str, os.PathLike]) -> tuple[dict[str, RecordedObject], list[str]]:
     """The recorded networks of an NVlabs pickle ({'G', 'D', 'G_ema'} as present) and reader notes.
     Never runs code from the file; raises unpickle.RefusedPickle or ConversionError."""
     obj, notes = load_restricted_pickle(path)
     if not isinstance(obj, dict):
-        raise ConversionError(f"{path}: a pickle of a {type(obj).__name__}, not NVlabs' dict of networks")
+        raise NotNvlabsPickle(f"{path}: a pickle of a {type(obj).__name__}, not NVlabs' dict of networks")
     nets = {k: obj[k] for k in ("G", "D", "G_ema") if isinstance(obj.get(k), RecordedObject)}
     if "G_ema" not in nets and "G" not in nets:
         raise ConversionError(f"{path}: no recorded G or G_ema network (keys: {sorted(map(str, obj))})")
@@ -65,16 +70,19 @@ def _refuse_unsupported(G: RecordedObject, D: Optional[RecordedObject], path: st
                               "synthesis network is not StyleGAN2's and this library does not implement it; "
                               "only networks trained with --cfg stylegan2 (or stylegan2-ada-pytorch) convert")
     for name, block in synth.children.items():
-        arch = block.attr("architecture", "skip")
-        if arch != "skip" or "skip" in block.children:
+        # The recorded attribute, else the structure: 'orig' lacks ToRGBs below the top block,
+        # 'resnet' has a 1x1 skip conv in every block above 4x4.
+        arch = block.attr("architecture") or ("resnet" if "skip" in block.children else
+                                              "skip" if "torgb" in block.children else "orig")
+        if arch != "skip" or "skip" in block.children or "torgb" not in block.children:
             raise ConversionError(f"{path}: G block {name} uses architecture {arch!r}; this library's "
                                   "generator is the 'skip' one only ('orig' and 'resnet' G are refused)")
     if D is not None:
         for name, block in D.children.items():
             if name == "b4" or name == "mapping":
                 continue
-            arch = block.attr("architecture", "resnet")
-            if arch != "resnet":
+            arch = block.attr("architecture") or ("resnet" if "skip" in block.children else "orig or skip")
+            if arch != "resnet" or "skip" not in block.children:
                 raise ConversionError(f"{path}: D block {name} uses architecture {arch!r}; this library's "
                                       "discriminator is the 'resnet' one only ('orig' and 'skip' D are refused)")
 
