@@ -158,13 +158,13 @@ def nv_fc(P, pre, x, lr=1.0, act=False):
     return lrelu(y) if act else y
 
 
-def nv_mapping(P, z, c, layers, psi=1.0):
+def nv_mapping(P, z, c, layers, psi=1.0, lr=0.01):
     parts = [] if z is None else [norm2(z)]
     if c is not None:
         parts.append(norm2(nv_fc(P, "mapping.embed", c)))
     x = torch.cat(parts, dim=1)
     for i in range(layers):
-        x = nv_fc(P, f"mapping.fc{i}", x, lr=0.01, act=True)
+        x = nv_fc(P, f"mapping.fc{i}", x, lr=lr, act=True)
     if psi != 1:
         x = P["mapping.w_avg"] + psi * (x - P["mapping.w_avg"])
     return x
@@ -192,7 +192,7 @@ def nv_generator(P, z, c=None, psi=1.0, layers=2):
     return img
 
 
-def nv_discriminator(P, img, c=None, d_layers=3, group=2):
+def nv_discriminator(P, img, c=None, d_layers=3, group=2, d_lr=0.01):
     P = d64(P)
     x = None
     img = img.double()
@@ -214,7 +214,7 @@ def nv_discriminator(P, img, c=None, d_layers=3, group=2):
     x = nv_fc(P, "b4.fc", x.flatten(1), act=True)
     x = nv_fc(P, "b4.out", x)
     if c is not None:
-        cmap = nv_mapping(P, None, c.double(), d_layers)
+        cmap = nv_mapping(P, None, c.double(), d_layers, lr=d_lr)
         x = (x * cmap).sum(dim=1, keepdim=True) / math.sqrt(cmap.shape[1])
     return x
 
@@ -309,7 +309,7 @@ def nvlabs_tree(sd, class_name, recon, init_kwargs, attrs=None):
 
 
 def nvlabs_pickle(path, G, D, c_dim=0, g_map=2, d_map=3, fp16=0, clamp=None, group=2, g_arch="skip",
-                  extra_g_kwargs=None, G_raw=None):
+                  extra_g_kwargs=None, G_raw=None, d_lr=0.01):
     with fake_nvlabs_modules() as (recon, AttrDict):
         g_kw = {"z_dim": Z, "c_dim": c_dim, "w_dim": W, "img_resolution": RES, "img_channels": G["synthesis.b16.torgb.weight"].shape[0],
                 "mapping_kwargs": AttrDict(num_layers=g_map),
@@ -317,7 +317,7 @@ def nvlabs_pickle(path, G, D, c_dim=0, g_map=2, d_map=3, fp16=0, clamp=None, gro
                 **(extra_g_kwargs or {})}
         d_kw = {"c_dim": c_dim, "img_resolution": RES, "img_channels": g_kw["img_channels"], "architecture": "resnet",
                 "channel_base": BASE, "channel_max": CMAX, "num_fp16_res": fp16, "conv_clamp": clamp,
-                "block_kwargs": AttrDict(), "mapping_kwargs": AttrDict(),
+                "block_kwargs": AttrDict(), "mapping_kwargs": AttrDict(lr_multiplier=d_lr),
                 "epilogue_kwargs": AttrDict(mbstd_group_size=group)}
 
         def g_tree(sd):
@@ -339,8 +339,8 @@ def nvlabs_pickle(path, G, D, c_dim=0, g_map=2, d_map=3, fp16=0, clamp=None, gro
             if name not in ("b4", "mapping"):
                 block.attrs.update(architecture="resnet", use_fp16=fp16 > 0)
         if "mapping" in d.children:
-            for fc in d.children["mapping"].children.values():
-                fc.attrs["bias_gain"] = 0.01
+            for name, fc in d.children["mapping"].children.items():
+                fc.attrs["bias_gain"] = d_lr if name != "embed" else 1
         data = {"G": g_tree(G_raw or G), "D": d, "G_ema": g_tree(G),
                 "training_set_kwargs": AttrDict(path="faces.zip", resolution=RES), "augment_pipe": None}
         with open(path, "wb") as f:
@@ -455,11 +455,12 @@ def test_partial_loads_are_refused_unless_allowed(tmp_path):
 # ============================================================================================
 # NVlabs pickles: same images and logits as their semantics give.
 
-@pytest.mark.parametrize("c_dim,fp16", [(0, 0), (3, 2)])
-def test_nvlabs_pickle_matches_reference(tmp_path, c_dim, fp16):
+@pytest.mark.parametrize("c_dim,fp16,d_lr", [(0, 0, 0.01), (3, 2, 0.05)])
+def test_nvlabs_pickle_matches_reference(tmp_path, c_dim, fp16, d_lr):
     G, D = nvlabs_tensors(c_dim=c_dim)
     G_raw, _ = nvlabs_tensors(c_dim=c_dim, seed=5)
-    p = nvlabs_pickle(tmp_path / "net.pkl", G, D, c_dim=c_dim, fp16=fp16, clamp=256.0 if fp16 else None, G_raw=G_raw)
+    p = nvlabs_pickle(tmp_path / "net.pkl", G, D, c_dim=c_dim, fp16=fp16, clamp=256.0 if fp16 else None, G_raw=G_raw,
+                      d_lr=d_lr)
     conv = load_foreign_checkpoint(p)
     mc = conv.model_config
     assert (mc.resolution, mc.channels, mc.c_dim, mc.z_dim, mc.w_dim, mc.mapping_layers) == (RES, 3, c_dim, Z, W, 2)
@@ -468,6 +469,7 @@ def test_nvlabs_pickle_matches_reference(tmp_path, c_dim, fp16):
     assert (mc.precision, mc.num_fp16_res, mc.resolved_conv_clamp) == (("fp16", 2, 256.0) if fp16 else ("fp32", 0, None))
     assert not conv.report.partial
     assert any("as a plain dict" in n for n in conv.report.notes)
+    assert any("rescaled" in n for n in conv.report.notes) == (d_lr != 0.01)
     Gn, Dn, G_ema = conv.build()
     z, c, img = _latents(c_dim=c_dim)
     with torch.no_grad():
@@ -477,7 +479,8 @@ def test_nvlabs_pickle_matches_reference(tmp_path, c_dim, fp16):
         Gn.eval()
         torch.testing.assert_close(Gn(z, c, noise_mode="const", force_fp32=True).double(), nv_generator(G_raw, z, c),
                                    rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(Dn(img, c, force_fp32=True).double(), nv_discriminator(D, img, c), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(Dn(img, c, force_fp32=True).double(), nv_discriminator(D, img, c, d_lr=d_lr),
+                                   rtol=1e-4, atol=1e-4)
 
 
 def test_convert_writes_a_checkpoint_our_loader_accepts(tmp_path):

@@ -314,10 +314,12 @@ def convert_nvlabs_state_dicts(
     if D is not None:
         ratio = opts["d_mapping_lr"] / cfg.mapping_lr_mult
         if ratio != 1:
+            # Ours has one multiplier for both mappings; the stored values absorb the difference
+            # (the embedding runs at 1 on both sides and is left alone).
             report.notes.append(f"D's mapping learning-rate multiplier {opts['d_mapping_lr']} differs from G's "
-                                f"{cfg.mapping_lr_mult}; its weights were rescaled so it computes the same")
+                                f"{cfg.mapping_lr_mult}; its layers' stored weights were rescaled so it computes the same")
         out_d = map_state_dict("D", D, d_fresh, _d_name, report, constants=_filter_check,
-                               scale=lambda k: ratio if k.startswith("mapping.") else 1.0)
+                               scale=lambda k: ratio if k.startswith("mapping.layers.") else 1.0)
     else:
         report.unmapped_target.append("D (the source has no discriminator)")
         report.fresh.append("D (all)")
