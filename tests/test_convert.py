@@ -322,8 +322,9 @@ def nvlabs_pickle(path, G, D, c_dim=0, g_map=2, d_map=3, fp16=0, clamp=None, gro
 
         def g_tree(sd):
             t = nvlabs_tree(sd, "Generator", recon, g_kw, {"z_dim": Z, "c_dim": c_dim, "w_dim": W})
-            for i, (name, block) in enumerate(t.children["synthesis"].children.items()):
-                block.attrs.update(architecture=g_arch, use_fp16=i >= 3 - fp16)
+            for name, block in t.children["synthesis"].children.items():
+                # NVlabs' rule: the fp16 highest resolutions, never 4x4.
+                block.attrs.update(architecture=g_arch, use_fp16=int(name[1:]) >= max(2 ** (5 - fp16), 8))
                 for layer in ("conv0", "conv1", "torgb"):
                     if layer in block.children:
                         block.children[layer].attrs["conv_clamp"] = clamp
@@ -485,18 +486,20 @@ def test_nvlabs_pickle_matches_reference(tmp_path, c_dim, fp16, d_lr):
 
 def test_convert_writes_a_checkpoint_our_loader_accepts(tmp_path):
     G, D = nvlabs_tensors(c_dim=3)
-    p = nvlabs_pickle(tmp_path / "net.pkl", G, D, c_dim=3)
+    p = nvlabs_pickle(tmp_path / "net.pkl", G, D, c_dim=3, fp16=4, clamp=256.0)
     report = convert(p, tmp_path / "ours.pt")
     ck = load_checkpoint(tmp_path / "ours.pt")  # validates every entry and tensor shape
     assert ck["model_config"]["d_mapping_layers"] == 3 and ck["config"]["extra"]["source_format"] == "nvlabs-pickle"
     assert ck["dataset"]["label_names"] == ["0", "1", "2"]
+    assert (ck["config"]["precision"], ck["model_config"]["num_fp16_res"], ck["config"]["conv_clamp"]) == ("fp16", 2, 256.0)
     assert any("written to" in n for n in report.notes)
     from stylegan2.networks import Generator, ModelConfig
     G_ema = Generator(ModelConfig.from_dict(ck["model_config"])).eval()
     G_ema.load_state_dict(ck["G_ema"])
     z, c, _ = _latents(c_dim=3)
     with torch.no_grad():
-        torch.testing.assert_close(G_ema(z, c, noise_mode="const").double(), nv_generator(G, z, c), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(G_ema(z, c, noise_mode="const", force_fp32=True).double(), nv_generator(G, z, c),
+                                   rtol=1e-4, atol=1e-4)
 
 
 def test_export_to_nvlabs_names_round_trips(tmp_path):

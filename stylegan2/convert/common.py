@@ -166,11 +166,9 @@ def channel_budget(widths: dict[int, int], hint: Optional[tuple[int, int]] = Non
 
 def fresh_state_dicts(cfg: ModelConfig, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """State dicts of freshly initialised G and D (seeded, so a conversion is reproducible)."""
-    g = torch.Generator().manual_seed(seed)
-    state = torch.get_rng_state()
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
-    try:
+    # Layers initialise from the global CPU generator: seed it inside a fork, so a notebook's
+    # own seeding (and any GPU generator) stays as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
         G, D = Generator(cfg), Discriminator(cfg)
-    finally:
-        torch.set_rng_state(state)  # a notebook's own seeding stays as it was
     return G.state_dict(), D.state_dict()

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -120,7 +121,9 @@ def make_checkpoint(conv: Converted, source: str = "", fingerprint: str = "") ->
     from stylegan2.training.config import TrainConfig, resolve
     from stylegan2.training.state import make_optimizer
 
-    mc = conv.model_config
+    # An explicit clamp (None means 256 under mixed precision): the training config resolves it
+    # the same way, and the loader checks the two agree.
+    mc = dataclasses.replace(conv.model_config, conv_clamp=conv.model_config.resolved_conv_clamp)
     g = mc.mbstd_group
     tc = resolve(TrainConfig(
         preset="custom", data=f"converted:{source}", resolution=mc.resolution, channels=mc.channels,

@@ -29,7 +29,7 @@ from typing import Any, Optional, Union
 import torch
 
 import stylegan2_ops as ops
-from stylegan2.networks import Generator, ModelConfig
+from stylegan2.networks import MappingNetwork, ModelConfig
 
 from .common import (ConversionError, ConversionReport, Converted, channel_budget, fail_if_partial,
                      fresh_state_dicts, map_state_dict)
@@ -160,13 +160,13 @@ def estimate_w_avg(cfg: ModelConfig, g_state: dict[str, torch.Tensor], samples: 
                    seed: int = 0) -> torch.Tensor:
     """Mean of the mapping network's w over `samples` seeded z ~ N(0, I) ([w_dim]): the
     truncation centre rosinality's scripts compute on the fly (their mean_latent)."""
-    with torch.device("meta"):
-        G = Generator(cfg)
-    G = G.to_empty(device="cpu")
-    G.load_state_dict(g_state)
+    mapping = MappingNetwork(cfg.z_dim, cfg.c_dim, cfg.w_dim, None, num_layers=cfg.mapping_layers,
+                             lr_mult=cfg.mapping_lr_mult, w_avg_beta=None)
+    mapping.load_state_dict({k[len("mapping."):]: v for k, v in g_state.items()
+                             if k.startswith("mapping.") and k != "mapping.w_avg"})
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        ws = [G.mapping(torch.randn(min(1000, samples - i), cfg.z_dim, generator=gen), None)[:, 0]
+        ws = [mapping(torch.randn(min(1000, samples - i), cfg.z_dim, generator=gen), None)
               for i in range(0, samples, 1000)]
     return torch.cat(ws).mean(dim=0)
 
