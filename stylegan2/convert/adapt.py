@@ -72,7 +72,7 @@ def adapt_channels(converted: Converted, channels: Optional[int] = None, resolut
     cfg = converted.model_config
     new_ch = cfg.channels if channels is None else int(channels)
     new_res = cfg.resolution if resolution is None else int(resolution)
-    report = dataclasses.replace(converted.report, notes=list(converted.report.notes), fresh=[],
+    report = dataclasses.replace(converted.report, notes=list(converted.report.notes), fresh=list(converted.report.fresh),
                                  unmapped_source=list(converted.report.unmapped_source),
                                  unmapped_target=list(converted.report.unmapped_target))
     if new_ch == cfg.channels and new_res == cfg.resolution:
@@ -91,12 +91,8 @@ def adapt_channels(converted: Converted, channels: Optional[int] = None, resolut
         report.notes.append(f"resolution {cfg.resolution} -> {new_res}: blocks at both sizes reused, "
                             f"the others initialised fresh (seed {seed}); {fp16} highest resolutions in reduced precision")
     g_fresh, d_fresh = fresh_state_dicts(new_cfg, seed)
-    sds = {}
+    sds = {}  # G and G_ema take the same fresh values where both are new, as a new run's would
     for label, sd, fresh in (("G", converted.G, g_fresh), ("D", converted.D, d_fresh),
                              ("G_ema", converted.G_ema, g_fresh)):
         sds[label] = _carry(label, _recolour(sd, cfg.channels, new_ch), fresh, report)
-    # G and G_ema start equal where both were fresh, as a new run's G_ema copies G.
-    for k in g_fresh:
-        if f"G_ema.{k}" in report.fresh and f"G.{k}" in report.fresh:
-            sds["G_ema"][k] = sds["G"][k].clone()
     return Converted(new_cfg, sds["G"], sds["D"], sds["G_ema"], report)

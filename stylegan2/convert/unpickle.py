@@ -65,6 +65,10 @@ class RecordedObject:
         self.version = meta.get("version")
         self.state: dict[str, Any] = state
 
+    def __setstate__(self, _state: Any) -> None:
+        # A BUILD opcode aimed at a record would replace its fields (methods included).
+        raise RefusedPickle(f"the pickle rewrites a recorded network object; {_WHY}")
+
     # Views of the torch.nn.Module fields in `state`.
     @property
     def children(self) -> dict[str, "RecordedObject"]:
@@ -335,7 +339,7 @@ def load_restricted_pickle(source: Union[str, os.PathLike, BinaryIO]) -> tuple[A
         raise
     except RecursionError:
         raise RefusedPickle("the pickle nests too deeply to read") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except Exception as e:  # truncated or malformed files fail in many ways, torch's included
         raise RefusedPickle(f"not a readable pickle ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     notes: set[str] = set()
     obj = _plain(obj, notes, {})
