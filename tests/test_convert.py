@@ -701,9 +701,12 @@ def test_resolution_change_reuses_blocks_and_reports_fresh(tmp_path):
     for k, v in conv.G_ema.items():
         torch.testing.assert_close(up.G_ema[k], v)
     assert any("b16.fromrgb" in n and "dropped" in n for n in up.report.notes)
-    Gu, Du, _ = up.build()
+    Gu, Du, Gu_ema = up.build()
+    _, _, G16 = conv.build()
     z, _, _ = _latents()
     with torch.no_grad():
+        big = Gu_ema(z, noise_mode="const")
+        torch.testing.assert_close(big, upsample_img(G16(z, noise_mode="const").double()).float(), rtol=1e-4, atol=1e-4)
         assert Du(Gu.eval()(z)).shape == (4, 1)
     down = adapt_channels(conv, resolution=8)
     assert "D.blocks.b8.fromrgb.weight" in down.report.fresh

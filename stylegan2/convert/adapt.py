@@ -95,4 +95,15 @@ def adapt_channels(converted: Converted, channels: Optional[int] = None, resolut
     for label, sd, fresh in (("G", converted.G, g_fresh), ("D", converted.D, d_fresh),
                              ("G_ema", converted.G_ema, g_fresh)):
         sds[label] = _carry(label, _recolour(sd, cfg.channels, new_ch), fresh, report)
+    if new_res > cfg.resolution:
+        # New blocks' ToRGBs start at zero: the skip generator's image is then exactly the old
+        # one upsampled, and fine-tuning grows detail from there (their weights still get
+        # gradients, as the features they read are not zero).
+        for label in ("G", "G_ema"):
+            for r in new_cfg.block_resolutions:
+                if r > cfg.resolution:
+                    for part in ("weight", "bias"):
+                        sds[label][f"synthesis.blocks.b{r}.torgb.{part}"].zero_()
+        report.notes.append("the new blocks' ToRGB weights start at zero, so the generator first "
+                            "draws the old images upsampled")
     return Converted(new_cfg, sds["G"], sds["D"], sds["G_ema"], report)
