@@ -170,7 +170,8 @@ def nv_mapping(P, z, c, layers, psi=1.0, lr=0.01):
     return x
 
 
-def nv_generator(P, z, c=None, psi=1.0, layers=2):
+def nv_generator(P, z, c=None, psi=1.0, layers=2, random_noise=False):
+    """random_noise: draw N(0, 1) noise per layer from the global generator, in layer order."""
     P = d64(P)
     w = nv_mapping(P, z.double(), None if c is None else c.double(), layers, psi)
     x = P["synthesis.b4.const"][None].repeat(z.shape[0], 1, 1, 1)
@@ -178,7 +179,9 @@ def nv_generator(P, z, c=None, psi=1.0, layers=2):
 
     def layer(x, q, up):
         y = modconv(x, P[f"{q}.weight"], nv_fc(P, f"{q}.affine", w), True, up)
-        y = y + (P[f"{q}.noise_const"] * P[f"{q}.noise_strength"])[None, None]
+        r = P[f"{q}.noise_const"].shape[0]
+        noise = torch.randn(x.shape[0], 1, r, r).double() if random_noise else P[f"{q}.noise_const"][None, None]
+        y = y + noise * P[f"{q}.noise_strength"]
         return lrelu(y + P[f"{q}.bias"][None, :, None, None])
 
     for r in (4, 8, 16):  # one w for every layer: truncation and broadcast give equal ws
@@ -429,6 +432,8 @@ def test_stylegan3_and_orig_networks_are_refused(tmp_path):
     G, D = nvlabs_tensors()
     with pytest.raises(ConversionError, match="'orig'"):
         load_foreign_checkpoint(nvlabs_pickle(tmp_path / "orig.pkl", G, D, g_arch="orig"))
+    with pytest.raises(ConversionError, match="D block b16 uses architecture 'orig or skip'"):
+        load_foreign_checkpoint(nvlabs_pickle(tmp_path / "dskip.pkl", G, {k: v for k, v in D.items() if ".skip." not in k}))
     sg3 = {k.replace("synthesis.b4.", "synthesis.input."): v for k, v in G.items() if not k.startswith("synthesis.b")}
     sg3.update({"synthesis.input.freqs": torch.zeros(W, 2), "synthesis.L0_36_512.weight": torch.zeros(4, 4, 3, 3)})
     with fake_nvlabs_modules() as (recon, _):
@@ -480,6 +485,10 @@ def test_nvlabs_pickle_matches_reference(tmp_path, c_dim, fp16, d_lr):
         Gn.eval()
         torch.testing.assert_close(Gn(z, c, noise_mode="const", force_fp32=True).double(), nv_generator(G_raw, z, c),
                                    rtol=1e-4, atol=1e-4)
+        torch.manual_seed(7)  # random noise: the same draws in the same order give the same image
+        ours = G_ema(z, c, noise_mode="random", force_fp32=True).double()
+        torch.manual_seed(7)
+        torch.testing.assert_close(ours, nv_generator(G, z, c, random_noise=True), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(Dn(img, c, force_fp32=True).double(), nv_discriminator(D, img, c, d_lr=d_lr),
                                    rtol=1e-4, atol=1e-4)
 

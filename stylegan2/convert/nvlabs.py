@@ -81,8 +81,10 @@ def _refuse_unsupported(G: RecordedObject, D: Optional[RecordedObject], path: st
         for name, block in D.children.items():
             if name == "b4" or name == "mapping":
                 continue
-            arch = block.attr("architecture") or ("resnet" if "skip" in block.children else "orig or skip")
-            if arch != "resnet" or "skip" not in block.children:
+            shape = "resnet" if "skip" in block.children else "orig or skip"  # what its layers say
+            arch = block.attr("architecture") or shape
+            if arch != "resnet" or shape != "resnet":
+                arch = arch if arch != "resnet" else shape
                 raise ConversionError(f"{path}: D block {name} uses architecture {arch!r}; this library's "
                                       "discriminator is the 'resnet' one only ('orig' and 'skip' D are refused)")
 
