@@ -84,7 +84,8 @@ def _from_dict(ckpt: dict[str, Any], p: Path, allow_partial: bool) -> Converted:
 
 def load_any(path: PathLike, allow_partial: bool = False) -> Converted:
     """This project's checkpoint (a file or run directory) as a Converted, or a foreign one
-    converted in memory; the report's first note says which."""
+    converted in memory; the report's first note says which. Raises CheckpointError (ours, but
+    invalid), ConversionError or RefusedPickle, each one line, for a commands' error message."""
     from stylegan2.training.checkpoint import FORMAT, find_checkpoint, load_checkpoint
     p = find_checkpoint(path)
     if _kind(p) == "zip":
