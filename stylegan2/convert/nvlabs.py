@@ -309,7 +309,7 @@ def convert_nvlabs_state_dicts(
     g_fresh, d_fresh = fresh_state_dicts(cfg)
     out_ema = map_state_dict("G_ema", g_src, g_fresh, _g_name, report, constants=_filter_check)
     if G is not None and G_ema is not None:
-        out_g = map_state_dict("G", G, g_fresh, _g_name, ConversionReport(), constants=_filter_check)
+        out_g = map_state_dict("G", G, g_fresh, _g_name, report, constants=_filter_check)
     else:
         report.notes.append(f"the source holds only {'G_ema' if G is None else 'G'}; G and G_ema both start from it")
         out_g = {k: v.clone() for k, v in out_ema.items()}

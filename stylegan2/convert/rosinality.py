@@ -206,7 +206,7 @@ def convert_rosinality_state_dicts(
         report.notes.append(f"no latent_avg in the file: w_avg (the truncation centre) is the mean w of "
                             f"{W_AVG_SAMPLES} seeded z samples, as rosinality's mean_latent computes it")
     if g is not None and g_ema is not None:
-        out_g = convert_g("g", g, ConversionReport())
+        out_g = convert_g("g", g, report)
         out_g["mapping.w_avg"] = out_ema["mapping.w_avg"].clone()
     else:
         report.notes.append(f"the file holds only {'g_ema' if g is None else 'g'}; G and G_ema both start from it")
