@@ -232,7 +232,8 @@ def fake_nvlabs_modules():
     def never(*_a, **_k):
         raise AssertionError("the converter ran the pickle's reconstruct function")
     persistence = types.ModuleType("torch_utils.persistence")
-    never.__module__, never.__qualname__, never.__name__ = "torch_utils.persistence", "_reconstruct_persistent_obj", "_reconstruct_persistent_obj"
+    never.__module__ = "torch_utils.persistence"
+    never.__qualname__ = never.__name__ = "_reconstruct_persistent_obj"
     persistence._reconstruct_persistent_obj = never
     util = types.ModuleType("fixture_util")
 
@@ -314,7 +315,8 @@ def nvlabs_tree(sd, class_name, recon, init_kwargs, attrs=None):
 def nvlabs_pickle(path, G, D, c_dim=0, g_map=2, d_map=3, fp16=0, clamp=None, group=2, g_arch="skip",
                   extra_g_kwargs=None, G_raw=None, d_lr=0.01):
     with fake_nvlabs_modules() as (recon, AttrDict):
-        g_kw = {"z_dim": Z, "c_dim": c_dim, "w_dim": W, "img_resolution": RES, "img_channels": G["synthesis.b16.torgb.weight"].shape[0],
+        g_kw = {"z_dim": Z, "c_dim": c_dim, "w_dim": W, "img_resolution": RES,
+                "img_channels": G["synthesis.b16.torgb.weight"].shape[0],
                 "mapping_kwargs": AttrDict(num_layers=g_map),
                 "synthesis_kwargs": AttrDict(channel_base=BASE, channel_max=CMAX, num_fp16_res=fp16, conv_clamp=clamp),
                 **(extra_g_kwargs or {})}
@@ -622,7 +624,8 @@ def ros_discriminator(P, img):
         return v / math.sqrt(v[0].numel())
     x = lrelu(F.conv2d(img.double(), eq("convs.0.0.weight")) + P["convs.0.1.bias"][None, :, None, None])
     for i in (1, 2):
-        out = lrelu(F.conv2d(x, eq(f"convs.{i}.conv1.0.weight"), padding=1) + P[f"convs.{i}.conv1.1.bias"][None, :, None, None])
+        out = F.conv2d(x, eq(f"convs.{i}.conv1.0.weight"), padding=1)
+        out = lrelu(out + P[f"convs.{i}.conv1.1.bias"][None, :, None, None])
         out = lrelu(conv_down(out, eq(f"convs.{i}.conv2.1.weight")) + P[f"convs.{i}.conv2.2.bias"][None, :, None, None])
         x = (out + skip_down(x, eq(f"convs.{i}.skip.1.weight"))) / SQRT2
     x = mbstd(x, 4)

@@ -176,7 +176,8 @@ def _options(G_kwargs: dict[str, Any], D_kwargs: dict[str, Any], recorded: dict[
     unknown("D mapping", dmap, _MAP_KEYS)
     unknown("D epilogue", epi, _EPI_KEYS)
     unknown("D block", dblock, _D_BLOCK_KEYS)
-    for where, kw in (("G", synth), ("G mapping", gmap), ("D", d_kw), ("D mapping", dmap), ("D epilogue", epi), ("D block", dblock)):
+    for where, kw in (("G", synth), ("G mapping", gmap), ("D", d_kw), ("D mapping", dmap), ("D epilogue", epi),
+                      ("D block", dblock)):
         if kw.get("activation", "lrelu") != "lrelu":
             report.unmapped_source.append(f"{where} activation {kw['activation']!r} (ours is lrelu)")
         if list(kw.get("resample_filter", [1, 3, 3, 1])) != [1, 3, 3, 1]:
@@ -352,7 +353,8 @@ def nvlabs_init_kwargs(cfg: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]
     return g, d
 
 
-def to_nvlabs_state_dict(state_dict: dict[str, torch.Tensor], cfg: ModelConfig, network: str = "G") -> dict[str, torch.Tensor]:
+def to_nvlabs_state_dict(state_dict: dict[str, torch.Tensor], cfg: ModelConfig,
+                         network: str = "G") -> dict[str, torch.Tensor]:
     """One of our state dicts (network "G" / "G_ema" or "D") under NVlabs' names, with the
     resampling-filter buffers their layers register, so their networks built from
     nvlabs_init_kwargs(cfg) load it with load_state_dict (strict)."""

@@ -133,7 +133,8 @@ def _model_config(g: dict[str, torch.Tensor], d: Optional[dict[str, torch.Tensor
                   report: ConversionReport) -> ModelConfig:
     styles = _count(r"style\.(\d+)\.weight$", g)
     if not styles or "input.input" not in g or "conv1.conv.weight" not in g:
-        raise ConversionError(f"{report.source}: no style.N / input.input / conv1 tensors: not a rosinality StyleGAN2 generator")
+        raise ConversionError(f"{report.source}: no style.N / input.input / conv1 tensors: "
+                              "not a rosinality StyleGAN2 generator")
     rgbs = _count(r"to_rgbs\.(\d+)\.", g)
     resolution = 2 ** (len(rgbs) + 2)
     widths = {4: int(g["conv1.conv.weight"].shape[1])}
@@ -229,5 +230,6 @@ def load_rosinality(path: Union[str, os.PathLike], allow_partial: bool = False) 
     report = ConversionReport(source=str(path), format=FORMAT)
     la = ckpt.get("latent_avg")
     return convert_rosinality_state_dicts(
-        ckpt.get("g"), ckpt.get("d"), ckpt.get("g_ema"), args=ckpt.get("args") if isinstance(ckpt.get("args"), dict) else None,
+        ckpt.get("g"), ckpt.get("d"), ckpt.get("g_ema"),
+        args=ckpt.get("args") if isinstance(ckpt.get("args"), dict) else None,
         latent_avg=la if torch.is_tensor(la) else None, report=report, allow_partial=allow_partial)
