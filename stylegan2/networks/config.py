@@ -53,6 +53,9 @@ class ModelConfig:
         mbstd_group: minibatch standard deviation group size (the largest divisor of the
             batch size not above it is used, so odd batch sizes still work).
         mbstd_channels: feature maps the minibatch standard deviation layer appends.
+        d_mapping_layers: layers of the discriminator's conditioning mapping (c_dim > 0 only);
+            None = mapping_layers. NVlabs keeps it separate (8 whatever G's depth is), so
+            imported conditional networks need their own value here.
     """
 
     resolution: int = 256
@@ -70,6 +73,7 @@ class ModelConfig:
     conv_clamp: Optional[float] = None
     mbstd_group: int = 4
     mbstd_channels: int = 1
+    d_mapping_layers: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -85,6 +89,10 @@ class ModelConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.d_mapping_layers is not None and (
+            not isinstance(self.d_mapping_layers, int) or self.d_mapping_layers < 1
+        ):
+            raise ValueError(f"d_mapping_layers must be a positive int or None, got {self.d_mapping_layers!r}")
         for name in ("c_dim", "num_fp16_res", "mbstd_channels"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
@@ -150,6 +158,11 @@ class ModelConfig:
         if self.conv_clamp is not None:
             return float(self.conv_clamp)
         return DEFAULT_CONV_CLAMP if self.precision != "fp32" else None
+
+    @property
+    def resolved_d_mapping_layers(self) -> int:
+        """Depth of the discriminator's conditioning mapping."""
+        return self.mapping_layers if self.d_mapping_layers is None else self.d_mapping_layers
 
     @property
     def num_ws(self) -> int:

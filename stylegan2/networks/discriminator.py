@@ -116,11 +116,11 @@ class Discriminator(nn.Module):
                 conv_clamp=clamp,
             )
         cmap_dim = cfg.channels_at(4) if cfg.c_dim > 0 else 0
-        # Projection conditioning: c mapped (8 layers, lr_mult 0.01, no w average) to cmap_dim.
+        # Projection conditioning: c mapped (its own depth, lr_mult 0.01, no w average) to cmap_dim.
         self.mapping = (
             MappingNetwork(
                 0, cfg.c_dim, cmap_dim, None,
-                num_layers=cfg.mapping_layers, lr_mult=cfg.mapping_lr_mult, w_avg_beta=None,
+                num_layers=cfg.resolved_d_mapping_layers, lr_mult=cfg.mapping_lr_mult, w_avg_beta=None,
             )
             if cfg.c_dim > 0
             else None
