@@ -179,7 +179,7 @@ class AdaPipeline:
             geom_inv = geom_inv @ M.translate_inv(torch.where(on, tx * width, zero), torch.where(on, ty * height, zero))
 
         colour = torch.eye(4, device=device, dtype=f64).expand(n, 4, 4).clone()
-        luma = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device, dtype=f64) / math.sqrt(3)
+        luma = torch.cat([torch.ones(3, device=device, dtype=f64), torch.zeros(1, device=device, dtype=f64)]) / math.sqrt(3)
         luma_outer = torch.outer(luma, luma)  # projection onto the luma axis (in rgb)
         eye4 = torch.eye(4, device=device, dtype=f64)
         if s["brightness"] > 0:

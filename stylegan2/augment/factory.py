@@ -63,6 +63,8 @@ class Augment:
             return x
         if self.kind == "diffaugment":
             return self.pipeline(x, generator=generator)
+        if self.controller is not None and self.controller.device != x.device:
+            self.controller.to(x.device)  # p must sit where the gates are drawn
         return self.pipeline(x, self.p, generator=generator)
 
     def accumulate(self, real_logits: torch.Tensor) -> None:

@@ -50,7 +50,9 @@ def rotate_inv(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 def quarter_turns_inv(k: torch.Tensor) -> torch.Tensor:
     """Sampling matrix of rotating the content by k quarter turns (k in 0..3, any integer
     dtype or float holding integers). k: [n] -> [n, 3, 3]."""
-    k = torch.remainder(k.round(), 4).long()
-    cos_table = torch.tensor([1.0, 0.0, -1.0, 0.0], device=k.device)
-    sin_table = torch.tensor([0.0, 1.0, 0.0, -1.0], device=k.device)
-    return rotate_inv(cos_table[k], sin_table[k])
+    k = torch.remainder(k.to(torch.float64).round(), 4)
+    # Exact table lookups by comparison, built on k's device (no host-to-device copy per call).
+    one, zero = torch.ones_like(k), torch.zeros_like(k)
+    cos = torch.where(k == 0, one, torch.where(k == 2, -one, zero))
+    sin = torch.where(k == 1, one, torch.where(k == 3, -one, zero))
+    return rotate_inv(cos, sin)
