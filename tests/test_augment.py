@@ -118,6 +118,16 @@ def test_warp_quarter_turns_match_rot90_on_smooth_images(k):
     assert err < 0.02
 
 
+@pytest.mark.parametrize("t", [9, 14, 20])
+def test_warp_far_translation_reflects_beyond_the_padded_band(t):
+    # Past the fixed padding the position itself is reflected: F.pad's reflection within the
+    # filter's phase error on smooth images.
+    x = smooth(2, 1, 32)
+    y = affine_warp(x, M.translate_inv(consts(2, t), consts(2, 0)), make_filter())
+    ref = F.pad(x, [t, t, 0, 0], mode="reflect")[:, :, :, :32]
+    assert (y - ref).abs().max() / x.abs().max() < 0.02
+
+
 def test_warp_rotation_is_about_the_centre():
     # A rotationally symmetric blob at the centre stays put under any rotation (inside the
     # inscribed disc: the corners read the reflection beyond the edges, as they should).
@@ -225,6 +235,18 @@ def test_rgb_colour_transforms_keep_grey_on_the_luma_axis():
     y = AdaPipeline(3, **only(lumaflip=1))(grey, 1.0, generator=torch.Generator().manual_seed(7))
     for i in range(8):  # a luma flip negates grey
         assert torch.allclose(y[i], grey[i]) or torch.allclose(y[i], -grey[i])
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 16, 24), (2, 1, 4, 4), (1, 1, 1, 1)])
+def test_odd_shapes(shape):
+    x = noise(*shape, dtype=torch.float32)
+    y = AdaPipeline(1)(x, 1.0, generator=torch.Generator().manual_seed(9))
+    assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_p_out_of_range_is_an_error():
+    with pytest.raises(ValueError, match="p must be in"):
+        AdaPipeline(1)(noise(1, 1, 4, 4), 1.5)
 
 
 def test_half_precision_in_and_out():

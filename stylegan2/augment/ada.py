@@ -220,8 +220,11 @@ class AdaPipeline:
         """
         if x.ndim != 4 or x.shape[1] != self.num_channels:
             raise ValueError(f"AdaPipeline: expected [N, {self.num_channels}, H, W] images, got {list(x.shape)}")
-        if not isinstance(p, torch.Tensor) and p == 0:
-            return x
+        if not isinstance(p, torch.Tensor):
+            if not 0 <= p <= 1:
+                raise ValueError(f"AdaPipeline: p must be in [0, 1], got {p!r}")
+            if p == 0:
+                return x
         n, c, h, w = x.shape
         work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         blit_inv, geom_inv, colour = self.sample(n, h, w, p, x.device, generator)

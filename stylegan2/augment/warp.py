@@ -187,10 +187,11 @@ def affine_warp(
     # 3. Source positions in input-pixel index units, reflected where they leave the band that
     # the padded image holds, then in upsampled index units (input pixel k's centre lies midway
     # between upsampled samples 2k + 2p and 2k + 2p + 1).
-    ax, ay = sx + (w / 2 - 0.5 - delay), sy + (h / 2 - 0.5 - delay)
+    # The reflection acts on true positions; the filter's delay is taken off after it.
+    ax, ay = sx + (w / 2 - 0.5), sy + (h / 2 - 0.5)
     ax = torch.where((ax < -direct_x) | (ax > w - 1 + direct_x), reflect_coord(ax, w), ax)
     ay = torch.where((ay < -direct_y) | (ay > h - 1 + direct_y), reflect_coord(ay, h), ay)
-    jx, jy = 2 * ax + (0.5 + 2 * pad_x), 2 * ay + (0.5 + 2 * pad_y)
+    jx, jy = 2 * (ax - delay) + (0.5 + 2 * pad_x), 2 * (ay - delay) + (0.5 + 2 * pad_y)
 
     # 4. Bilinear interpolation as one gather of the four neighbours. The clamps only guard
     # against rounding at the band's edge; in exact arithmetic every index is inside.
