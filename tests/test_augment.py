@@ -274,6 +274,18 @@ def test_pipeline_gradcheck_and_gradgradcheck(p):
     assert torch.autograd.gradgradcheck(fn, (x,), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
+def test_pipeline_full_jacobian_gradcheck_and_gradgradcheck():
+    # Every entry of the Jacobians, on an image small enough for that to take seconds.
+    x = noise(1, 1, 8, 8).requires_grad_(True)
+    pipe = AdaPipeline(1, impl="ref")
+
+    def fn(inp: torch.Tensor) -> torch.Tensor:
+        return pipe(inp, 1.0, generator=torch.Generator().manual_seed(10))
+
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradgradcheck(fn, (x,), eps=1e-6, atol=1e-5)
+
+
 def test_diffaugment_gradcheck_and_gradgradcheck():
     x = noise(2, 1, 8, 8).requires_grad_(True)
     aug = DiffAugment()
