@@ -160,7 +160,10 @@ class AdaPipeline:
             sc = torch.exp2(randn() * self.scale_std)
             sc = torch.where(gate(s["scale"]), sc, one)
             geom_inv = geom_inv @ M.scale_inv(sc, sc)
-        p_rot = 1 - torch.sqrt(torch.clamp(1 - s["rotate"] * torch.as_tensor(p, dtype=f64, device=device), 0, 1))
+        # A number becomes a fill on the device (as_tensor would copy it over from the host).
+        p_dev = p.to(device=device, dtype=f64) if isinstance(p, torch.Tensor) \
+            else torch.full([], float(p), dtype=f64, device=device)
+        p_rot = 1 - torch.sqrt(torch.clamp(1 - s["rotate"] * p_dev, 0, 1))
         if s["rotate"] > 0:
             theta = (rand() * 2 - 1) * math.pi * self.rotate_max
             theta = torch.where(gate(s["rotate"], p_rot), theta, zero)
