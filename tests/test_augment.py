@@ -311,6 +311,27 @@ def test_r1_through_the_augmentation_backpropagates_into_d():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("kind", ["ada", "diffaugment"])
+def test_r1_through_the_augmentation_with_the_projects_discriminator(kind):
+    # How the loss will use it: r1_penalty of D(aug(x)) with respect to the un-augmented x.
+    from stylegan2.losses import r1_penalty
+    from stylegan2.networks import Discriminator, ModelConfig
+
+    torch.manual_seed(0)
+    D = Discriminator(ModelConfig(resolution=16, channels=1, channel_base=512, channel_max=16, z_dim=8,
+                                  w_dim=8, mapping_layers=1))
+    aug = make_augment(kind, p=0.8 if kind == "ada" else None)  # ADA's initial p
+    x = noise(4, 1, 16, 16, dtype=torch.float32).requires_grad_(True)
+    logits = D(aug(x, generator=torch.Generator().manual_seed(16)))
+    penalty = r1_penalty(logits, x)
+    penalty.mean().backward()
+    assert torch.isfinite(penalty).all() and float(penalty.detach().mean()) > 0
+    grads = [p.grad for p in D.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    aug.accumulate(logits)  # and the controller takes the same logits
+    aug.step(4)
+
+
 # --- the controller ----------------------------------------------------------------------------
 
 
