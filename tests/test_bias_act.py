@@ -1,5 +1,5 @@
-"""bias_act: the reference against float64 formulas, its derivatives, argument errors, and (on a GPU)
-the CUDA kernels against the reference."""
+"""bias_act: the reference against float64 formulas, its derivatives, argument errors, and the CUDA
+kernels against the reference, on a GPU and on the CPU emulator (tests/emulator/; `kdev` fixture)."""
 from __future__ import annotations
 
 import math

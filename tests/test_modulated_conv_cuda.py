@@ -1,4 +1,5 @@
-"""modulated_conv2d's CUDA path against the reference, on a GPU (skipped without one).
+"""modulated_conv2d's CUDA path against the reference, on a GPU (`cuda` ids, skipped without one)
+and on the CPU emulator of the kernels (tests/emulator/, `emu-` ids) in two thread orders.
 
 Ground truth is the reference (impl='ref', itself tested against a from-scratch float64
 definition in test_modulated_conv.py) evaluated in float64 on the very values the kernels see

@@ -1,10 +1,11 @@
 """The upfirdn2d CUDA path against the float64 reference.
 
-Most tests are marked `cuda` and run on a GPU only. Two run everywhere: the autograd wiring of
-the CUDA path (its Functions, with the kernel call swapped for the reference, so that first and
-second derivatives are checked by gradcheck/gradgradcheck without a GPU), and the argument
-errors that need no kernel. The kernels' index math is checked on the CPU by
-tests/test_upfirdn2d_index_math.py.
+The kernel tests take the `kdev` fixture: each runs on a GPU (`cuda`, skipped without one) and
+on the CPU emulator of the kernels (tests/emulator/) in two thread orders. Tests that need a real
+GPU (int64 offsets past 2^31 elements, opcheck, dispatch of CUDA tensors) stay `cuda` only. The
+autograd wiring of the CUDA path (its Functions with the kernel swapped for the reference, under
+gradcheck/gradgradcheck) and the argument errors run everywhere. The kernels' index math is
+also checked by tests/test_upfirdn2d_index_math.py.
 
 Tolerances: the reference runs in float64 on the same (already rounded) inputs, and the kernel
 accumulates in float32 and rounds once on store. So the error is one rounding of the result in
