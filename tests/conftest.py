@@ -64,10 +64,33 @@ def sweep(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--sweep"))
 
 
+NO_GPU_REASON = "no CUDA GPU visible"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """One line for the `cuda` tests skipped without a GPU (they are hundreds), then the other
+    skip reasons grouped with their counts: pyproject's -r flags leave skips out of pytest's own
+    summary, which listed one line per skipped test location."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if not reasons:
+        return
+    terminalreporter.section("skipped", sep="-")
+    gpu = reasons.pop(NO_GPU_REASON, 0)
+    if gpu:
+        terminalreporter.write_line(f"{gpu} `cuda` tests skipped: {NO_GPU_REASON} (they run on a GPU machine; "
+                                    "the kernels also ran on the CPU emulator, the `emu-` ids)")
+    for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{count} skipped: {reason}")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="no CUDA GPU visible")
+    skip = pytest.mark.skip(reason=NO_GPU_REASON)
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
