@@ -94,6 +94,15 @@ def test_kth_nearest_matches_brute_force():
     self_d = np.sqrt(((ref[:, None] - ref[None]) ** 2).sum(-1)) + np.diag(np.full(53, np.inf))
     d, _ = kth_nearest(ref, ref, 1, exclude_self=True, chunk=8, ref_chunk=10)
     assert np.allclose(d, self_d.min(axis=1))
+    some = np.array([4, 17, 50])
+    d, _ = kth_nearest(ref[some], ref, 1, self_index=some, chunk=2, ref_chunk=10)
+    assert np.allclose(d, self_d.min(axis=1)[some])
+    # uint8 input (pixels) is converted a chunk at a time and gives the float answer.
+    u = np.random.default_rng(7).integers(0, 256, size=(9, 1, 4, 4), dtype=np.uint8)
+    d, i = kth_nearest(u[:3], u, 2)
+    f = u.reshape(9, -1).astype(np.float64)
+    brute = np.sqrt(((f[:3, None] - f[None]) ** 2).sum(-1))
+    assert np.allclose(d, np.sort(brute, axis=1)[:, 1], rtol=1e-5)
 
 
 def test_precision_recall_on_point_clouds_with_known_answers():
@@ -162,6 +171,10 @@ def test_audit_of_a_generator_that_cannot_copy_flags_nothing():
     train = blobs(64)
     res = audit_memorization(smooth_noise(32, seed=7), train, net=pooled_net())
     assert all(m.fraction_flagged == 0.0 for m in res.measures)
+    # Calibrating on a sample of the real images finds the same kind of threshold.
+    sampled = audit_memorization(smooth_noise(32, seed=7), train, calib_n=32)
+    assert sampled.measure("pixel").fraction_flagged == 0.0
+    assert 0 < sampled.measure("pixel").threshold < 2
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Memorization audit: is any generated image a (near) copy of a training image?
 
 For each fake, its nearest training image by pixel distance (RMS difference per pixel, images
-in [-1, 1]) and, given a feature network, by feature distance (Euclidean). A distance means
+in [-1, 1], fakes rounded to uint8 as their PNGs would be) and, given a feature network, by feature distance (Euclidean). A distance means
 little on its own, so the threshold is calibrated on the training set itself: for (a seeded
 sample of) real images, the distance to the nearest *other* real image; the threshold is a low
 percentile of those (default the 1st). A fake closer to some training image than 99% of real
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .. import fileio
-from .features import FeatureNetwork, extract_features, to_unit_range
+from .features import FeatureNetwork, extract_features
 from .neighbors import kth_nearest
 
 
@@ -85,21 +85,25 @@ def _calibrate(vectors: torch.Tensor, percentile: float, calib_n: int, seed: int
         raise ValueError("the audit needs at least 2 training images to calibrate its threshold")
     if calib_n < n:
         queries = np.sort(np.random.default_rng(seed).choice(n, calib_n, replace=False))
-        # Put the sample first so exclude_self's index test (query i == ref i) stays right.
-        order = np.concatenate([queries, np.setdiff1d(np.arange(n), queries)])
-        ref = vectors[torch.from_numpy(order)]
-        d, _ = kth_nearest(ref[:calib_n], ref, 1, exclude_self=True, chunk=chunk)
+        d, _ = kth_nearest(vectors[torch.from_numpy(queries)], vectors, 1, self_index=queries, chunk=chunk)
     else:
         d, _ = kth_nearest(vectors, vectors, 1, exclude_self=True, chunk=chunk)
     stats = dict(zip(["min", "p1", "p5", "median"], map(float, np.percentile(d, [0, 1, 5, 50]))))
     return float(np.percentile(d, percentile)), stats
 
 
-def _pixels(images: torch.Tensor) -> torch.Tensor:
-    """[N, C, R, R] -> [N, C*R*R] float32 in [-1, 1], scaled by 1/sqrt(C*R*R) so a Euclidean
-    distance is the RMS pixel difference (comparable across resolutions)."""
-    x = to_unit_range(images).reshape(images.shape[0], -1)
-    return x / x.shape[1] ** 0.5
+def _as_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 as is; float in [-1, 1] rounded to uint8 as a saved PNG of it would be. Pixels are
+    compared as uint8 so the training set needs no float copy (3 GB for OASIS at 256)."""
+    if images.dtype == torch.uint8:
+        return images
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _pixel_scale(images: torch.Tensor) -> float:
+    """Factor from a Euclidean distance of uint8 [N, C, R, R] images to their RMS pixel
+    difference in [-1, 1] units (comparable across resolutions)."""
+    return 1.0 / (127.5 * float(np.prod(images.shape[1:])) ** 0.5)
 
 
 def audit_memorization(fakes: torch.Tensor | np.ndarray, train: Any, out_dir: Optional[str | os.PathLike] = None, *,
@@ -123,15 +127,17 @@ def audit_memorization(fakes: torch.Tensor | np.ndarray, train: Any, out_dir: Op
         raise ValueError(f"fakes {list(fakes_t.shape)} and training images {list(train_t.shape)} must both be "
                          f"[N, C, R, R] with the same C and R")
     reference = reference or str(getattr(train, "source", "training images"))
+    train_t, fakes_t = _as_uint8(train_t), _as_uint8(fakes_t)
     measures = []
-    spaces = [("pixel", _pixels(train_t), _pixels(fakes_t))]
+    spaces = [("pixel", train_t, fakes_t, _pixel_scale(train_t))]
     if net is not None:
         spaces.append((f"feature:{net.name}", torch.from_numpy(extract_features(net, train_t, batch)).float(),
-                       torch.from_numpy(extract_features(net, fakes_t, batch)).float()))
-    for name, real_v, fake_v in spaces:
+                       torch.from_numpy(extract_features(net, fakes_t, batch)).float(), 1.0))
+    for name, real_v, fake_v, scale in spaces:
         threshold, calib = _calibrate(real_v, percentile, calib_n, seed, chunk)
         dist, idx = kth_nearest(fake_v, real_v, 1, chunk=chunk)
-        measures.append(AuditMeasure(name, idx, dist, threshold, calib))
+        measures.append(AuditMeasure(name, idx, dist * scale, threshold * scale,
+                                     {k: v * scale for k, v in calib.items()}))
     result = AuditResult(measures, fakes_t.shape[0], train_t.shape[0], percentile, reference)
     if out_dir is not None:
         write_audit(result, fakes_t, train_t, out_dir, grid_pairs)
@@ -160,11 +166,10 @@ def write_audit(result: AuditResult, fakes: torch.Tensor, train: torch.Tensor, o
     # The closest pairs by pixels, one row each: fake | nearest by pixels | nearest by features.
     pixel = result.measure("pixel")
     order = np.argsort(pixel.distance, kind="stable")[:grid_pairs]
-    to_u8 = lambda x: x if x.dtype == torch.uint8 else ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     tiles = []
     for i in order:
-        tiles += [to_u8(fakes[i]), to_u8(train[pixel.nearest[i]])]
-        tiles += [to_u8(train[m.nearest[i]]) for m in result.measures[1:]]
+        tiles += [_as_uint8(fakes[i]), _as_uint8(train[pixel.nearest[i]])]
+        tiles += [_as_uint8(train[m.nearest[i]]) for m in result.measures[1:]]
     if tiles:
         grid = save_grid(torch.stack(tiles), out / "closest_pairs.png", cols=len(result.measures) + 1)
         result.files["grid"] = str(grid)
