@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from stylegan2.data import ImageDataset
 from stylegan2.metrics import (INCEPTION_FILE, INCEPTION_SHA256_PREFIX, INCEPTION_URL, INCEPTION_WEIGHTS_ENV,
-                               FeatureNetwork, FeatureNetworkError, audit_memorization, extract_features, fid,
-                               get_feature_network, kid, kth_nearest, mmd2_unbiased, precision_recall,
+                               FeatureNetwork, FeatureNetworkError, audit_memorization, compute_metrics,
+                               extract_features, fake_batches, fid, generator_from_checkpoint, get_feature_network, kid, kth_nearest, mmd2_unbiased, precision_recall,
                                real_features)
 
 NET = dict(network="test", reference="test set")
@@ -282,3 +282,23 @@ def test_real_features_are_cached_per_dataset_and_network(tiny_checkpoint, tmp_p
     monkeypatch.undo()
     other = real_features(dataset, pooled_net(), cache_dir=tmp_path)
     assert other.path != first.path and other.feats.shape == (16, 16)
+
+
+def test_metrics_and_audit_of_a_checkpoint_end_to_end(tiny_checkpoint, tmp_path):
+    path, dataset = tiny_checkpoint
+    net = get_feature_network("discriminator", ckpt=path)
+    real = real_features(dataset, net, cache_dir=tmp_path)
+    G = generator_from_checkpoint(path)
+    results = compute_metrics(fake_batches(G, 12, batch=5), real, net, ["fid", "kid", "pr"], kid_subsets=4)
+    assert [r.metric for r in results] == ["fid", "kid", "precision", "recall"]
+    assert all(np.isfinite(r.value) and r.num_fake == 12 and r.num_real == 16 for r in results)
+    assert all(r.network == net.name and r.reference == "blobs (16)" for r in results)
+    assert results[0].value > 0 and "fakes vs 16 reals of blobs (16)" in str(results[0])
+    # One latent per seed: the fakes do not depend on the batch size (with constant noise).
+    a = torch.cat(list(fake_batches(G, 4, batch=3, noise_mode="const")))
+    # (up to rounding: batched matrix products may sum in another order)
+    assert torch.allclose(a, torch.cat(list(fake_batches(G, 4, batch=4, noise_mode="const"))), atol=1e-5)
+    res = audit_memorization(a, dataset, tmp_path / "audit", net=net)
+    assert res.num_fake == 4 and (tmp_path / "audit" / "closest_pairs.png").is_file()
+    with pytest.raises(ValueError, match="unknown metric"):
+        compute_metrics(a, real, net, ["is"])

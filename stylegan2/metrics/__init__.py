@@ -6,6 +6,7 @@ thin wrappers over them.
     real = real_features(dataset, net)                      # cached per dataset and network
     fake = extract_features(net, fake_images)               # float64 [N, dim]
     fid(real.stats, fake, network=net.name, reference=real.reference)
+    compute_metrics(fake_batches(generator_from_checkpoint(RUN), 10000), real, net, ["fid", "kid", "pr"])
     kid(real.feats, fake, ...); precision_recall(real.feats, fake, ...)
     audit_memorization(fake_images, dataset, "audit/", net=net)
 
@@ -13,6 +14,7 @@ Every result (MetricResult) names its feature network, image counts and referenc
 """
 from .audit import AuditMeasure, AuditResult, audit_memorization, write_audit
 from .cache import RealFeatures, metrics_cache_dir, real_features
+from .evaluate import METRICS, compute_metrics, fake_batches, generator_from_checkpoint
 from .features import (INCEPTION_FILE, INCEPTION_SHA256_PREFIX, INCEPTION_URL, INCEPTION_WEIGHTS_ENV,
                        FeatureNetwork, FeatureNetworkError, extract_features, get_feature_network,
                        inception_weights_path, to_unit_range)
@@ -21,7 +23,7 @@ from .scores import (GaussianStats, MetricResult, fid, frechet_distance, gaussia
                      precision_recall)
 
 __all__ = [
-    "AuditMeasure", "AuditResult", "FeatureNetwork", "FeatureNetworkError", "GaussianStats",
+    "METRICS", "AuditMeasure", "AuditResult", "compute_metrics", "fake_batches", "generator_from_checkpoint", "FeatureNetwork", "FeatureNetworkError", "GaussianStats",
     "INCEPTION_FILE", "INCEPTION_SHA256_PREFIX", "INCEPTION_URL", "INCEPTION_WEIGHTS_ENV", "MetricResult",
     "RealFeatures", "audit_memorization", "extract_features", "fid", "frechet_distance", "gaussian_stats",
     "get_feature_network", "inception_weights_path", "kid", "kth_nearest", "metrics_cache_dir",
