@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from stylegan2.data import ImageDataset
 from stylegan2.metrics import (INCEPTION_FILE, INCEPTION_SHA256_PREFIX, INCEPTION_URL, INCEPTION_WEIGHTS_ENV,
                                FeatureNetwork, FeatureNetworkError, audit_memorization, compute_metrics,
-                               extract_features, fake_batches, fid, generator_from_checkpoint, get_feature_network, kid, kth_nearest, mmd2_unbiased, precision_recall,
-                               real_features)
+                               extract_features, fake_batches, fid, generator_from_checkpoint, get_feature_network,
+                               kid, kth_nearest, mmd2_unbiased, precision_recall, real_features)
 
 NET = dict(network="test", reference="test set")
 

@@ -23,9 +23,10 @@ from .scores import (GaussianStats, MetricResult, fid, frechet_distance, gaussia
                      precision_recall)
 
 __all__ = [
-    "METRICS", "AuditMeasure", "AuditResult", "compute_metrics", "fake_batches", "generator_from_checkpoint", "FeatureNetwork", "FeatureNetworkError", "GaussianStats",
-    "INCEPTION_FILE", "INCEPTION_SHA256_PREFIX", "INCEPTION_URL", "INCEPTION_WEIGHTS_ENV", "MetricResult",
-    "RealFeatures", "audit_memorization", "extract_features", "fid", "frechet_distance", "gaussian_stats",
-    "get_feature_network", "inception_weights_path", "kid", "kth_nearest", "metrics_cache_dir",
-    "mmd2_unbiased", "precision_recall", "real_features", "to_unit_range", "within_any_ball", "write_audit",
+    "AuditMeasure", "AuditResult", "FeatureNetwork", "FeatureNetworkError", "GaussianStats", "INCEPTION_FILE",
+    "INCEPTION_SHA256_PREFIX", "INCEPTION_URL", "INCEPTION_WEIGHTS_ENV", "METRICS", "MetricResult",
+    "RealFeatures", "audit_memorization", "compute_metrics", "extract_features", "fake_batches", "fid",
+    "frechet_distance", "gaussian_stats", "generator_from_checkpoint", "get_feature_network",
+    "inception_weights_path", "kid", "kth_nearest", "metrics_cache_dir", "mmd2_unbiased", "precision_recall",
+    "real_features", "to_unit_range", "within_any_ball", "write_audit",
 ]

@@ -1,7 +1,8 @@
 """Memorization audit: is any generated image a (near) copy of a training image?
 
 For each fake, its nearest training image by pixel distance (RMS difference per pixel, images
-in [-1, 1], fakes rounded to uint8 as their PNGs would be) and, given a feature network, by feature distance (Euclidean). A distance means
+in [-1, 1], fakes rounded to uint8 as their PNGs would be) and, given a feature network, by
+feature distance (Euclidean). A distance means
 little on its own, so the threshold is calibrated on the training set itself: for (a seeded
 sample of) real images, the distance to the nearest *other* real image; the threshold is a low
 percentile of those (default the 1st). A fake closer to some training image than 99% of real

@@ -228,7 +228,8 @@ def torchscript_network(path: str | os.PathLike, device: torch.device) -> Featur
     try:
         module = torch.jit.load(str(p), map_location=device).eval()
     except Exception as e:  # jit.load raises RuntimeError or ValueError for non-TorchScript files
-        raise FeatureNetworkError(f"{p} is not a TorchScript module: {str(e).splitlines()[0] if str(e) else e}") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FeatureNetworkError(f"{p} is not a TorchScript module: {first}") from None
     return FeatureNetwork(f"torchscript:{p.name}", -1, module, device, key="torchscript-" + _sha256(p)[:16])
 
 
