@@ -167,6 +167,16 @@ def test_audit_flags_planted_copies_and_nothing_else(tmp_path):
     assert grid.size == (3 * 64 + 2 * 2, 4 * 64 + 3 * 2)
 
 
+def test_audit_flags_an_exact_copy_even_when_the_real_set_has_duplicates():
+    train = blobs(20)
+    train[5:10] = train[0]  # a quarter of the set is one slice: the calibrated threshold is 0
+    fakes = torch.from_numpy(np.concatenate([train[12:13], blobs(3, seed=9)]))
+    res = audit_memorization(fakes, train)
+    pixel = res.measure("pixel")
+    assert pixel.threshold == 0 and pixel.real_nn_percentiles["fraction_exact_duplicates"] == pytest.approx(0.3)
+    assert pixel.flagged.tolist() == [True, False, False, False]
+
+
 def test_audit_of_a_generator_that_cannot_copy_flags_nothing():
     train = blobs(64)
     res = audit_memorization(smooth_noise(32, seed=7), train, net=pooled_net())

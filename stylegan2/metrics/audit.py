@@ -2,13 +2,12 @@
 
 For each fake, its nearest training image by pixel distance (RMS difference per pixel, images
 in [-1, 1], fakes rounded to uint8 as their PNGs would be) and, given a feature network, by
-feature distance (Euclidean). A distance means
-little on its own, so the threshold is calibrated on the training set itself: for (a seeded
-sample of) real images, the distance to the nearest *other* real image; the threshold is a low
-percentile of those (default the 1st). A fake closer to some training image than 99% of real
-images are to their own nearest neighbours is flagged. Adjacent MRI slices are near-duplicates
-of each other, which is why a percentile of real-to-real distances, not a fixed number, is the
-yardstick.
+feature distance (Euclidean). A distance means little on its own, so the threshold is calibrated
+on the training set itself: for (a seeded sample of) real images, the distance to the nearest
+*other* real image; the threshold is a low percentile of those (default the 1st). A fake at least
+as close to some training image as the closest 1% of real images are to their own nearest
+neighbours is flagged. Adjacent MRI slices are near-duplicates of each other, which is why a
+percentile of real-to-real distances, not a fixed number, is the yardstick.
 
 Outputs (written atomically): pairs.csv (every fake: nearest index and distance for each
 measure, and whether it was flagged), closest_pairs.png (the closest pairs: fake, nearest by
@@ -45,7 +44,9 @@ class AuditMeasure:
 
     @property
     def flagged(self) -> np.ndarray:
-        return self.distance < self.threshold
+        # <=, not <: when the real set holds exact duplicates (blank slices) the threshold can be
+        # 0, and an exact copy must still be flagged.
+        return self.distance <= self.threshold
 
     @property
     def fraction_flagged(self) -> float:
@@ -90,6 +91,8 @@ def _calibrate(vectors: torch.Tensor, percentile: float, calib_n: int, seed: int
     else:
         d, _ = kth_nearest(vectors, vectors, 1, exclude_self=True, chunk=chunk)
     stats = dict(zip(["min", "p1", "p5", "median"], map(float, np.percentile(d, [0, 1, 5, 50]))))
+    # Reals with an exact duplicate make the threshold 0 once they pass `percentile`: say so.
+    stats["fraction_exact_duplicates"] = float((d == 0).mean())
     return float(np.percentile(d, percentile)), stats
 
 
@@ -138,7 +141,7 @@ def audit_memorization(fakes: torch.Tensor | np.ndarray, train: Any, out_dir: Op
         threshold, calib = _calibrate(real_v, percentile, calib_n, seed, chunk)
         dist, idx = kth_nearest(fake_v, real_v, 1, chunk=chunk)
         measures.append(AuditMeasure(name, idx, dist * scale, threshold * scale,
-                                     {k: v * scale for k, v in calib.items()}))
+                                     {k: v if k.startswith("fraction") else v * scale for k, v in calib.items()}))
     result = AuditResult(measures, fakes_t.shape[0], train_t.shape[0], percentile, reference)
     if out_dir is not None:
         write_audit(result, fakes_t, train_t, out_dir, grid_pairs)
