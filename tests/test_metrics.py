@@ -312,3 +312,6 @@ def test_metrics_and_audit_of_a_checkpoint_end_to_end(tiny_checkpoint, tmp_path)
     assert res.num_fake == 4 and (tmp_path / "audit" / "closest_pairs.png").is_file()
     with pytest.raises(ValueError, match="unknown metric"):
         compute_metrics(a, real, net, ["is"])
+    other = FeatureNetwork(net.name, net.dim, lambda x: x, net.device, key="discriminator-other")
+    with pytest.raises(ValueError, match="same feature network"):
+        compute_metrics(a, real, other, ["fid"])

@@ -32,6 +32,7 @@ class RealFeatures:
     stats: GaussianStats
     network: str
     reference: str
+    network_key: str = ""  # FeatureNetwork.key: which weights (names repeat across runs)
     path: Optional[Path] = None  # the cache file, when there is one
 
 
@@ -77,12 +78,12 @@ def real_features(dataset: Any, net: FeatureNetwork, *, max_images: Optional[int
         d = _load(path, fingerprint, key)
         if d is not None:
             stats = GaussianStats(d["mu"].numpy(), d["sigma"].numpy(), n)
-            return RealFeatures(d["feats"].numpy(), stats, net.name, reference, path)
+            return RealFeatures(d["feats"].numpy(), stats, net.name, reference, net.key, path)
     idx = np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False)) if n < len(images) else None
     chosen = images if idx is None else images[idx]
     feats = extract_features(net, torch.from_numpy(np.ascontiguousarray(chosen)), batch=batch)
     stats = gaussian_stats(feats)
-    out = RealFeatures(feats.astype(np.float32), stats, net.name, reference)
+    out = RealFeatures(feats.astype(np.float32), stats, net.name, reference, net.key)
     if use_cache:
         fileio.make_dirs(path.parent)
         payload = {"version": CACHE_VERSION, "fingerprint": fingerprint, "network_key": key,

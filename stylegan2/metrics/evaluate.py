@@ -69,8 +69,10 @@ def compute_metrics(fakes: torch.Tensor | np.ndarray | Iterable[torch.Tensor], r
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}: choose from {', '.join(METRICS)}")
-    if real.network != net.name:
-        raise ValueError(f"real features come from {real.network!r}, fakes would come from {net.name!r}")
+    # Keys, not names: two runs' discriminators share a name ("discriminator:ckpt-...pt").
+    if real.network != net.name or (real.network_key and real.network_key != net.key):
+        raise ValueError(f"real features come from {real.network!r} ({real.network_key}), fakes would come "
+                         f"from {net.name!r} ({net.key}): compute both with the same feature network")
     feats = extract_features(net, fakes, batch=batch)
     out: list[MetricResult] = []
     names = dict(network=net.name, reference=real.reference)
