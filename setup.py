@@ -126,7 +126,11 @@ setup(
         "nibabel",
         "nilearn>=0.8.1",  # only for the MNI152 template file it ships; never imported at run time
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        # pytorch-fid: the FID Inception-v3 feature network (its weights are a separate local file).
+        "metrics": ["pytorch-fid>=0.3"],
+        "test": ["pytest>=7", "scipy", "pytorch-fid>=0.3"],
+    },
     entry_points={"console_scripts": ["stylegan2=stylegan2.cli:main"]},
     zip_safe=False,
 )

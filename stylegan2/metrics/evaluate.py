@@ -1,0 +1,87 @@
+"""One call from a checkpoint (or any fakes) to reported numbers: what `metrics` and
+`train --metrics` will wrap.
+
+    G = generator_from_checkpoint(RUN)
+    results = compute_metrics(fake_batches(G, 10000), real_features(dataset, net), net,
+                              ["fid", "kid", "pr"])
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .cache import RealFeatures
+from .features import FeatureNetwork, extract_features
+from .scores import MetricResult, fid, kid, precision_recall
+
+METRICS = ("fid", "kid", "pr")
+
+
+def generator_from_checkpoint(ckpt: str | os.PathLike | dict[str, Any], device: str | torch.device = "cpu"
+                              ) -> torch.nn.Module:
+    """The EMA generator of a checkpoint (file, run folder or loaded dict), in eval mode: the one
+    every published StyleGAN2 number is measured on."""
+    from stylegan2.networks import Generator, ModelConfig
+    from stylegan2.training.checkpoint import load_checkpoint
+
+    ck = ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt)
+    G = Generator(ModelConfig.from_dict(ck["model_config"]))
+    G.load_state_dict(ck["G_ema"])
+    return G.eval().requires_grad_(False).to(device)
+
+
+@torch.no_grad()
+def fake_batches(G: torch.nn.Module, n: int, batch: int = 32, seed: int = 0, *, truncation_psi: float = 1.0,
+                 noise_mode: str = "random") -> Iterator[torch.Tensor]:
+    """n fakes from G, `batch` at a time: float32 [b, C, R, R] in about [-1, 1].
+
+    Fake i has the latent of seed `seed + i` as `generate --seeds` draws it (torch.randn(z_dim)
+    from a generator seeded with it), so the set does not depend on `batch` and any fake can be
+    regenerated on its own; a conditional G gets a label drawn uniformly from its classes by the
+    same per-seed generator. Truncation 1 (none) is the convention for FID/KID; CPU runs use
+    float32 throughout.
+    """
+    device = next(G.parameters()).device
+    c_dim = getattr(G, "c_dim", 0) or 0
+    for start in range(0, n, batch):
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(start, min(start + batch, n))]
+        z = torch.stack([torch.randn(G.z_dim, generator=g) for g in gens]).to(device)
+        c = None
+        if c_dim > 0:
+            labels = torch.cat([torch.randint(0, c_dim, (1,), generator=g) for g in gens])
+            c = torch.nn.functional.one_hot(labels, c_dim).float().to(device)
+        yield G(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode, force_fp32=device.type == "cpu")
+
+
+def compute_metrics(fakes: torch.Tensor | np.ndarray | Iterable[torch.Tensor], real: RealFeatures,
+                    net: FeatureNetwork, metrics: Sequence[str] = METRICS, *, k: int = 3,
+                    kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0,
+                    batch: int = 64) -> list[MetricResult]:
+    """FID, KID and/or precision/recall ("pr") of fakes against real features from the same net.
+
+    fakes: images [N, C, R, R] (float in [-1, 1] or uint8) or an iterable of such batches
+        (fake_batches), passed through `net` once for all metrics.
+    Returns one MetricResult per number, in the order asked (pr gives precision then recall).
+    """
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}: choose from {', '.join(METRICS)}")
+    # Keys, not names: two runs' discriminators share a name ("discriminator:ckpt-...pt").
+    if real.network != net.name or (real.network_key and real.network_key != net.key):
+        raise ValueError(f"real features come from {real.network!r} ({real.network_key}), fakes would come "
+                         f"from {net.name!r} ({net.key}): compute both with the same feature network")
+    feats = extract_features(net, fakes, batch=batch)
+    out: list[MetricResult] = []
+    names = dict(network=net.name, reference=real.reference)
+    for m in metrics:
+        if m == "fid":
+            out.append(fid(real.stats, feats, **names))
+        elif m == "kid":
+            out.append(kid(real.feats, feats, num_subsets=kid_subsets, subset_size=kid_subset_size, seed=seed,
+                           **names))
+        else:
+            out.extend(precision_recall(real.feats, feats, k=k, **names))
+    return out
