@@ -20,12 +20,12 @@ from typing import Any
 import click
 
 from . import fileio
+from .images import parse_seeds
 from .data import BUILTIN, KINDS
 from .sampling import SPEEDUPS
 from .training.config import LOSSES, MAX_KIMG, PRECISIONS, PRESET_NAMES, TrainConfig, make_config, resolve
 
 BUILTIN_DATA = (BUILTIN,)
-GRID_MAX = 64  # generate's grid.png shows at most this many images
 
 # Options that change what the networks are or what data they see: fixed by a checkpoint when
 # resuming. The others (how long, how often, where, with how many threads) may change.
@@ -300,9 +300,9 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
     """Generate images from a checkpoint: one PNG per seed and a grid."""
     import torch
 
-    from .sampling import Sampler
-    from .training.checkpoint import CheckpointError, load_checkpoint
-    from .training.seeds import parse_seeds
+    from .sampling import Sampler, class_vector, generate_images
+    from .torch_settings import torch_settings
+    from .training.checkpoint import CheckpointError, load_checkpoint, load_generator
 
     try:
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(count))
@@ -322,78 +322,23 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
         ck = load_checkpoint(ckpt)
     except CheckpointError as e:
         raise click.ClickException(str(e)) from None
-    G = _load_generator(ck, "G" if raw else "G_ema", dev)
-    c = _class_vector(ck, class_, G.c_dim, dev)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # every batch has the same shapes: autotune once
+    G = load_generator(ck, raw=raw, device=dev)
+    try:
+        c = class_vector(class_, G.c_dim, ck["dataset"].get("label_names", []), dev)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--class") from None
     # Reduced-precision layers of a GPU-trained model run in float32 on a CPU.
     sampler = Sampler(G, speedup=speedup, channels_last=channels_last, truncation_psi=trunc,
                       noise_mode=noise_mode, force_fp32=dev.type != "cuda")
     try:
-        fileio.make_dirs(out)
-        written = _generate_images(sampler, G, c, seed_list, out, noise_mode, batch, dev, progress)
+        # Every batch has the same shapes: let cuDNN autotune once (a process-wide setting, so
+        # the command sets it, not the library).
+        with torch_settings(cudnn_benchmark=True if dev.type == "cuda" else None):
+            done = generate_images(sampler, seed_list, out, c=c, batch=batch, progress=progress)
     except fileio.WriteError as e:
         raise click.ClickException(str(e)) from None
-    grid, count = written
-    shown = "" if count <= GRID_MAX else f" of the first {GRID_MAX}"
-    click.echo(f"wrote {count} images (seed{seed_list[0]:04d}.png ...) and {grid.name}{shown} to {out}")
-
-
-def _generate_images(sampler: Any, G: Any, c: Any, seed_list: list[int], out: Path, noise_mode: str,
-                     batch: int, dev: Any, progress: bool) -> tuple[Path, int]:
-    """seedNNNN.png for every seed and grid.png of the first GRID_MAX; (grid path, count)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from .image_writer import PngWriter
-    from .training.grids import save_grid, to_uint8
-
-    # Random noise is drawn per image from its seed, so an image does not depend on the batch.
-    step = 1 if noise_mode == "random" else batch
-    grid_images = []  # the first GRID_MAX images only: --n 100000 must not keep every image in memory
-    with torch.no_grad(), PngWriter() as writer:
-        for i in tqdm(range(0, len(seed_list), step), desc="generate", unit="batch", disable=not progress):
-            chunk = seed_list[i:i + step]
-            z = torch.stack([torch.randn(G.z_dim, generator=torch.Generator().manual_seed(s)) for s in chunk]).to(dev)
-            if noise_mode == "random":
-                torch.manual_seed(chunk[0])
-            cc = None if c is None else c.expand(len(chunk), -1)
-            img = sampler(z, cc)
-            pixels = to_uint8(img)  # converted on the device, one copy to the host
-            for s, im in zip(chunk, pixels):
-                writer.submit(im, out / f"seed{s:04d}.png")
-            room = GRID_MAX - sum(len(g) for g in grid_images)
-            if room > 0:
-                grid_images.append(img[:room].float().cpu())
-    return save_grid(torch.cat(grid_images), out / "grid.png"), len(seed_list)
-
-
-def _load_generator(ck: dict[str, Any], key: str, device: Any) -> Any:
-    from .networks import Generator, ModelConfig
-    G = Generator(ModelConfig.from_dict(ck["model_config"]))
-    G.load_state_dict(ck[key])
-    return G.to(device).eval().requires_grad_(False)
-
-
-def _class_vector(ck: dict[str, Any], class_: str | None, c_dim: int, device: Any) -> Any:
-    """One-hot [1, c_dim] for --class (a name or an index), None for unconditional models."""
-    import torch
-    names = list(ck["dataset"].get("label_names", []))
-    if c_dim == 0:
-        if class_ is not None:
-            raise click.BadParameter("this model is unconditional (trained without --cond)", param_hint="--class")
-        return None
-    if class_ is None:
-        raise click.BadParameter(f"this model is conditional: choose one of {names or list(range(c_dim))}",
-                                 param_hint="--class")
-    if class_ in names:
-        idx = names.index(class_)
-    elif class_.isdigit() and int(class_) < c_dim:
-        idx = int(class_)
-    else:
-        raise click.BadParameter(f"'{class_}' is not a class; choose a name of {names} or an index "
-                                 f"0..{c_dim - 1}", param_hint="--class")
-    return torch.nn.functional.one_hot(torch.tensor([idx]), c_dim).float().to(device)
+    shown = "" if done.count <= done.grid_count else f" of the first {done.grid_count}"
+    click.echo(f"wrote {done.count} images (seed{seed_list[0]:04d}.png ...) and {done.grid.name}{shown} to {out}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,12 +350,13 @@ def _class_vector(ck: dict[str, Any], class_: str | None, c_dim: int, device: An
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def info(ckpt: Path, as_json: bool) -> None:
     """Show a checkpoint's metadata: config, progress, dataset, parameter counts."""
-    from .training.checkpoint import CheckpointError, load_checkpoint
+    from .networks import count_parameters
+    from .training.checkpoint import CheckpointError, load_checkpoint, load_discriminator, load_generator
     try:
         ck = load_checkpoint(ckpt)
     except CheckpointError as e:
         raise click.ClickException(str(e)) from None
-    counts = {k: _count_parameters(ck, k) for k in ("G", "D")}
+    counts = {"G": count_parameters(load_generator(ck, raw=True)), "D": count_parameters(load_discriminator(ck))}
     doc = {"path": ck["path"], "created": ck.get("created"), "torch": ck.get("torch"),
            "kimg": ck["progress"]["cur_nimg"] / 1000, "step": ck["progress"]["step"],
            "training_time_s": ck["progress"].get("elapsed_s"), "dataset": ck["dataset"],
@@ -435,14 +381,6 @@ def info(ckpt: Path, as_json: bool) -> None:
     click.echo("training config:")
     for k, v in ck["config"].items():
         click.echo(f"  {k:14s} {v}")
-
-
-def _count_parameters(ck: dict[str, Any], key: str) -> int:
-    """Trainable parameters (buffers excluded) of the saved network, counted on a rebuilt module."""
-    from .networks import Discriminator, Generator, ModelConfig
-    cls = Generator if key == "G" else Discriminator
-    module = cls(ModelConfig.from_dict(ck["model_config"]))
-    return sum(p.numel() for p in module.parameters())
 
 
 # --------------------------------------------------------------------------------------------

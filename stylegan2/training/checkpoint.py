@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 
 from .. import fileio
+from ..networks import Discriminator, Generator, ModelConfig
 
 FORMAT = "stylegan2-brain-mri"
 VERSION = 1
@@ -302,8 +303,7 @@ def _nonneg_int(v: Any) -> bool:
 
 def _check_contents(ck: dict[str, Any]) -> None:
     """Raises ValueError naming the first thing wrong with a loaded checkpoint dict."""
-    from stylegan2.networks import Discriminator, Generator, ModelConfig
-
+    # Here, not at the top: state.py imports this module to save and restore runs.
     from .config import TrainConfig, resolve
     from .state import model_config_dict
 
@@ -395,6 +395,33 @@ def new_checkpoint(**parts: Any) -> dict[str, Any]:
     """The envelope every checkpoint shares, plus the given parts."""
     return {"format": FORMAT, "version": VERSION, "torch": str(torch.__version__),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **parts}
+
+
+# --------------------------------------------------------------------------------------------
+# The networks of a checkpoint, as every command that uses one (generate, info) builds them.
+
+def _as_checkpoint(ckpt: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
+    return ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt)
+
+
+def load_generator(ckpt: dict[str, Any] | str | os.PathLike, *, raw: bool = False,
+                   device: str | torch.device = "cpu") -> Generator:
+    """The generator of a checkpoint (a loaded dict, a file, or a run directory's newest), on
+    `device`, in eval mode with gradients off. G_ema, as StyleGAN tools generate, unless `raw`
+    asks for the trained G. A path is loaded and validated first (CheckpointError, one line)."""
+    ck = _as_checkpoint(ckpt)
+    G = Generator(ModelConfig.from_dict(ck["model_config"]))
+    G.load_state_dict(ck["G" if raw else "G_ema"])
+    return G.to(device).eval().requires_grad_(False)
+
+
+def load_discriminator(ckpt: dict[str, Any] | str | os.PathLike, *,
+                       device: str | torch.device = "cpu") -> Discriminator:
+    """The discriminator of a checkpoint, as load_generator gives its generator."""
+    ck = _as_checkpoint(ckpt)
+    D = Discriminator(ModelConfig.from_dict(ck["model_config"]))
+    D.load_state_dict(ck["D"])
+    return D.to(device).eval().requires_grad_(False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,15 +1,18 @@
-"""Image grids as PNG files."""
+"""Images on disk, independent of training: tensors to uint8, PNG files written atomically, grids,
+and the `--seeds 0-7,12` lists that name generated images. Training, generation and the command
+line all use these, so none of them imports another for them."""
 from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .. import fileio
+from . import fileio
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -52,3 +55,36 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, cols: int | None = 
     if scale > 1:
         images = images.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
     return save_image(make_grid(images, cols), path)
+
+_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+_SINGLE = re.compile(r"^\s*(\d+)\s*$")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Turn "0-7,12" into [0, 1, 2, 3, 4, 5, 6, 7, 12].
+
+    Comma-separated items, each a non-negative integer or an inclusive range "a-b" with a <= b.
+    Order is kept as written and duplicates are dropped after their first appearance, so the
+    output files follow the command line. Raises ValueError with the offending item otherwise.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("seeds: expected a list like '0-7,12', got an empty value")
+    seeds: list[int] = []
+    seen: set[int] = set()
+    for item in text.split(","):
+        if m := _RANGE.match(item):
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if lo > hi:
+                raise ValueError(f"seeds: range '{item.strip()}' runs backwards (write {hi}-{lo})")
+            values = range(lo, hi + 1)
+        elif m := _SINGLE.match(item):
+            values = [int(m.group(1))]
+        else:
+            raise ValueError(f"seeds: '{item.strip()}' is neither a number nor a range like 3-9")
+        for v in values:
+            if v >= 2**32:
+                raise ValueError(f"seeds: {v} does not fit in 32 bits")
+            if v not in seen:
+                seen.add(v)
+                seeds.append(v)
+    return seeds
