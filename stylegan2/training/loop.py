@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from .. import fileio
 from . import checkpoint as ckpt_io
 from .config import TrainConfig
-from .grids import save_grid
+from ..images import save_grid
+from ..torch_settings import torch_settings
 from .phases import Run, train_step
 from .plots import plot_losses
 from .signals import StopRequest
@@ -111,11 +112,16 @@ def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[s
         log(f"removed {len(stale)} temporary file(s) left by an interrupted write: "
             f"{', '.join(p.name for p in stale[:4])}{' ...' if len(stale) > 4 else ''}")
     device = pick_device(cfg)
-    threads = pick_threads(cfg, device)
-    if threads:
-        torch.set_num_threads(threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    # Thread count and cuDNN autotuning (same shapes every step) hold for this run only: a
+    # notebook that trains gets its own settings back.
+    with torch_settings(threads=pick_threads(cfg, device), cudnn_benchmark=True if device.type == "cuda" else None):
+        return _train(cfg, run_dir, dataset, device, resume, allow_data_change, progress, keep, log, stop)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, dataset: Any, device: torch.device, resume: dict[str, Any] | None,
+           allow_data_change: bool, progress: bool, keep: int, log: Callable[[str], None],
+           stop: StopRequest | None) -> TrainResult:
+    """train() with the process settings in place."""
     log(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
                                else f", {torch.get_num_threads()} thread(s)"))
     run = setup_run(cfg, dataset, device)
