@@ -18,14 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
-from . import fileio
+from . import data, fileio
+from .data import (BUILTIN, KINDS, DatasetError, clear_cache, datasets_dir, format_entries, format_size,
+                   is_builtin, list_cache)
 from .images import parse_seeds
-from .data import BUILTIN, KINDS
-from .sampling import SPEEDUPS
+from .networks import count_parameters
+from .sampling import SPEEDUPS, Sampler, class_vector, generate_images
+from .torch_settings import torch_settings
+from .training.checkpoint import (CheckpointError, load_checkpoint, load_discriminator, load_generator,
+                                  load_newest_valid)
 from .training.config import LOSSES, MAX_KIMG, PRECISIONS, PRESET_NAMES, TrainConfig, make_config, resolve
+from .training.loop import ResumeError, TrainingDiverged, TrainingWriteError
+from .training.loop import train as train_loop
+from .training.signals import StopRequest
+from .training.state import condition_dim
 
-BUILTIN_DATA = (BUILTIN,)
 
 # Options that change what the networks are or what data they see: fixed by a checkpoint when
 # resuming. The others (how long, how often, where, with how many threads) may change.
@@ -48,7 +57,6 @@ class FiniteFloatRange(click.FloatRange):
 
 
 def _cuda_available() -> bool:
-    import torch
     return torch.cuda.is_available()
 
 
@@ -58,8 +66,8 @@ def _given(ctx: click.Context, name: str) -> bool:
 
 
 def _dataset_name(spec: str) -> str:
-    if spec.strip().lower() in BUILTIN_DATA:
-        return spec.strip().lower()
+    if is_builtin(spec):
+        return BUILTIN
     name = Path(spec.rstrip("/\\")).name
     for ext in (".nii.gz", ".nii"):
         if name.endswith(ext):
@@ -83,8 +91,8 @@ def new_run_dir(out: Path, desc: str) -> Path:
 
 
 def _check_data_path(spec: str) -> None:
-    if spec.strip().lower() not in BUILTIN_DATA and not os.path.exists(spec):
-        raise click.BadParameter(f"'{spec}' does not exist (give a dataset folder or file, or 'mni152' "
+    if not is_builtin(spec) and not os.path.exists(spec):
+        raise click.BadParameter(f"'{spec}' does not exist (give a dataset folder or file, or '{BUILTIN}' "
                                  "for the built-in set)", param_hint="--data")
 
 
@@ -97,8 +105,8 @@ def main() -> None:
 # train
 
 @main.command()
-@click.option("--data", default=None, show_default="mni152",
-              help="Dataset: 'mni152' (built in) or a path (OASIS, ADNI AD_NC, NIfTI, image folder).")
+@click.option("--data", default=None, show_default=BUILTIN,
+              help=f"Dataset: '{BUILTIN}' (built in) or a path (OASIS, ADNI AD_NC, NIfTI, image folder).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               help="Parent folder of the numbered run directories.")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="auto",
@@ -157,8 +165,10 @@ def train(ctx: click.Context, **opts: Any) -> None:
         _check_out(run_dir, keep=True, option="--resume")
 
     dataset = _open_data(cfg, opts["progress"])
-    if cfg.cond and (dataset.labels is None or not dataset.label_names):
-        raise click.UsageError(f"--cond: the dataset ({dataset.source}) has no labels to condition on")
+    try:  # before a run directory is made for a run that cannot start
+        condition_dim(cfg, dataset)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     if run_dir is None:
         try:
             run_dir = new_run_dir(opts["out"], f"{_dataset_name(cfg.data)}-{cfg.preset}")
@@ -166,7 +176,6 @@ def train(ctx: click.Context, **opts: Any) -> None:
             raise click.ClickException(str(e)) from None
     click.echo(f"data: {dataset.source}" + (f" ({dataset.skipped} unreadable files skipped)" if dataset.skipped else ""))
     click.echo(f"run directory: {run_dir}")
-    from .training.signals import StopRequest
     # Held until the outputs are listed: a second Ctrl-C stays ignored after the loop returned.
     with StopRequest() as stop:
         result = _run_training(cfg, run_dir, dataset, ckpt, opts, stop)
@@ -188,7 +197,6 @@ def _check_out(folder: Path, keep: bool, option: str = "--out") -> None:
 def _load_for_resume(path: Path) -> dict[str, Any]:
     """A checkpoint file as named, or a run directory's newest checkpoint that validates (each
     newer one that does not is named, with why, and left in place)."""
-    from .training.checkpoint import CheckpointError, load_checkpoint, load_newest_valid
     try:
         if not path.is_dir():
             try:
@@ -206,7 +214,7 @@ def _load_for_resume(path: Path) -> dict[str, Any]:
 
 
 def _fresh_config(opts: dict[str, Any]) -> tuple[TrainConfig, str]:
-    overrides = dict(data=opts["data"] or "mni152", resolution=opts["resolution"], batch=opts["batch"],
+    overrides = dict(data=opts["data"] or BUILTIN, resolution=opts["resolution"], batch=opts["batch"],
                      kimg=opts["kimg"], snap_kimg=opts["snap"], tick_kimg=opts["tick"], cond=opts["cond"],
                      mirror=opts["mirror"], gamma=opts["gamma"], lr=opts["lr"], loss=opts["loss"],
                      precision=opts["precision"], max_images=opts["max_images"], seed=opts["seed"],
@@ -242,9 +250,8 @@ def _resume_config(ctx: click.Context, opts: dict[str, Any], ckpt: dict[str, Any
 
 
 def _open_data(cfg: TrainConfig, progress: bool) -> Any:
-    from .data import DatasetError, open_dataset
     try:
-        return open_dataset(cfg.data, cfg.resolution, cfg.channels, max_images=cfg.max_images,
+        return data.open_dataset(cfg.data, cfg.resolution, cfg.channels, max_images=cfg.max_images,
                             progress=progress)
     except DatasetError as e:
         raise click.ClickException(f"cannot use --data {cfg.data}: {e}") from e
@@ -252,13 +259,12 @@ def _open_data(cfg: TrainConfig, progress: bool) -> Any:
 
 def _run_training(cfg: TrainConfig, run_dir: Path, dataset: Any, ckpt: dict[str, Any] | None,
                   opts: dict[str, Any], stop: Any = None) -> Any:
-    from .training.loop import ResumeError, TrainingDiverged, TrainingWriteError, train as train_loop
     try:
         return train_loop(cfg, run_dir, dataset, resume=ckpt, allow_data_change=opts["allow_data_change"],
                           progress=opts["progress"], keep=opts["keep"], log=click.echo, stop=stop)
     except (TrainingDiverged, ResumeError, TrainingWriteError, fileio.WriteError) as e:
         raise click.ClickException(str(e)) from None
-    except ValueError as e:  # e.g. --cond on a dataset without labels
+    except ValueError as e:  # a configuration the networks or the loss refuse
         raise click.ClickException(str(e)) from e
 
 
@@ -298,11 +304,7 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
              noise_mode: str, batch: int, raw: bool, device: str | None, speedup: str, channels_last: bool,
              progress: bool) -> None:
     """Generate images from a checkpoint: one PNG per seed and a grid."""
-    import torch
 
-    from .sampling import Sampler, class_vector, generate_images
-    from .torch_settings import torch_settings
-    from .training.checkpoint import CheckpointError, load_checkpoint, load_generator
 
     try:
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(count))
@@ -350,8 +352,6 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def info(ckpt: Path, as_json: bool) -> None:
     """Show a checkpoint's metadata: config, progress, dataset, parameter counts."""
-    from .networks import count_parameters
-    from .training.checkpoint import CheckpointError, load_checkpoint, load_discriminator, load_generator
     try:
         ck = load_checkpoint(ckpt)
     except CheckpointError as e:
@@ -395,7 +395,6 @@ def info(ckpt: Path, as_json: bool) -> None:
               show_default="$STYLEGAN2_CACHE, else ~/.cache/stylegan2", help="The cache folder.")
 def cache(list_: bool, clear: bool, kinds: tuple[str, ...], unused_days: float | None, cache_dir: Path | None) -> None:
     """List or clear the decoded datasets cached on disk (every dataset is decoded once, then read back)."""
-    from .data import clear_cache, datasets_dir, format_entries, format_size, list_cache
 
     if list_ and clear:
         raise click.UsageError("give --list or --clear, not both")

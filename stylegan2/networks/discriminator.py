@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .config import ModelConfig
+from .config import DEFAULT_MBSTD_GROUP, ModelConfig
 from .layers import Conv2dLayer, FullyConnected, MinibatchStd
 from .mapping import MappingNetwork
 from .memory_format import to_block_layout
@@ -67,7 +67,7 @@ class DiscriminatorEpilogue(nn.Module):
         *,
         img_channels: int,
         from_rgb: bool,
-        mbstd_group: int = 4,
+        mbstd_group: int = DEFAULT_MBSTD_GROUP,
         mbstd_channels: int = 1,
         conv_clamp: Optional[float] = None,
     ) -> None:

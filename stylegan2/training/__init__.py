@@ -6,6 +6,7 @@
     state.py       setup_run(), restore_run(), ResumeError
     feed.py        BatchFeeder (seeded, resumable data order)
     checkpoint.py  checkpoint files: save, load, validate, find
+    losses.py      the StyleGAN2 loss (logistic, WGAN-GP) and its regularization defaults
     stats.py, plots.py, signals.py
 
 Nothing is imported here: loading a checkpoint (generate, info) must not pull in the training
