@@ -2,13 +2,15 @@
 
     config.py      TrainConfig, the named presets, resolve()
     loop.py        train(): ticks, snapshots, stopping; TrainResult, TrainingDiverged, TrainingWriteError
-    phases.py      Run, one training step as four small phases, and the G_ema update
-    state.py       setup_run(), restore_run(), ResumeError
+    phases.py      one training step as four small phases, and the G_ema update
+    state.py       Run and setup_run(), which builds one
+    grids.py       reals.png and the fixed-latent fakes_*.png of a run
     feed.py        BatchFeeder (seeded, resumable data order)
-    checkpoint.py  checkpoint files: save, load, validate, find
+    checkpoint.py  checkpoints: a Run saved and restored (ResumeError), files loaded, validated and
+                   found, load_generator / load_discriminator
     losses.py      the StyleGAN2 loss (logistic, WGAN-GP) and its regularization defaults
     stats.py, plots.py, signals.py
 
-Nothing is imported here: loading a checkpoint (generate, info) must not pull in the training
-loop, matplotlib or the data package. Import the module you need.
+Nothing is imported here: loading a checkpoint (generate, info) need not pull in the training
+loop or matplotlib. Import the module you need.
 """

@@ -29,6 +29,8 @@ import torch
 
 from .. import fileio
 from ..networks import Discriminator, Generator, ModelConfig
+from .config import TrainConfig, resolve
+from .state import Run, model_config_dict
 
 FORMAT = "stylegan2-brain-mri"
 VERSION = 1
@@ -303,10 +305,6 @@ def _nonneg_int(v: Any) -> bool:
 
 def _check_contents(ck: dict[str, Any]) -> None:
     """Raises ValueError naming the first thing wrong with a loaded checkpoint dict."""
-    # Here, not at the top: state.py imports this module to save and restore runs.
-    from .config import TrainConfig, resolve
-    from .state import model_config_dict
-
     missing = [k for k in _TOP if k not in ck]
     if missing:
         raise ValueError(f"missing {', '.join(repr(k) for k in missing)}")
@@ -395,6 +393,57 @@ def new_checkpoint(**parts: Any) -> dict[str, Any]:
     """The envelope every checkpoint shares, plus the given parts."""
     return {"format": FORMAT, "version": VERSION, "torch": str(torch.__version__),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **parts}
+
+
+# --------------------------------------------------------------------------------------------
+# A run in and out of checkpoints.
+
+class ResumeError(RuntimeError):
+    """A checkpoint that cannot continue this run (other dataset, other model)."""
+
+
+def checkpoint_dict(run: Run) -> dict[str, Any]:
+    rng = capture_rng()
+    rng["feeder"] = run.feeder.state_dict()
+    return new_checkpoint(
+        G=run.G.state_dict(), D=run.D.state_dict(), G_ema=run.G_ema.state_dict(),
+        opt_G=run.opt_G.state_dict(), opt_D=run.opt_D.state_dict(), loss=dict(run.loss.state_dict()),
+        config=run.cfg.to_dict(), model_config=dict(run.model_cfg),
+        progress={"cur_nimg": run.cur_nimg, "step": run.step, "tick": run.tick,
+                  "elapsed_s": float(run.elapsed_s)},
+        rng=rng, dataset=dict(run.dataset_info))
+
+
+def save_checkpoint(run: Run, run_dir: Path, keep: int = 0) -> Path:
+    path = atomic_save(checkpoint_dict(run), Path(run_dir) / "checkpoints" / ckpt_name(run.cur_nimg))
+    prune_checkpoints(run_dir, keep, protect=path)
+    return path
+
+
+def restore_run(run: Run, ckpt: dict[str, Any], allow_data_change: bool = False) -> None:
+    """Load everything a checkpoint holds into a freshly set-up run (same config)."""
+    saved_fp = ckpt["dataset"]["fingerprint"]
+    if saved_fp != run.dataset_info["fingerprint"]:
+        if not allow_data_change:
+            raise ResumeError(
+                f"the dataset differs from the one this checkpoint was trained on "
+                f"(checkpoint: {ckpt['dataset']['source']!r}, fingerprint {saved_fp[:12]}; now: "
+                f"{run.dataset_info['source']!r}, fingerprint {run.dataset_info['fingerprint'][:12]}). "
+                f"Pass --allow-data-change to continue on the new data anyway.")
+    if ckpt["model_config"] != run.model_cfg:
+        raise ResumeError(f"checkpoint model {ckpt['model_config']} differs from {run.model_cfg}")
+    run.G.load_state_dict(ckpt["G"])
+    run.D.load_state_dict(ckpt["D"])
+    run.G_ema.load_state_dict(ckpt["G_ema"])
+    run.opt_G.load_state_dict(ckpt["opt_G"])
+    run.opt_D.load_state_dict(ckpt["opt_D"])
+    run.loss.load_state_dict(ckpt["loss"])
+    p = ckpt["progress"]
+    run.cur_nimg, run.step, run.tick = int(p["cur_nimg"]), int(p["step"]), int(p["tick"])
+    run.elapsed_s = float(p["elapsed_s"])
+    if saved_fp == run.dataset_info["fingerprint"]:
+        run.feeder.load_state_dict(ckpt["rng"]["feeder"])
+    restore_rng(ckpt["rng"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,35 +8,12 @@ per-term stats go into a StatsAccumulator as device tensors.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from .config import TrainConfig
-from .feed import BatchFeeder
+from .state import Run
 from .stats import StatsAccumulator
-
-
-@dataclass
-class Run:
-    cfg: TrainConfig
-    device: torch.device
-    G: torch.nn.Module
-    D: torch.nn.Module
-    G_ema: torch.nn.Module
-    loss: Any
-    opt_G: torch.optim.Optimizer
-    opt_D: torch.optim.Optimizer
-    feeder: BatchFeeder
-    model_cfg: dict[str, Any]
-    dataset_info: dict[str, Any]
-    cur_nimg: int = 0
-    step: int = 0
-    tick: int = 0
-    elapsed_s: float = 0.0
-    last_checkpoint: Path | None = None  # newest checkpoint written (or resumed from)
 
 
 def _sanitize_grads(module: torch.nn.Module) -> None:
