@@ -16,7 +16,7 @@ from .discriminator import Discriminator
 from .ema import ema_beta, ema_update
 from .generator import Generator
 from .mapping import MappingNetwork
-from .memory_format import use_channels_last, uses_channels_last
+from .memory_format import LayoutSwitch, use_channels_last
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -27,6 +27,7 @@ def count_parameters(module: nn.Module) -> int:
 
 __all__ = [
     "Discriminator",
+    "LayoutSwitch",
     "Generator",
     "MappingNetwork",
     "ModelConfig",
@@ -34,5 +35,4 @@ __all__ = [
     "ema_beta",
     "ema_update",
     "use_channels_last",
-    "uses_channels_last",
 ]
