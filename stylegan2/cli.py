@@ -45,9 +45,10 @@ _RUNTIME_FIELDS = {"kimg": "kimg", "snap": "snap_kimg", "tick": "tick_kimg", "th
 
 
 class FiniteFloatRange(click.FloatRange):
-    """click.FloatRange that also refuses inf and nan: both passed its comparisons (nan compares
-    false with everything, inf has no upper bound by default), so `--kimg inf` or `--gamma nan`
-    reached the training loop. Checked while the command line is parsed, before any folder exists."""
+    """click.FloatRange that also refuses inf and nan, which pass its comparisons (nan compares
+    false with everything, inf has no upper bound by default) and would reach the training loop
+    as `--kimg inf` or `--gamma nan`. Checked while the command line is parsed, before any folder
+    exists."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         number = click.FLOAT.convert(value, param, ctx)

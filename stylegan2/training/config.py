@@ -158,8 +158,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     return c
 
 
-# Float fields and whether None is allowed. Every one must be a finite number: inf or nan passed
-# the range checks before (`--kimg inf` overflowed in the loop, `--gamma inf` diverged).
+# Float fields and whether None is allowed. Every one must be a finite number: inf and nan pass
+# range comparisons, and then `kimg = inf` overflows the loop's counters and `gamma = inf` diverges.
 _FLOATS = {"kimg": False, "lr": False, "beta1": False, "beta2": False, "eps": False, "gamma": True,
            "pl_weight": False, "style_mixing": False, "ema_kimg": True, "ema_rampup": True,
            "tick_kimg": False, "snap_kimg": False, "conv_clamp": True}
