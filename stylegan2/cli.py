@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,11 @@ from .networks import count_parameters
 from .sampling import SPEEDUPS, Sampler, class_vector, generate_images
 from .torch_settings import torch_settings
 from .training.checkpoint import (CheckpointError, load_checkpoint, load_discriminator, load_generator,
-                                  load_newest_valid)
+                                  load_newest_valid, run_dir_of)
 from .training.config import LOSSES, MAX_KIMG, PRECISIONS, PRESET_NAMES, TrainConfig, make_config, resolve
 from .training.loop import ResumeError, TrainingDiverged, TrainingWriteError
 from .training.loop import train as train_loop
+from .training.run_dir import dataset_name, new_run_dir
 from .training.signals import StopRequest
 from .training.state import condition_dim
 
@@ -64,31 +64,6 @@ def _cuda_available() -> bool:
 def _given(ctx: click.Context, name: str) -> bool:
     """Whether the user typed the option (rather than click filling in its default)."""
     return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-
-
-def _dataset_name(spec: str) -> str:
-    if is_builtin(spec):
-        return BUILTIN
-    name = Path(spec.rstrip("/\\")).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "data"
-
-
-def new_run_dir(out: Path, desc: str) -> Path:
-    """out/<NNNNN>-<desc> with the next free number; never reuses an existing folder."""
-    fileio.make_dirs(out)
-    while True:
-        ids = [int(m.group(1)) for p in out.iterdir() if (m := re.match(r"^(\d+)-", p.name))]
-        path = out / f"{max(ids, default=-1) + 1:05d}-{desc}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:  # another process took the number first
-            continue
-        except OSError as e:
-            raise fileio.WriteError(path, e, what="cannot create folder") from None
 
 
 def _check_data_path(spec: str) -> None:
@@ -172,7 +147,7 @@ def train(ctx: click.Context, **opts: Any) -> None:
         raise click.UsageError(str(e)) from None
     if run_dir is None:
         try:
-            run_dir = new_run_dir(opts["out"], f"{_dataset_name(cfg.data)}-{cfg.preset}")
+            run_dir = new_run_dir(opts["out"], f"{dataset_name(cfg.data)}-{cfg.preset}")
         except fileio.WriteError as e:
             raise click.ClickException(str(e)) from None
     click.echo(f"data: {dataset.source}" + (f" ({dataset.skipped} unreadable files skipped)" if dataset.skipped else ""))
@@ -203,8 +178,8 @@ def _load_for_resume(path: Path) -> dict[str, Any]:
             try:
                 return load_checkpoint(path)
             except CheckpointError as e:
-                hint = (f"; --resume {path.parent.parent} resumes from the newest checkpoint that loads"
-                        if path.parent.name == "checkpoints" else "")
+                run_dir = run_dir_of(path)
+                hint = f"; --resume {run_dir} resumes from the newest checkpoint that loads" if run_dir is not None else ""
                 raise CheckpointError(f"{e}{hint}") from None
         ckpt, skipped = load_newest_valid(path)
     except CheckpointError as e:
@@ -245,7 +220,7 @@ def _resume_config(ctx: click.Context, opts: dict[str, Any], ckpt: dict[str, Any
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     path = Path(ckpt["path"])
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    run_dir = run_dir_of(path) or path.parent
     kimg = ckpt["progress"]["cur_nimg"] / 1000
     return cfg, run_dir, f"resuming {path} at {kimg:.3f} kimg (preset {cfg.preset}), until {cfg.kimg:g} kimg"
 

@@ -5,6 +5,7 @@
     phases.py      one training step as four small phases, and the G_ema update
     state.py       Run and setup_run(), which builds one
     grids.py       reals.png and the fixed-latent fakes_*.png of a run
+    run_dir.py     numbered run directories (new_run_dir) and their dataset names
     feed.py        BatchFeeder (seeded, resumable data order)
     checkpoint.py  checkpoints: a Run saved and restored (ResumeError), files loaded, validated and
                    found, load_generator / load_discriminator

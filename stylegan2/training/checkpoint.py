@@ -35,6 +35,7 @@ from .state import Run, model_config_dict
 FORMAT = "stylegan2-brain-mri"
 VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{6})(?:\.(\d{3}))?\.pt$")
+CHECKPOINTS = "checkpoints"  # the folder of a run directory that holds its checkpoints
 
 
 class CheckpointError(RuntimeError):
@@ -65,13 +66,20 @@ def ckpt_name(cur_nimg: int) -> str:
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """(cur_nimg, path) of every checkpoint in a run directory, oldest first."""
-    d = Path(run_dir) / "checkpoints"
+    d = Path(run_dir) / CHECKPOINTS
     found = []
     if d.is_dir():
         for p in d.iterdir():
             if m := _NAME.match(p.name):
                 found.append((int(m.group(1)) * 1000 + int(m.group(2) or 0), p))
     return sorted(found)
+
+
+def run_dir_of(path: str | os.PathLike) -> Path | None:
+    """The run directory a checkpoint file belongs to (run/checkpoints/ckpt-*.pt -> run), or None
+    for a file kept elsewhere."""
+    p = Path(path)
+    return p.parent.parent if p.parent.name == CHECKPOINTS else None
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -415,7 +423,7 @@ def checkpoint_dict(run: Run) -> dict[str, Any]:
 
 
 def save_checkpoint(run: Run, run_dir: Path, keep: int = 0) -> Path:
-    path = atomic_save(checkpoint_dict(run), Path(run_dir) / "checkpoints" / ckpt_name(run.cur_nimg))
+    path = atomic_save(checkpoint_dict(run), Path(run_dir) / CHECKPOINTS / ckpt_name(run.cur_nimg))
     prune_checkpoints(run_dir, keep, protect=path)
     return path
 

@@ -79,7 +79,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[s
     run_dir = Path(run_dir)
     fileio.make_dirs(run_dir)
     # Temporaries of a writer killed mid-write (the run's own files; no one else writes here).
-    stale = [p for d in (run_dir, run_dir / "checkpoints") for p in fileio.remove_stale_temporaries(d)]
+    stale = [p for d in (run_dir, run_dir / ckpt_io.CHECKPOINTS) for p in fileio.remove_stale_temporaries(d)]
     if stale:
         log(f"removed {len(stale)} temporary file(s) left by an interrupted write: "
             f"{', '.join(p.name for p in stale[:4])}{' ...' if len(stale) > 4 else ''}")
