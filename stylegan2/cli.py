@@ -280,8 +280,6 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
              noise_mode: str, batch: int, raw: bool, device: str | None, speedup: str, channels_last: bool,
              progress: bool) -> None:
     """Generate images from a checkpoint: one PNG per seed and a grid."""
-
-
     try:
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(count))
     except ValueError as e:
@@ -371,7 +369,6 @@ def info(ckpt: Path, as_json: bool) -> None:
               show_default="$STYLEGAN2_CACHE, else ~/.cache/stylegan2", help="The cache folder.")
 def cache(list_: bool, clear: bool, kinds: tuple[str, ...], unused_days: float | None, cache_dir: Path | None) -> None:
     """List or clear the decoded datasets cached on disk (every dataset is decoded once, then read back)."""
-
     if list_ and clear:
         raise click.UsageError("give --list or --clear, not both")
     folder = datasets_dir(cache_dir)
