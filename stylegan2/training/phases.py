@@ -8,7 +8,7 @@ per-term stats go into a StatsAccumulator as device tensors.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
