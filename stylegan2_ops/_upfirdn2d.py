@@ -455,6 +455,11 @@ def _transposed_config(
     return down, up, (t_pad[0], t_pad[1], t_pad[2], t_pad[3]), not flip_filter
 
 
+# The binding's `path` argument: 0 lets it choose between the tiled and the general kernel (the
+# tests pass 1 or 2 to compare them); the registered op always means 0.
+AUTO_PATH = 0
+
+
 @torch.library.custom_op("stylegan2_ops::upfirdn2d", mutates_args=())
 def _kernel_op(
     x: torch.Tensor,
@@ -471,8 +476,8 @@ def _kernel_op(
     gain: float,
     channels_last: bool,
 ) -> torch.Tensor:
-    return _loader.load().upfirdn2d(
-        x, f, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, flip, gain, channels_last, 0
+    return getattr(_loader.load(), KERNEL)(
+        x, f, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, flip, gain, channels_last, AUTO_PATH
     )
 
 
@@ -482,6 +487,9 @@ def _(x, f, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, flip, ga
     out_h = (x.shape[2] * up_y + pad_y0 + pad_y1 - f.shape[0]) // down_y + 1
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty([x.shape[0], x.shape[1], out_h, out_w], dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+_kernel = _loader.kernel_call(_kernel_op, KERNEL, module_tail=(AUTO_PATH,))
 
 
 def _run_kernel(
@@ -494,12 +502,9 @@ def _run_kernel(
     gain: float,
     channels_last: bool,
 ) -> torch.Tensor:
-    """One kernel call: the registered op inside torch.compile, the module directly otherwise
-    (at StyleGAN2's small layers the dispatcher's overhead would rival the kernel)."""
-    args = (x, f, up[0], up[1], down[0], down[1], pad[0], pad[1], pad[2], pad[3], flip_filter, gain, channels_last)
-    if torch.compiler.is_compiling():
-        return _kernel_op(*args)
-    return _loader.load().upfirdn2d(*args, 0)
+    """One kernel call, with the configuration spelled out as the binding takes it."""
+    return _kernel(x, f, up[0], up[1], down[0], down[1], pad[0], pad[1], pad[2], pad[3], flip_filter, gain,
+                   channels_last)
 
 
 @function_cache
