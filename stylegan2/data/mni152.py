@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..torch_settings import torch_settings
 from .base import DatasetError, ImageDataset
+from .nifti import read_volume
 from .volume import BAND_NAMES, brain_field_of_view, brain_slices, normalise_volume, slice_bands
 from .warp import (BASE_MARGIN, WarpStrength, antialias_sigmas, base_counts, draw_base, draw_images,
                    gaussian_blur3d, render_base, shrink_volume, warp_images)
@@ -71,12 +72,10 @@ def load_template() -> tuple[np.ndarray, tuple[float, float, float]]:
     Reads nilearn's packaged file; if a future nilearn moves it, asks nilearn's loader, which
     also reads the packaged copy (it never downloads).
     """
-    from .nifti import read_volume
-
     path = template_path()
     if path is not None:
         return read_volume(path)
-    try:
+    try:  # optional packages, needed only for this fallback: a missing one is a DatasetError below
         import nibabel as nib
         from nilearn.datasets import load_mni152_template
     except ImportError as e:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickletools
 import re
 import time
 import warnings
@@ -122,7 +123,6 @@ _DATA_MODULES = ("torch", "collections", "_codecs", "numpy")
 def _pickle_globals(data: bytes) -> list[str] | None:
     """The module.name globals a pickle refers to, found by reading its opcodes (nothing is
     unpickled, so nothing runs), or None when the bytes are not a complete pickle."""
-    import pickletools
     found: list[str] = []
     strings: list[str] = []
     try:

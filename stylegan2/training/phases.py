@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from ..networks import ema_beta, ema_update
 from .state import Run
 from .stats import StatsAccumulator
 
@@ -93,7 +94,6 @@ def phase_d_reg(run: Run, acc: StatsAccumulator, real: torch.Tensor, real_c: tor
 
 def update_ema(run: Run) -> None:
     """G_ema <- lerp towards G with half-life ema_kimg (shortened early on by ema_rampup)."""
-    from stylegan2.networks import ema_beta, ema_update
     cfg = run.cfg
     with torch.profiler.record_function("phase G_ema"):
         ema_update(run.G_ema, run.G, ema_beta(cfg.batch, cfg.ema_kimg, rampup=cfg.ema_rampup, cur_nimg=run.cur_nimg))
