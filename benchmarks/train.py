@@ -81,17 +81,12 @@ def kernels_status(device: torch.device) -> tuple[bool, str]:
 
 def training_api() -> Any:
     """stylegan2.training's step functions: setup_run, train_step, phase_g_main, phase_g_reg,
-    phase_d_main, phase_d_reg, StatsAccumulator (from phases.py/state.py, or loop.py in the
-    layout before the split)."""
+    phase_d_main, phase_d_reg, StatsAccumulator."""
     from types import SimpleNamespace
 
+    from stylegan2.training import phases as steps
+    from stylegan2.training.state import setup_run
     from stylegan2.training.stats import StatsAccumulator
-    try:
-        from stylegan2.training import phases as steps
-        from stylegan2.training.state import setup_run
-    except ImportError:
-        from stylegan2.training import loop as steps
-        setup_run = steps.setup_run
     return SimpleNamespace(setup_run=setup_run, train_step=steps.train_step, phase_g_main=steps.phase_g_main,
                            phase_g_reg=steps.phase_g_reg, phase_d_main=steps.phase_d_main,
                            phase_d_reg=steps.phase_d_reg, StatsAccumulator=StatsAccumulator)

@@ -12,20 +12,29 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
-from . import fileio
-from .data import BUILTIN, KINDS
-from .sampling import SPEEDUPS
+from . import data, fileio
+from .data import (BUILTIN, KINDS, DatasetError, clear_cache, datasets_dir, format_entries, format_size,
+                   is_builtin, list_cache)
+from .images import parse_seeds
+from .networks import count_parameters
+from .sampling import SPEEDUPS, Sampler, class_vector, generate_images
+from .torch_settings import torch_settings
+from .training.checkpoint import (CheckpointError, load_checkpoint, load_discriminator, load_generator,
+                                  load_newest_valid, run_dir_of)
 from .training.config import LOSSES, MAX_KIMG, PRECISIONS, PRESET_NAMES, TrainConfig, make_config, resolve
+from .training.loop import ResumeError, TrainingDiverged, TrainingWriteError
+from .training.loop import train as train_loop
+from .training.run_dir import dataset_name, new_run_dir
+from .training.signals import StopRequest
+from .training.state import condition_dim
 
-BUILTIN_DATA = (BUILTIN,)
-GRID_MAX = 64  # generate's grid.png shows at most this many images
 
 # Options that change what the networks are or what data they see: fixed by a checkpoint when
 # resuming. The others (how long, how often, where, with how many threads) may change.
@@ -36,9 +45,10 @@ _RUNTIME_FIELDS = {"kimg": "kimg", "snap": "snap_kimg", "tick": "tick_kimg", "th
 
 
 class FiniteFloatRange(click.FloatRange):
-    """click.FloatRange that also refuses inf and nan: both passed its comparisons (nan compares
-    false with everything, inf has no upper bound by default), so `--kimg inf` or `--gamma nan`
-    reached the training loop. Checked while the command line is parsed, before any folder exists."""
+    """click.FloatRange that also refuses inf and nan, which pass its comparisons (nan compares
+    false with everything, inf has no upper bound by default) and would reach the training loop
+    as `--kimg inf` or `--gamma nan`. Checked while the command line is parsed, before any folder
+    exists."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         number = click.FLOAT.convert(value, param, ctx)
@@ -48,7 +58,6 @@ class FiniteFloatRange(click.FloatRange):
 
 
 def _cuda_available() -> bool:
-    import torch
     return torch.cuda.is_available()
 
 
@@ -57,34 +66,9 @@ def _given(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
-def _dataset_name(spec: str) -> str:
-    if spec.strip().lower() in BUILTIN_DATA:
-        return spec.strip().lower()
-    name = Path(spec.rstrip("/\\")).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "data"
-
-
-def new_run_dir(out: Path, desc: str) -> Path:
-    """out/<NNNNN>-<desc> with the next free number; never reuses an existing folder."""
-    fileio.make_dirs(out)
-    while True:
-        ids = [int(m.group(1)) for p in out.iterdir() if (m := re.match(r"^(\d+)-", p.name))]
-        path = out / f"{max(ids, default=-1) + 1:05d}-{desc}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:  # another process took the number first
-            continue
-        except OSError as e:
-            raise fileio.WriteError(path, e, what="cannot create folder") from None
-
-
 def _check_data_path(spec: str) -> None:
-    if spec.strip().lower() not in BUILTIN_DATA and not os.path.exists(spec):
-        raise click.BadParameter(f"'{spec}' does not exist (give a dataset folder or file, or 'mni152' "
+    if not is_builtin(spec) and not os.path.exists(spec):
+        raise click.BadParameter(f"'{spec}' does not exist (give a dataset folder or file, or '{BUILTIN}' "
                                  "for the built-in set)", param_hint="--data")
 
 
@@ -97,8 +81,8 @@ def main() -> None:
 # train
 
 @main.command()
-@click.option("--data", default=None, show_default="mni152",
-              help="Dataset: 'mni152' (built in) or a path (OASIS, ADNI AD_NC, NIfTI, image folder).")
+@click.option("--data", default=None, show_default=BUILTIN,
+              help=f"Dataset: '{BUILTIN}' (built in) or a path (OASIS, ADNI AD_NC, NIfTI, image folder).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               help="Parent folder of the numbered run directories.")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="auto",
@@ -157,16 +141,17 @@ def train(ctx: click.Context, **opts: Any) -> None:
         _check_out(run_dir, keep=True, option="--resume")
 
     dataset = _open_data(cfg, opts["progress"])
-    if cfg.cond and (dataset.labels is None or not dataset.label_names):
-        raise click.UsageError(f"--cond: the dataset ({dataset.source}) has no labels to condition on")
+    try:  # before a run directory is made for a run that cannot start
+        condition_dim(cfg, dataset)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     if run_dir is None:
         try:
-            run_dir = new_run_dir(opts["out"], f"{_dataset_name(cfg.data)}-{cfg.preset}")
+            run_dir = new_run_dir(opts["out"], f"{dataset_name(cfg.data)}-{cfg.preset}")
         except fileio.WriteError as e:
             raise click.ClickException(str(e)) from None
     click.echo(f"data: {dataset.source}" + (f" ({dataset.skipped} unreadable files skipped)" if dataset.skipped else ""))
     click.echo(f"run directory: {run_dir}")
-    from .training.signals import StopRequest
     # Held until the outputs are listed: a second Ctrl-C stays ignored after the loop returned.
     with StopRequest() as stop:
         result = _run_training(cfg, run_dir, dataset, ckpt, opts, stop)
@@ -188,14 +173,13 @@ def _check_out(folder: Path, keep: bool, option: str = "--out") -> None:
 def _load_for_resume(path: Path) -> dict[str, Any]:
     """A checkpoint file as named, or a run directory's newest checkpoint that validates (each
     newer one that does not is named, with why, and left in place)."""
-    from .training.checkpoint import CheckpointError, load_checkpoint, load_newest_valid
     try:
         if not path.is_dir():
             try:
                 return load_checkpoint(path)
             except CheckpointError as e:
-                hint = (f"; --resume {path.parent.parent} resumes from the newest checkpoint that loads"
-                        if path.parent.name == "checkpoints" else "")
+                run_dir = run_dir_of(path)
+                hint = f"; --resume {run_dir} resumes from the newest checkpoint that loads" if run_dir is not None else ""
                 raise CheckpointError(f"{e}{hint}") from None
         ckpt, skipped = load_newest_valid(path)
     except CheckpointError as e:
@@ -206,7 +190,7 @@ def _load_for_resume(path: Path) -> dict[str, Any]:
 
 
 def _fresh_config(opts: dict[str, Any]) -> tuple[TrainConfig, str]:
-    overrides = dict(data=opts["data"] or "mni152", resolution=opts["resolution"], batch=opts["batch"],
+    overrides = dict(data=opts["data"] or BUILTIN, resolution=opts["resolution"], batch=opts["batch"],
                      kimg=opts["kimg"], snap_kimg=opts["snap"], tick_kimg=opts["tick"], cond=opts["cond"],
                      mirror=opts["mirror"], gamma=opts["gamma"], lr=opts["lr"], loss=opts["loss"],
                      precision=opts["precision"], max_images=opts["max_images"], seed=opts["seed"],
@@ -236,15 +220,14 @@ def _resume_config(ctx: click.Context, opts: dict[str, Any], ckpt: dict[str, Any
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     path = Path(ckpt["path"])
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    run_dir = run_dir_of(path) or path.parent
     kimg = ckpt["progress"]["cur_nimg"] / 1000
     return cfg, run_dir, f"resuming {path} at {kimg:.3f} kimg (preset {cfg.preset}), until {cfg.kimg:g} kimg"
 
 
 def _open_data(cfg: TrainConfig, progress: bool) -> Any:
-    from .data import DatasetError, open_dataset
     try:
-        return open_dataset(cfg.data, cfg.resolution, cfg.channels, max_images=cfg.max_images,
+        return data.open_dataset(cfg.data, cfg.resolution, cfg.channels, max_images=cfg.max_images,
                             progress=progress)
     except DatasetError as e:
         raise click.ClickException(f"cannot use --data {cfg.data}: {e}") from e
@@ -252,13 +235,12 @@ def _open_data(cfg: TrainConfig, progress: bool) -> Any:
 
 def _run_training(cfg: TrainConfig, run_dir: Path, dataset: Any, ckpt: dict[str, Any] | None,
                   opts: dict[str, Any], stop: Any = None) -> Any:
-    from .training.loop import ResumeError, TrainingDiverged, TrainingWriteError, train as train_loop
     try:
         return train_loop(cfg, run_dir, dataset, resume=ckpt, allow_data_change=opts["allow_data_change"],
                           progress=opts["progress"], keep=opts["keep"], log=click.echo, stop=stop)
     except (TrainingDiverged, ResumeError, TrainingWriteError, fileio.WriteError) as e:
         raise click.ClickException(str(e)) from None
-    except ValueError as e:  # e.g. --cond on a dataset without labels
+    except ValueError as e:  # a configuration the networks or the loss refuse
         raise click.ClickException(str(e)) from e
 
 
@@ -298,12 +280,6 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
              noise_mode: str, batch: int, raw: bool, device: str | None, speedup: str, channels_last: bool,
              progress: bool) -> None:
     """Generate images from a checkpoint: one PNG per seed and a grid."""
-    import torch
-
-    from .sampling import Sampler
-    from .training.checkpoint import CheckpointError, load_checkpoint
-    from .training.seeds import parse_seeds
-
     try:
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(count))
     except ValueError as e:
@@ -322,78 +298,23 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
         ck = load_checkpoint(ckpt)
     except CheckpointError as e:
         raise click.ClickException(str(e)) from None
-    G = _load_generator(ck, "G" if raw else "G_ema", dev)
-    c = _class_vector(ck, class_, G.c_dim, dev)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # every batch has the same shapes: autotune once
+    G = load_generator(ck, raw=raw, device=dev)
+    try:
+        c = class_vector(class_, G.c_dim, ck["dataset"].get("label_names", []), dev)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--class") from None
     # Reduced-precision layers of a GPU-trained model run in float32 on a CPU.
     sampler = Sampler(G, speedup=speedup, channels_last=channels_last, truncation_psi=trunc,
                       noise_mode=noise_mode, force_fp32=dev.type != "cuda")
     try:
-        fileio.make_dirs(out)
-        written = _generate_images(sampler, G, c, seed_list, out, noise_mode, batch, dev, progress)
+        # Every batch has the same shapes: let cuDNN autotune once (a process-wide setting, so
+        # the command sets it, not the library).
+        with torch_settings(cudnn_benchmark=True if dev.type == "cuda" else None):
+            done = generate_images(sampler, seed_list, out, c=c, batch=batch, progress=progress)
     except fileio.WriteError as e:
         raise click.ClickException(str(e)) from None
-    grid, count = written
-    shown = "" if count <= GRID_MAX else f" of the first {GRID_MAX}"
-    click.echo(f"wrote {count} images (seed{seed_list[0]:04d}.png ...) and {grid.name}{shown} to {out}")
-
-
-def _generate_images(sampler: Any, G: Any, c: Any, seed_list: list[int], out: Path, noise_mode: str,
-                     batch: int, dev: Any, progress: bool) -> tuple[Path, int]:
-    """seedNNNN.png for every seed and grid.png of the first GRID_MAX; (grid path, count)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from .image_writer import PngWriter
-    from .training.grids import save_grid, to_uint8
-
-    # Random noise is drawn per image from its seed, so an image does not depend on the batch.
-    step = 1 if noise_mode == "random" else batch
-    grid_images = []  # the first GRID_MAX images only: --n 100000 must not keep every image in memory
-    with torch.no_grad(), PngWriter() as writer:
-        for i in tqdm(range(0, len(seed_list), step), desc="generate", unit="batch", disable=not progress):
-            chunk = seed_list[i:i + step]
-            z = torch.stack([torch.randn(G.z_dim, generator=torch.Generator().manual_seed(s)) for s in chunk]).to(dev)
-            if noise_mode == "random":
-                torch.manual_seed(chunk[0])
-            cc = None if c is None else c.expand(len(chunk), -1)
-            img = sampler(z, cc)
-            pixels = to_uint8(img)  # converted on the device, one copy to the host
-            for s, im in zip(chunk, pixels):
-                writer.submit(im, out / f"seed{s:04d}.png")
-            room = GRID_MAX - sum(len(g) for g in grid_images)
-            if room > 0:
-                grid_images.append(img[:room].float().cpu())
-    return save_grid(torch.cat(grid_images), out / "grid.png"), len(seed_list)
-
-
-def _load_generator(ck: dict[str, Any], key: str, device: Any) -> Any:
-    from .networks import Generator, ModelConfig
-    G = Generator(ModelConfig.from_dict(ck["model_config"]))
-    G.load_state_dict(ck[key])
-    return G.to(device).eval().requires_grad_(False)
-
-
-def _class_vector(ck: dict[str, Any], class_: str | None, c_dim: int, device: Any) -> Any:
-    """One-hot [1, c_dim] for --class (a name or an index), None for unconditional models."""
-    import torch
-    names = list(ck["dataset"].get("label_names", []))
-    if c_dim == 0:
-        if class_ is not None:
-            raise click.BadParameter("this model is unconditional (trained without --cond)", param_hint="--class")
-        return None
-    if class_ is None:
-        raise click.BadParameter(f"this model is conditional: choose one of {names or list(range(c_dim))}",
-                                 param_hint="--class")
-    if class_ in names:
-        idx = names.index(class_)
-    elif class_.isdigit() and int(class_) < c_dim:
-        idx = int(class_)
-    else:
-        raise click.BadParameter(f"'{class_}' is not a class; choose a name of {names} or an index "
-                                 f"0..{c_dim - 1}", param_hint="--class")
-    return torch.nn.functional.one_hot(torch.tensor([idx]), c_dim).float().to(device)
+    shown = "" if done.count <= done.grid_count else f" of the first {done.grid_count}"
+    click.echo(f"wrote {done.count} images (seed{seed_list[0]:04d}.png ...) and {done.grid.name}{shown} to {out}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,12 +326,11 @@ def _class_vector(ck: dict[str, Any], class_: str | None, c_dim: int, device: An
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def info(ckpt: Path, as_json: bool) -> None:
     """Show a checkpoint's metadata: config, progress, dataset, parameter counts."""
-    from .training.checkpoint import CheckpointError, load_checkpoint
     try:
         ck = load_checkpoint(ckpt)
     except CheckpointError as e:
         raise click.ClickException(str(e)) from None
-    counts = {k: _count_parameters(ck, k) for k in ("G", "D")}
+    counts = {"G": count_parameters(load_generator(ck, raw=True)), "D": count_parameters(load_discriminator(ck))}
     doc = {"path": ck["path"], "created": ck.get("created"), "torch": ck.get("torch"),
            "kimg": ck["progress"]["cur_nimg"] / 1000, "step": ck["progress"]["step"],
            "training_time_s": ck["progress"].get("elapsed_s"), "dataset": ck["dataset"],
@@ -437,14 +357,6 @@ def info(ckpt: Path, as_json: bool) -> None:
         click.echo(f"  {k:14s} {v}")
 
 
-def _count_parameters(ck: dict[str, Any], key: str) -> int:
-    """Trainable parameters (buffers excluded) of the saved network, counted on a rebuilt module."""
-    from .networks import Discriminator, Generator, ModelConfig
-    cls = Generator if key == "G" else Discriminator
-    module = cls(ModelConfig.from_dict(ck["model_config"]))
-    return sum(p.numel() for p in module.parameters())
-
-
 # --------------------------------------------------------------------------------------------
 # cache
 
@@ -457,8 +369,6 @@ def _count_parameters(ck: dict[str, Any], key: str) -> int:
               show_default="$STYLEGAN2_CACHE, else ~/.cache/stylegan2", help="The cache folder.")
 def cache(list_: bool, clear: bool, kinds: tuple[str, ...], unused_days: float | None, cache_dir: Path | None) -> None:
     """List or clear the decoded datasets cached on disk (every dataset is decoded once, then read back)."""
-    from .data import clear_cache, datasets_dir, format_entries, format_size, list_cache
-
     if list_ and clear:
         raise click.UsageError("give --list or --clear, not both")
     folder = datasets_dir(cache_dir)

@@ -6,7 +6,7 @@
     check_writable_dir(path)        before long work: can files be created in this folder?
     remove_stale_temporaries(dir)   temporaries a killed process left behind
 
-Why one place: a full disk used to surface as whatever the writer made of it (matplotlib's
+Why one place: left to itself, each writer reports a full disk its own way (matplotlib's
 `OSError: [Errno 28]` traceback, or torch.save's `[enforce fail at inline_container.cc] unexpected
 pos`, which swallows the real cause). Here every writer (torch.save, Pillow, matplotlib, json, csv)
 writes through `_GuardedFile`, which remembers the first OSError the operating system raised, so

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from .training.grids import save_image
+from .images import save_image
 
 
 class PngWriter:

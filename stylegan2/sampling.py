@@ -2,6 +2,7 @@
 
     sampler = Sampler(G_ema, speedup="cudagraph")
     images = sampler(z)            # float32 [N, C, R, R], roughly [-1, 1]
+    generate_images(sampler, parse_seeds("0-7,12"), "out/")   # seedNNNN.png files and grid.png
 
 Generation is a fixed graph of a few hundred small kernels per batch, so on a fast GPU the host's
 launch overhead can rival the work itself at moderate batch sizes. Two remedies, chosen with
@@ -23,18 +24,25 @@ at construction, which are baked into captured graphs.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
+from . import fileio
+from .image_writer import PngWriter
+from .images import save_grid, to_uint8
 from .networks import use_channels_last
 
 SPEEDUPS = ("none", "cudagraph", "compile")
 NOISE_MODES = ("const", "random", "none")
+GRID_MAX = 64  # generate_images' grid.png shows at most this many images
 
 
 @dataclass
@@ -115,6 +123,10 @@ class Sampler:
                 if out is not None:
                     return out
             return self._eager(z, c)
+
+    @property
+    def noise_mode(self) -> str:
+        return self._kwargs["noise_mode"]
 
     @property
     def captured_batches(self) -> list[int]:
@@ -220,3 +232,79 @@ class Sampler:
         if not torch.allclose(out, expected, rtol=tol, atol=tol):
             err = (out - expected).abs().max().item()
             raise RuntimeError(f"the captured graph's output differs from eager by up to {err:.3g}")
+
+
+# --------------------------------------------------------------------------------------------
+# Seeds to files.
+
+def seed_latents(seeds: Sequence[int], z_dim: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """z [len(seeds), z_dim]: row i drawn from its own generator seeded with seeds[i], so an
+    image depends on its seed alone, not on the batch it was drawn in."""
+    return torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device)
+
+
+def class_vector(class_: str | int | None, c_dim: int, label_names: Sequence[str] = (),
+                 device: str | torch.device = "cpu") -> Optional[torch.Tensor]:
+    """One-hot labels [1, c_dim] for a class given by name or index; None for an unconditional
+    generator (c_dim 0). Raises ValueError for a class on an unconditional generator, none on a
+    conditional one, or one that is neither a name in `label_names` nor an index below c_dim."""
+    names = [str(n) for n in label_names]
+    if c_dim == 0:
+        if class_ is not None:
+            raise ValueError("this model is unconditional (trained without --cond)")
+        return None
+    if class_ is None:
+        raise ValueError(f"this model is conditional: choose one of {names or list(range(c_dim))}")
+    text = str(class_)
+    if text in names:
+        idx = names.index(text)
+    elif text.isdigit() and int(text) < c_dim:
+        idx = int(text)
+    else:
+        raise ValueError(f"'{class_}' is not a class; choose a name of {names} or an index 0..{c_dim - 1}")
+    return torch.nn.functional.one_hot(torch.tensor([idx]), c_dim).float().to(device)
+
+
+@dataclass
+class Generated:
+    """What generate_images wrote: `count` files seedNNNN.png and a grid of the first few."""
+
+    out: Path
+    count: int
+    grid: Path
+    grid_count: int
+
+
+def generate_images(sampler: Sampler, seeds: Sequence[int], out: str | os.PathLike, *,
+                    c: Optional[torch.Tensor] = None, batch: int = 16, progress: bool = False,
+                    grid_max: int = GRID_MAX) -> Generated:
+    """seedNNNN.png in `out` (created) for every seed, and grid.png of the first `grid_max`.
+
+    c: labels [1, c_dim] shared by every image (see class_vector), or None. Images are encoded in
+    background threads while the next batch is generated. Raises fileio.WriteError when a file
+    cannot be written, ValueError for an empty seed list.
+    """
+    if not seeds:
+        raise ValueError("seeds: no seeds given")
+    if batch < 1 or grid_max < 1:
+        raise ValueError(f"batch and grid_max: must be at least 1, got {batch} and {grid_max}")
+    out = Path(out)
+    fileio.make_dirs(out)
+    # Random noise is drawn per image from its seed, so an image does not depend on the batch.
+    step = 1 if sampler.noise_mode == "random" else batch
+    grid_images: list[torch.Tensor] = []  # the first grid_max only: 100000 seeds must not all stay in memory
+    kept = 0
+    with torch.no_grad(), PngWriter() as writer:
+        for i in tqdm(range(0, len(seeds), step), desc="generate", unit="batch", disable=not progress):
+            chunk = seeds[i:i + step]
+            z = seed_latents(chunk, sampler.z_dim, sampler.device)
+            if sampler.noise_mode == "random":
+                torch.manual_seed(chunk[0])
+            img = sampler(z, None if c is None else c.expand(len(chunk), -1))
+            for s, im in zip(chunk, to_uint8(img)):  # converted on the device, one copy to the host
+                writer.submit(im, out / f"seed{s:04d}.png")
+            if kept < grid_max:
+                grid_images.append(img[:grid_max - kept].float().cpu())
+                kept += len(grid_images[-1])
+    grid = save_grid(torch.cat(grid_images), out / "grid.png")
+    return Generated(out=out, count=len(seeds), grid=grid, grid_count=kept)

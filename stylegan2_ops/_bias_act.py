@@ -16,10 +16,11 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from . import _checks, _dispatch, _loader, _selfcheck
+from . import _checks, _dispatch, _layout, _loader, _selfcheck
 from ._function_cache import function_cache
 
 OP = "bias_act"
+KERNEL = _dispatch.KERNEL_NAMES[OP]  # the compiled function auto dispatches on and self-checks
 
 
 @dataclass(frozen=True)
@@ -102,12 +103,12 @@ def bias_act(
         raise ValueError(f"{OP}: clamp must be a number or None, got nan")
 
     unsupported = "x has no dimensions (a 0-d tensor)" if x.ndim == 0 else None
-    chosen = _dispatch.choose(OP, impl, "bias_act_forward", {"x": x, "b": b}, unsupported=unsupported)
+    chosen = _dispatch.choose(OP, impl, KERNEL, {"x": x, "b": b}, unsupported=unsupported)
     if chosen == "cuda":
         # Made dense outside the Function, so the copy (if any) stays on the autograd graph and
         # second derivatives reach the caller's x.
         # The bindings take a contiguous b (a strided view such as w[::2] would be refused).
-        return _cuda_function(dim, act, alpha, gain, clamp).apply(_dense(x), b if b is None else b.contiguous())
+        return _cuda_function(dim, act, alpha, gain, clamp).apply(_layout.dense(x), b if b is None else b.contiguous())
     return bias_act_ref(x, b, dim, act, alpha, gain, clamp)
 
 
@@ -134,20 +135,6 @@ def bias_act_ref(
 # ---------------------------------------------------------------------------------------------
 # CUDA path: forward kernel, first-derivative kernel and second-derivative kernel, each wrapped in
 # its own autograd Function so gradients of gradients work (R1, path-length regularization).
-
-
-def _like(t: Optional[torch.Tensor], ref: torch.Tensor) -> Optional[torch.Tensor]:
-    """t with ref's strides (the kernels walk all tensors in one memory order)."""
-    if t is None or t.stride() == ref.stride():
-        return t
-    return torch.empty_like(ref).copy_(t)
-
-
-def _dense(x: torch.Tensor) -> torch.Tensor:
-    """x if it is contiguous in some standard memory format, else a contiguous copy."""
-    if x.is_contiguous() or (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)):
-        return x
-    return x.contiguous()
 
 
 def _reduce_to_bias(dx: torch.Tensor, dim: int) -> torch.Tensor:
@@ -194,7 +181,7 @@ def _(g, h, x, b, y, dim, act, alpha, gain, clamp, order):
     return torch.empty_like(g)
 
 
-_forward_kernel = _loader.kernel_call(_forward_op, "bias_act_forward")
+_forward_kernel = _loader.kernel_call(_forward_op, KERNEL)
 _grad_kernel = _loader.kernel_call(_grad_op, "bias_act_grad")
 
 
@@ -227,8 +214,8 @@ def _cuda_function(dim: int, act: str, alpha: float, gain: float, clamp: float) 
             x, b, y = ctx.saved_tensors
             dx = db = None
             if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-                ref = y if y is not None else (x if x is not None else _dense(dy))
-                dy = _like(_dense(dy), ref)
+                ref = y if y is not None else (x if x is not None else _layout.dense(dy))
+                dy = _layout.like(_layout.dense(dy), ref)
                 dx = BiasActCudaGrad.apply(dy, x, b, y)
             if ctx.has_b and ctx.needs_input_grad[1]:
                 db = _reduce_to_bias(dx, dim)
@@ -251,7 +238,7 @@ def _cuda_function(dim: int, act: str, alpha: float, gain: float, clamp: float) 
             dy, x, b, y = ctx.saved_tensors
             d_dy = d_x = d_b = None
             ref = y if y is not None else (x if x is not None else dy)
-            d_dx = _like(_dense(d_dx), ref)
+            d_dx = _layout.like(_layout.dense(d_dx), ref)
             if ctx.needs_input_grad[0]:
                 # dx is linear in dy, so its derivative along dy is the same operation.
                 d_dy = BiasActCudaGrad.apply(d_dx, x, b, y)
@@ -287,4 +274,4 @@ def _selfcheck_kernel(device: torch.device, dtype: torch.dtype) -> None:
             _selfcheck.assert_close(OP, f"{what} ({act})", got, want, dtype)
 
 
-_selfcheck.register("bias_act_forward", _selfcheck_kernel)
+_selfcheck.register(KERNEL, _selfcheck_kernel)

@@ -7,6 +7,7 @@ length.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -78,3 +79,55 @@ def check_int_pair(op: str, name: str, value: object, *, minimum: int) -> tuple[
     if min(pair) < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
     return pair
+
+
+# Padding and filters: upfirdn2d, its helpers and modulated_conv2d take them alike.
+
+def parse_padding(op: str, padding: object) -> tuple[int, int, int, int]:
+    """int, [x, y] or [x_before, x_after, y_before, y_after] -> (x0, x1, y0, y1)."""
+    def is_int(v: object) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if is_int(padding):
+        p = int(padding)
+        return p, p, p, p
+    if isinstance(padding, (list, tuple)) and all(is_int(v) for v in padding):
+        if len(padding) == 2:
+            px, py = (int(v) for v in padding)
+            return px, px, py, py
+        if len(padding) == 4:
+            x0, x1, y0, y1 = (int(v) for v in padding)
+            return x0, x1, y0, y1
+    raise ValueError(
+        f"{op}: padding must be an int, [x, y] or [x_before, x_after, y_before, y_after] "
+        f"of ints, got {padding!r}"
+    )
+
+
+def check_filter(op: str, f: object, x: torch.Tensor, name: str = "f") -> Optional[torch.Tensor]:
+    """Validates filter `f` (called `name` in messages) against x; returns it (None stays None,
+    meaning the 1x1 identity). upfirdn2d's helpers and modulated_conv2d's resample_filter."""
+    if f is None:
+        return None
+    check_tensor(op, name, f, ndim=(1, 2))
+    if f.dtype != torch.float32:
+        raise ValueError(
+            f"{op}: {name} has dtype {f.dtype}; filters are float32 (make them with setup_filter); "
+            "they are cast to x's dtype inside"
+        )
+    if f.numel() == 0:
+        raise ValueError(f"{op}: {name} must have at least one tap, got shape {list(f.shape)}")
+    if f.requires_grad:
+        raise ValueError(
+            f"{op}: {name} requires grad, but filters are constants (no gradient flows to them); "
+            f"register it as a buffer or pass {name}.detach()"
+        )
+    check_same_device(op, **{"x": x, name: f})
+    return f
+
+
+def filter_size(f: Optional[torch.Tensor]) -> tuple[int, int]:
+    """(filter_width, filter_height); a separable 1-D filter has the same taps along both."""
+    if f is None:
+        return 1, 1
+    return int(f.shape[-1]), int(f.shape[0])

@@ -31,7 +31,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -308,15 +308,17 @@ def warn_fallback_once(op: str) -> None:
     )
 
 
-def kernel_call(registered_op: Callable, name: str) -> Callable:
+def kernel_call(registered_op: Callable, name: str, module_tail: tuple[Any, ...] = ()) -> Callable:
     """A caller of compiled function `name`: through its torch.library op while torch.compile
     traces (the op's fake implementation gives shapes), straight to the module otherwise, since
-    at StyleGAN2's small layers the dispatcher's overhead would rival the kernel itself."""
+    at StyleGAN2's small layers the dispatcher's overhead would rival the kernel itself.
+    module_tail: trailing arguments the compiled function takes and the registered op does not
+    expose (the op passes the same values itself)."""
 
     def call(*args):
         if torch.compiler.is_compiling():
             return registered_op(*args)
-        return getattr(load(), name)(*args)
+        return getattr(load(), name)(*args, *module_tail)
 
     return call
 

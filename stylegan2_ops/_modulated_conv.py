@@ -35,14 +35,15 @@ import numbers
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 
-from . import _checks, _dispatch, _selfcheck, _upfirdn2d
+from . import _checks, _dispatch, _selfcheck
 from . import _modulated_conv_cuda as _cuda
 from ._bias_act import ACTIVATIONS, bias_act
-from ._upfirdn2d import setup_filter, upfirdn2d
+from ._conv2d_resample import adjusted_padding, conv2d_resample, conv_output_length, prenormalise_fp16
+from ._upfirdn2d import setup_filter
 
 OP = "modulated_conv2d"
+KERNEL = _dispatch.KERNEL_NAMES[OP]  # the compiled function auto dispatches on and self-checks
 
 Padding = Union[int, Sequence[int]]
 
@@ -131,24 +132,24 @@ def modulated_conv2d(
                 f"{OP}: bias has {bias.shape[0]} elements but weight has {out_channels} "
                 "output channels"
             )
-    _upfirdn2d._check_filter(OP, resample_filter, x, name="resample_filter")
+    _checks.check_filter(OP, resample_filter, x, name="resample_filter")
     _checks.check_same_device(
         OP, x=x, weight=weight, styles=styles, noise=noise, bias=bias,
         resample_filter=resample_filter,
     )
     up = _check_factor("up", up)
     down = _check_factor("down", down)
-    pads = _upfirdn2d._parse_padding(OP, padding)
+    pads = _checks.parse_padding(OP, padding)
     for name, flag in (("demodulate", demodulate), ("flip_weight", flip_weight),
                        ("fused_modconv", fused_modconv)):
         if not isinstance(flag, bool):
             raise ValueError(f"{OP}: {name} must be True or False, got {flag!r}")
     extras = _check_extras(act, alpha, gain, clamp, bias)
 
-    fw, fh = _upfirdn2d._filter_size(resample_filter)
-    pads = _adjusted_padding(pads, fw, fh, up, down)
-    out_w = _output_length("width", in_w, kw, fw, up, down, pads[0], pads[1])
-    out_h = _output_length("height", in_h, kh, fh, up, down, pads[2], pads[3])
+    fw, fh = _checks.filter_size(resample_filter)
+    pads = adjusted_padding(pads, fw, fh, up, down)
+    out_w = conv_output_length(OP, "width", in_w, kw, fw, up, down, pads[0], pads[1])
+    out_h = conv_output_length(OP, "height", in_h, kh, fh, up, down, pads[2], pads[3])
     out_shape = [batch_size, out_channels, out_h, out_w]
     if noise is not None:
         try:
@@ -162,14 +163,13 @@ def modulated_conv2d(
             )
 
     chosen = _dispatch.choose(
-        OP, impl, "modconv_epilogue", {"x": x, "weight": weight, "styles": styles, "noise": noise, "bias": bias},
+        OP, impl, KERNEL, {"x": x, "weight": weight, "styles": styles, "noise": noise, "bias": bias},
         unsupported=_cuda.unsupported_reason(x, weight, out_shape),
     )
     if chosen == "cuda":
         return _cuda.modulated_conv2d_cuda(
             x, weight, styles, noise, up, down, pads, resample_filter, demodulate, flip_weight,
             fused_modconv, bias, act, alpha, gain, clamp,
-            conv2d_resample=lambda *args: _conv2d_resample(*args, "auto"),
         )
     # The reference's resampling filters go through upfirdn2d with the same impl request, so
     # 'ref' stays pure PyTorch throughout and 'auto' may use upfirdn2d's kernel.
@@ -199,21 +199,13 @@ def modulated_conv2d_ref(
 ) -> torch.Tensor:
     """The reference, in differentiable public PyTorch ops; arguments already checked.
 
-    pads: the adjusted padding (x0, x1, y0, y1) of _adjusted_padding(), not the user's.
+    pads: the adjusted padding (x0, x1, y0, y1) of adjusted_padding(), not the user's.
     impl: passed on to upfirdn2d. Shapes as in modulated_conv2d().
     """
     batch_size, in_channels = x.shape[:2]
     out_channels, _, kh, kw = weight.shape
 
-    if x.dtype == torch.float16 and demodulate:
-        # Demodulation cancels any per-output-channel scale of weight and any per-sample scale
-        # of styles, so bring both to magnitude <= 1 (weight to about 1/sqrt(fan_in)) first:
-        # x * styles and the convolution's sums then stay inside float16's range.
-        fan_in = in_channels * kh * kw
-        weight = weight * (
-            1 / math.sqrt(fan_in) / weight.abs().amax(dim=[1, 2, 3], keepdim=True)
-        )
-        styles = styles / styles.abs().amax(dim=1, keepdim=True)
+    weight, styles = prenormalise_fp16(x, weight, styles, demodulate)
 
     w = dcoefs = None
     if demodulate or fused_modconv:
@@ -223,7 +215,7 @@ def modulated_conv2d_ref(
 
     if not fused_modconv:
         x = x * styles.to(x.dtype).reshape(batch_size, in_channels, 1, 1)
-        y = _conv2d_resample(x, weight.to(x.dtype), f, up, down, pads, 1, flip_weight, impl)
+        y = conv2d_resample(x, weight.to(x.dtype), f, up, down, pads, 1, flip_weight, impl)
         if demodulate:
             y = y * dcoefs.to(y.dtype).reshape(batch_size, out_channels, 1, 1)
     else:
@@ -232,122 +224,11 @@ def modulated_conv2d_ref(
         # One grouped convolution: the batch becomes the groups of a single image.
         xg = x.reshape(1, batch_size * in_channels, *x.shape[2:])
         wg = w.reshape(batch_size * out_channels, in_channels, kh, kw).to(x.dtype)
-        y = _conv2d_resample(xg, wg, f, up, down, pads, batch_size, flip_weight, impl)
+        y = conv2d_resample(xg, wg, f, up, down, pads, batch_size, flip_weight, impl)
         y = y.reshape(batch_size, out_channels, *y.shape[2:])
     if noise is not None:
         y = y + noise.to(y.dtype)
     return y
-
-
-# ---------------------------------------------------------------------------------------------
-# Convolution with up/downsampling.
-
-
-def _conv2d_resample(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    f: Optional[torch.Tensor],
-    up: int,
-    down: int,
-    pads: tuple[int, int, int, int],
-    groups: int,
-    flip_weight: bool,
-    impl: str,
-) -> torch.Tensor:
-    """conv2d_resample as defined in the module docstring, by the cheapest equivalent route.
-
-    x: [batch_size, in_channels, in_height, in_width]; w: [out_channels, in_channels // groups,
-    kernel_height, kernel_width] of x's dtype; f: float32 filter or None; pads: adjusted padding
-    (x0, x1, y0, y1). Each route below rests on the filter, the convolution and the zero
-    insertion all being linear and shift-invariant, so they may be reordered.
-    """
-    px0, px1, py0, py1 = pads
-    out_channels, in_per_group, kh, kw = w.shape
-    one_by_one = kh == 1 and kw == 1
-
-    if up == 1 and down == 1:
-        if px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
-            return _correlate(x, w, flip_weight, padding=(py0, px0), groups=groups)
-        return _correlate(F.pad(x, [px0, px1, py0, py1]), w, flip_weight, groups=groups)
-
-    if up == 1:
-        if one_by_one:  # pointwise: decimate first, then mix channels on fewer pixels
-            x = upfirdn2d(x, f, down=down, padding=[px0, px1, py0, py1], impl=impl)
-            return _correlate(x, w, flip_weight, groups=groups)
-        # Filtering before the convolution lets the decimation be the convolution's stride.
-        x = upfirdn2d(x, f, padding=[px0, px1, py0, py1], impl=impl)
-        return _correlate(x, w, flip_weight, stride=down, groups=groups)
-
-    if one_by_one and down == 1:  # pointwise: mix channels before the image grows
-        x = _correlate(x, w, flip_weight, groups=groups)
-        return upfirdn2d(x, f, up=up, padding=[px0, px1, py0, py1], gain=up * up, impl=impl)
-
-    # Zero insertion followed by the convolution is a transposed convolution with stride `up`.
-    # That one computes sum_i x[i] * w't[o - i*up], a true convolution of the zero-inserted
-    # signal, so correlation semantics need the taps flipped; its output at o equals the
-    # correlation's output at o - (k - 1) + P0, hence the shifted padding below.
-    wt = w.reshape(groups, out_channels // groups, in_per_group, kh, kw).transpose(1, 2)
-    wt = wt.reshape(groups * in_per_group, out_channels // groups, kh, kw)
-    if flip_weight:
-        wt = wt.flip([2, 3])
-    qx0, qx1 = px0 - (kw - 1), px1 - (kw - up)
-    qy0, qy1 = py0 - (kh - 1), py1 - (kh - up)
-    # Crop what both sides would crop inside the transposed convolution (saves its work).
-    cx = max(min(-qx0, -qx1), 0)
-    cy = max(min(-qy0, -qy1), 0)
-    x = F.conv_transpose2d(x, wt, stride=up, padding=(cy, cx), groups=groups)
-    x = upfirdn2d(x, f, padding=[qx0 + cx, qx1 + cx, qy0 + cy, qy1 + cy], gain=up * up, impl=impl)
-    if down > 1:
-        x = upfirdn2d(x, f, down=down, impl=impl)
-    return x
-
-
-def _correlate(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    flip_weight: bool,
-    stride: int = 1,
-    padding: tuple[int, int] = (0, 0),
-    groups: int = 1,
-) -> torch.Tensor:
-    """F.conv2d (a correlation), or a true convolution when flip_weight is False."""
-    if not flip_weight:
-        w = w.flip([2, 3])
-    return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
-
-
-def _adjusted_padding(
-    pads: tuple[int, int, int, int], fw: int, fh: int, up: int, down: int
-) -> tuple[int, int, int, int]:
-    """The user's padding widened so that the resampling filter stays centred."""
-    px0, px1, py0, py1 = pads
-    if up > 1:
-        px0, px1 = px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2
-        py0, py1 = py0 + (fh + up - 1) // 2, py1 + (fh - up) // 2
-    if down > 1:
-        px0, px1 = px0 + (fw - down + 1) // 2, px1 + (fw - down) // 2
-        py0, py1 = py0 + (fh - down + 1) // 2, py1 + (fh - down) // 2
-    return px0, px1, py0, py1
-
-
-def _output_length(
-    axis: str, size: int, k: int, taps: int, up: int, down: int, pad0: int, pad1: int
-) -> int:
-    """Output length along one axis (adjusted padding); raises if it would be empty."""
-    n = size * up + pad0 + pad1
-    if up > 1:
-        n -= taps - 1
-    n -= k - 1
-    if down > 1 and n >= taps:
-        n = (n - taps) // down + 1
-    elif down > 1:
-        n = 0
-    if n < 1:
-        raise ValueError(
-            f"{OP}: the output would be empty along {axis}: input {size}, kernel {k}, "
-            f"filter {taps} taps, up {up}, down {down}; give more padding or a larger x"
-        )
-    return n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,4 +286,4 @@ def _selfcheck_kernel(device: torch.device, dtype: torch.dtype) -> None:
             _selfcheck.assert_close(OP, f"{what} ({label})", got, want, dtype)
 
 
-_selfcheck.register("modconv_epilogue", _selfcheck_kernel)
+_selfcheck.register(KERNEL, _selfcheck_kernel)

@@ -22,12 +22,12 @@ them, so gradients of gradients are exact and third-order calls still see a conn
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from . import _loader
+from . import _dispatch, _layout, _loader
+from ._conv2d_resample import conv2d_resample, prenormalise_fp16
 from ._function_cache import function_cache
 from ._bias_act import ACTIVATIONS
 
@@ -105,26 +105,12 @@ def _(dy, x, scale, noise, bias, act, alpha, gain, clamp, want_scale, want_bias,
 
 _modulate_kernel = _loader.kernel_call(_modulate_op, "modulate_weights")
 _modulate_grad_kernel = _loader.kernel_call(_modulate_grad_op, "modulate_weights_grad")
-_epilogue_kernel = _loader.kernel_call(_epilogue_op, "modconv_epilogue")
+_epilogue_kernel = _loader.kernel_call(_epilogue_op, _dispatch.KERNEL_NAMES["modulated_conv2d"])
 _epilogue_grad_kernel = _loader.kernel_call(_epilogue_grad_op, "modconv_epilogue_grad")
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers.
-
-
-def dense(t: torch.Tensor) -> torch.Tensor:
-    """t if it is contiguous or channels_last, else a contiguous copy (the kernels' layouts)."""
-    if t.is_contiguous() or (t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last)):
-        return t
-    return t.contiguous()
-
-
-def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """t with ref's strides (the epilogue kernels walk every element tensor in one order)."""
-    if t.stride() == ref.stride():
-        return t
-    return torch.empty_like(ref).copy_(t)
 
 
 def _second_order(
@@ -283,7 +269,7 @@ def _epilogue_function(act: str, alpha: float, gain: float, clamp: float) -> typ
             wants = (scale is not None and want_scale, noise is not None and want_noise,
                      bias is not None and want_bias)
             outs = _epilogue_grad_function(act, alpha, gain, clamp, *wants).apply(
-                _like(dense(dy), x), x, scale, noise, bias
+                _layout.like(_layout.dense(dy), x), x, scale, noise, bias
             )
             grads = iter(outs[1:])
             return (outs[0],) + tuple(next(grads) if w else None for w in wants)
@@ -340,7 +326,7 @@ def epilogue(
 ) -> torch.Tensor:
     """x [N, C, H, W] (contiguous or channels_last; the result keeps it), scale [N, C] float32,
     noise [1 or N, 1, H, W] and bias [C] of x's dtype (either may be None)."""
-    x = dense(x)
+    x = _layout.dense(x)
     noise = noise.contiguous() if noise is not None else None
     bias = bias.contiguous() if bias is not None else None
     scale = scale.contiguous() if scale is not None else None
@@ -400,12 +386,11 @@ def modulated_conv2d_cuda(
     alpha: Optional[float],
     gain: Optional[float],
     clamp: Optional[float],
-    conv2d_resample: Callable[..., torch.Tensor],
 ) -> torch.Tensor:
     """modulated_conv2d on the kernels; arguments already checked (shapes as there).
 
-    pads: the adjusted padding; conv2d_resample(x, w, f, up, down, pads, groups, flip_weight)
-    is the reference's convolution-with-resampling (cuDNN plus upfirdn2d).
+    pads: the adjusted padding. The convolution with resampling is the reference's (cuDNN plus
+    upfirdn2d, whose own kernel 'auto' may take).
     """
     batch_size, in_channels = x.shape[:2]
     out_channels, _, kh, kw = weight.shape
@@ -414,23 +399,19 @@ def modulated_conv2d_cuda(
     gain = float(gain if gain is not None else spec.def_gain)
     clamp = float(clamp if clamp is not None else -1)
 
-    if x.dtype == torch.float16 and demodulate:
-        # As the reference: demodulation cancels these scales, and they keep float16 in range.
-        fan_in = in_channels * kh * kw
-        weight = weight * (1 / math.sqrt(fan_in) / weight.abs().amax(dim=[1, 2, 3], keepdim=True))
-        styles = styles / styles.abs().amax(dim=1, keepdim=True)
+    weight, styles = prenormalise_fp16(x, weight, styles, demodulate)
 
     if fused_modconv:
         w = modulate_weights(weight, styles, demodulate, x.dtype)
         xg = x.reshape(1, batch_size * in_channels, *x.shape[2:])
         wg = w.reshape(batch_size * out_channels, in_channels, kh, kw)
-        y = conv2d_resample(xg, wg, f, up, down, pads, batch_size, flip_weight)
+        y = conv2d_resample(xg, wg, f, up, down, pads, batch_size, flip_weight, "auto")
         y = y.reshape(batch_size, out_channels, *y.shape[2:])
         scale = None
     else:
         s32 = styles.to(_compute_dtype(x))  # the kernels take per-(sample, channel) factors in float32
         xs = epilogue(x, s32, None, None, "linear", 0.0, 1.0, -1.0)
-        y = conv2d_resample(xs, weight.to(x.dtype), f, up, down, pads, 1, flip_weight)
+        y = conv2d_resample(xs, weight.to(x.dtype), f, up, down, pads, 1, flip_weight, "auto")
         scale = None
         if demodulate:
             # sum_{i,k} (weight * styles)^2 = styles^2 @ sum_k weight^2: no [N, O, I, kh, kw] tensor.

@@ -29,10 +29,11 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from . import _checks, _dispatch, _loader, _selfcheck
+from . import _checks, _dispatch, _layout, _loader, _selfcheck
 from ._function_cache import function_cache
 
 OP = "upfirdn2d"
+KERNEL = _dispatch.KERNEL_NAMES[OP]  # the compiled function auto dispatches on and self-checks
 
 # What the CUDA kernel covers (csrc/upfirdn2d.h: kUpfirdn2dMaxTaps, kUpfirdn2dMaxFactor; a GPU test
 # compares); larger configurations go to the reference under 'auto'.
@@ -50,56 +51,6 @@ Padding = Union[int, Sequence[int]]
 # Argument parsing, shared by upfirdn2d and the helpers (each passes its own name for messages).
 
 
-def _parse_padding(op: str, padding: object) -> tuple[int, int, int, int]:
-    """int, [x, y] or [x_before, x_after, y_before, y_after] -> (x0, x1, y0, y1)."""
-    def is_int(v: object) -> bool:
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-    if is_int(padding):
-        p = int(padding)
-        return p, p, p, p
-    if isinstance(padding, (list, tuple)) and all(is_int(v) for v in padding):
-        if len(padding) == 2:
-            px, py = (int(v) for v in padding)
-            return px, px, py, py
-        if len(padding) == 4:
-            x0, x1, y0, y1 = (int(v) for v in padding)
-            return x0, x1, y0, y1
-    raise ValueError(
-        f"{op}: padding must be an int, [x, y] or [x_before, x_after, y_before, y_after] "
-        f"of ints, got {padding!r}"
-    )
-
-
-def _check_filter(op: str, f: object, x: torch.Tensor, name: str = "f") -> Optional[torch.Tensor]:
-    """Validates filter `f` (called `name` in messages) against x; returns it (None stays None,
-    meaning the 1x1 identity). modulated_conv2d checks its resample_filter here too."""
-    if f is None:
-        return None
-    _checks.check_tensor(op, name, f, ndim=(1, 2))
-    if f.dtype != torch.float32:
-        raise ValueError(
-            f"{op}: {name} has dtype {f.dtype}; filters are float32 (make them with setup_filter); "
-            "they are cast to x's dtype inside"
-        )
-    if f.numel() == 0:
-        raise ValueError(f"{op}: {name} must have at least one tap, got shape {list(f.shape)}")
-    if f.requires_grad:
-        raise ValueError(
-            f"{op}: {name} requires grad, but filters are constants (no gradient flows to them); "
-            f"register it as a buffer or pass {name}.detach()"
-        )
-    _checks.check_same_device(op, **{"x": x, name: f})
-    return f
-
-
-def _filter_size(f: Optional[torch.Tensor]) -> tuple[int, int]:
-    """(filter_width, filter_height); a separable 1-D filter has the same taps along both."""
-    if f is None:
-        return 1, 1
-    return int(f.shape[-1]), int(f.shape[0])
-
-
 def _check_gain(op: str, gain: object) -> float:
     if not isinstance(gain, numbers.Real) or isinstance(gain, bool) or not math.isfinite(gain):
         raise ValueError(f"{op}: gain must be a finite number, got {gain!r}")
@@ -112,7 +63,7 @@ def _check_flip(op: str, flip_filter: object) -> bool:
     return flip_filter
 
 
-def _output_length(
+def _resampled_length(
     op: str, axis: str, size: int, up: int, down: int, pad0: int, pad1: int, taps: int
 ) -> int:
     """Output length along one axis; raises if the filter does not fit the padded signal."""
@@ -137,7 +88,7 @@ def _kernel_unsupported(
 
     pad: (x0, x1, y0, y1); size: the input's (width, height).
     """
-    fw, fh = _filter_size(f)
+    fw, fh = _checks.filter_size(f)
     if max(fw, fh) > KERNEL_MAX_TAPS:
         return f"a {fh}x{fw} filter exceeds the kernel's {KERNEL_MAX_TAPS}x{KERNEL_MAX_TAPS} taps"
     if max(up + down) > KERNEL_MAX_FACTOR:
@@ -273,9 +224,9 @@ def filter2d(
         of the given padding along that axis.
     """
     op = "filter2d"
-    x0, x1, y0, y1 = _parse_padding(op, padding)
+    x0, x1, y0, y1 = _checks.parse_padding(op, padding)
     _checks.check_tensor(op, "x", x, ndim=4)
-    fw, fh = _filter_size(_check_filter(op, f, x))
+    fw, fh = _checks.filter_size(_checks.check_filter(op, f, x))
     p = [x0 + fw // 2, x1 + (fw - 1) // 2, y0 + fh // 2, y1 + (fh - 1) // 2]
     return _upfirdn2d(op, x, f, 1, 1, p, flip_filter, gain, impl)
 
@@ -307,9 +258,9 @@ def upsample2d(
     """
     op = "upsample2d"
     ux, uy = _checks.check_int_pair(op, "up", up, minimum=1)
-    x0, x1, y0, y1 = _parse_padding(op, padding)
+    x0, x1, y0, y1 = _checks.parse_padding(op, padding)
     _checks.check_tensor(op, "x", x, ndim=4)
-    fw, fh = _filter_size(_check_filter(op, f, x))
+    fw, fh = _checks.filter_size(_checks.check_filter(op, f, x))
     gain = _check_gain(op, gain)
     p = [x0 + (fw + ux - 1) // 2, x1 + (fw - ux) // 2, y0 + (fh + uy - 1) // 2, y1 + (fh - uy) // 2]
     return _upfirdn2d(op, x, f, (ux, uy), 1, p, flip_filter, gain * ux * uy, impl)
@@ -340,9 +291,9 @@ def downsample2d(
     """
     op = "downsample2d"
     dx, dy = _checks.check_int_pair(op, "down", down, minimum=1)
-    x0, x1, y0, y1 = _parse_padding(op, padding)
+    x0, x1, y0, y1 = _checks.parse_padding(op, padding)
     _checks.check_tensor(op, "x", x, ndim=4)
-    fw, fh = _filter_size(_check_filter(op, f, x))
+    fw, fh = _checks.filter_size(_checks.check_filter(op, f, x))
     p = [x0 + (fw - dx + 1) // 2, x1 + (fw - dx) // 2, y0 + (fh - dy + 1) // 2, y1 + (fh - dy) // 2]
     return _upfirdn2d(op, x, f, 1, (dx, dy), p, flip_filter, gain, impl)
 
@@ -360,19 +311,19 @@ def _upfirdn2d(
 ) -> torch.Tensor:
     """Validates everything (messages name `op`), dispatches, runs."""
     _checks.check_tensor(op, "x", x, ndim=4)
-    f = _check_filter(op, f, x)
+    f = _checks.check_filter(op, f, x)
     upxy = _checks.check_int_pair(op, "up", up, minimum=1)
     downxy = _checks.check_int_pair(op, "down", down, minimum=1)
-    pad = _parse_padding(op, padding)
+    pad = _checks.parse_padding(op, padding)
     flip_filter = _check_flip(op, flip_filter)
     gain = _check_gain(op, gain)
-    fw, fh = _filter_size(f)
-    _output_length(op, "width", x.shape[3], upxy[0], downxy[0], pad[0], pad[1], fw)
-    _output_length(op, "height", x.shape[2], upxy[1], downxy[1], pad[2], pad[3], fh)
+    fw, fh = _checks.filter_size(f)
+    _resampled_length(op, "width", x.shape[3], upxy[0], downxy[0], pad[0], pad[1], fw)
+    _resampled_length(op, "height", x.shape[2], upxy[1], downxy[1], pad[2], pad[3], fh)
 
     # choose() raises for impl='cuda' (no GPU, a float64 x, a configuration the kernel does not
     # cover, or no compiled 'upfirdn2d' kernel).
-    chosen = _dispatch.choose(op, impl, "upfirdn2d", {"x": x}, unsupported=_kernel_unsupported(f, upxy, downxy, pad, (x.shape[3], x.shape[2])))
+    chosen = _dispatch.choose(op, impl, KERNEL, {"x": x}, unsupported=_kernel_unsupported(f, upxy, downxy, pad, (x.shape[3], x.shape[2])))
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
     if chosen == "cuda":
@@ -382,13 +333,6 @@ def _upfirdn2d(
 
 # ---------------------------------------------------------------------------------------------
 # Reference
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last if x is laid out that way (and not also plainly contiguous), else contiguous."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _placement(size: int, up: int, pad0: int, out_size: int) -> tuple[slice, slice]:
@@ -419,7 +363,7 @@ def _upsample_pad(
     n, c, h, w = x.shape
     out_h, out_w = h * uy + y0 + y1, w * ux + x0 + x1
     out = torch.empty(
-        [n, c, out_h, out_w], dtype=x.dtype, device=x.device, memory_format=_memory_format(x)
+        [n, c, out_h, out_w], dtype=x.dtype, device=x.device, memory_format=_layout.memory_format(x)
     ).zero_()
     src_r, dst_r = _placement(h, uy, y0, out_h)
     src_c, dst_c = _placement(w, ux, x0, out_w)
@@ -511,6 +455,11 @@ def _transposed_config(
     return down, up, (t_pad[0], t_pad[1], t_pad[2], t_pad[3]), not flip_filter
 
 
+# The binding's `path` argument: 0 lets it choose between the tiled and the general kernel (the
+# tests pass 1 or 2 to compare them); the registered op always means 0.
+AUTO_PATH = 0
+
+
 @torch.library.custom_op("stylegan2_ops::upfirdn2d", mutates_args=())
 def _kernel_op(
     x: torch.Tensor,
@@ -527,8 +476,8 @@ def _kernel_op(
     gain: float,
     channels_last: bool,
 ) -> torch.Tensor:
-    return _loader.load().upfirdn2d(
-        x, f, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, flip, gain, channels_last, 0
+    return getattr(_loader.load(), KERNEL)(
+        x, f, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, flip, gain, channels_last, AUTO_PATH
     )
 
 
@@ -538,6 +487,9 @@ def _(x, f, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, flip, ga
     out_h = (x.shape[2] * up_y + pad_y0 + pad_y1 - f.shape[0]) // down_y + 1
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty([x.shape[0], x.shape[1], out_h, out_w], dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+_kernel = _loader.kernel_call(_kernel_op, KERNEL, module_tail=(AUTO_PATH,))
 
 
 def _run_kernel(
@@ -550,12 +502,9 @@ def _run_kernel(
     gain: float,
     channels_last: bool,
 ) -> torch.Tensor:
-    """One kernel call: the registered op inside torch.compile, the module directly otherwise
-    (at StyleGAN2's small layers the dispatcher's overhead would rival the kernel)."""
-    args = (x, f, up[0], up[1], down[0], down[1], pad[0], pad[1], pad[2], pad[3], flip_filter, gain, channels_last)
-    if torch.compiler.is_compiling():
-        return _kernel_op(*args)
-    return _loader.load().upfirdn2d(*args, 0)
+    """One kernel call, with the configuration spelled out as the binding takes it."""
+    return _kernel(x, f, up[0], up[1], down[0], down[1], pad[0], pad[1], pad[2], pad[3], flip_filter, gain,
+                   channels_last)
 
 
 @function_cache
@@ -567,7 +516,7 @@ def _cuda_function(
     class Upfirdn2dCuda(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-            y = _run_kernel(x, f, up, down, pad, flip_filter, gain, _memory_format(x) == torch.channels_last)
+            y = _run_kernel(x, f, up, down, pad, flip_filter, gain, _layout.memory_format(x) == torch.channels_last)
             ctx.save_for_backward(f)  # the op is linear: the backward needs no x
             ctx.x_shape = x.shape
             return y
@@ -580,7 +529,7 @@ def _cuda_function(
             n, c, h, w = ctx.x_shape
             if h == 0 or w == 0:  # nothing to differentiate; the transposed output would be empty
                 return dy.new_zeros(ctx.x_shape), None
-            fw, fh = _filter_size(f)
+            fw, fh = _checks.filter_size(f)
             t_up, t_down, t_pad, t_flip = _transposed_config(
                 up, down, pad, flip_filter, (fw, fh), (w, h), (dy.shape[3], dy.shape[2])
             )
@@ -616,4 +565,4 @@ def _selfcheck_kernel(device: torch.device, dtype: torch.dtype) -> None:
         _selfcheck.assert_close(OP, f"dx ({label})", outs["cuda"][1], outs["ref"][1], dtype)
 
 
-_selfcheck.register("upfirdn2d", _selfcheck_kernel)
+_selfcheck.register(KERNEL, _selfcheck_kernel)

@@ -15,6 +15,7 @@ from PIL import Image
 from stylegan2 import cli
 from stylegan2.training import checkpoint as ckpt_io
 from stylegan2.training import state
+from stylegan2.training.run_dir import dataset_name, new_run_dir
 
 FAST = ["--preset", "tiny", "--threads", "1", "--no-progress"]
 
@@ -201,8 +202,8 @@ def test_cond_without_labels_and_bad_seeds_are_clear_errors(tmp_path, gen):
 def test_run_directories_are_numbered(tmp_path):
     (tmp_path / "00007-old").mkdir()
     (tmp_path / "notes").mkdir()
-    assert cli.new_run_dir(tmp_path, "mni152-tiny").name == "00008-mni152-tiny"
-    assert cli.new_run_dir(tmp_path, "mni152-tiny").name == "00009-mni152-tiny"
-    assert re.fullmatch(r"[\w.-]+", cli._dataset_name("/data/my scans/brain.nii.gz")) and \
-        cli._dataset_name("/data/my scans/brain.nii.gz") == "brain"
-    assert cli._dataset_name("MNI152") == "mni152"
+    assert new_run_dir(tmp_path, "mni152-tiny").name == "00008-mni152-tiny"
+    assert new_run_dir(tmp_path, "mni152-tiny").name == "00009-mni152-tiny"
+    assert re.fullmatch(r"[\w.-]+", dataset_name("/data/my scans/brain.nii.gz")) and \
+        dataset_name("/data/my scans/brain.nii.gz") == "brain"
+    assert dataset_name("MNI152") == "mni152"

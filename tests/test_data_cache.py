@@ -29,6 +29,7 @@ import stylegan2.data.opener as opener
 from stylegan2 import cli
 from stylegan2.data import DatasetWarning, ImageDataset, clear_cache, list_cache, open_dataset
 from stylegan2.data import cache as cache_mod
+from stylegan2.training.run_dir import dataset_name
 
 HOUR_AGO = time.time() - 3600
 
@@ -483,7 +484,7 @@ def test_list_cache_reports_what_the_cli_shows(tmp_path: Path, rng: np.random.Ge
     assert abs(entry.last_used - time.time()) < 60
 
 
-def test_builtin_name_is_defined_once_and_imported_by_the_cli():
+def test_builtin_name_is_defined_once_and_imported_by_the_cli_and_run_names():
     assert data.BUILTIN == "mni152" and data.KINDS[0] == data.BUILTIN
-    assert cli.BUILTIN_DATA == (data.BUILTIN,)
-    assert cli._dataset_name(" MNI152 ") == data.BUILTIN
+    assert "BUILTIN_DATA" not in vars(cli) and cli.BUILTIN is data.BUILTIN
+    assert dataset_name(" MNI152 ") == data.BUILTIN

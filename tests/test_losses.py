@@ -1,4 +1,4 @@
-"""Tests of stylegan2.losses against closed forms.
+"""Tests of stylegan2.training.losses against closed forms.
 
 Most tests use toy networks whose gradients can be written down by hand:
     ToyG: ws = (z * s) broadcast to num_ws rows; img = tanh(sum_k ws_k A_k)  (no randomness)
@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from stylegan2.losses import (
+from stylegan2.training.losses import (
     LossConfig,
     StyleGAN2Loss,
     default_r1_gamma,

@@ -287,7 +287,7 @@ def test_failed_writes_through_each_writer_name_the_cause(tmp_path, monkeypatch)
     errors: fileio's guard still names ENOSPC, and removes the temporary."""
     import matplotlib.pyplot as plt
 
-    from stylegan2.training.grids import save_image
+    from stylegan2.images import save_image
     from stylegan2.training.stats import StatsWriter
     _disk_full_for(monkeypatch, "")
     fig = plt.figure()

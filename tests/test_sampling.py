@@ -11,11 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stylegan2.networks import Generator, ModelConfig, uses_channels_last
-from stylegan2.sampling import SPEEDUPS, Sampler
+from stylegan2.networks import Generator, LayoutSwitch, ModelConfig
+from stylegan2.images import parse_seeds
+from stylegan2.sampling import SPEEDUPS, Sampler, class_vector, generate_images, seed_latents
+from stylegan2.training.checkpoint import load_discriminator, load_generator
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
-
 
 
 def generator(gen: torch.Generator, resolution: int = 16, c_dim: int = 0, precision: str = "fp32",
@@ -48,7 +49,7 @@ def test_eager_matches_the_generator(gen, c_dim, psi, channels_last):
     c = labels(5, c_dim) if c_dim else None
     want = direct(G, z, c, truncation_psi=psi)
     s = Sampler(G, truncation_psi=psi, channels_last=channels_last)
-    assert uses_channels_last(G) == channels_last
+    assert all(m.channels_last == channels_last for m in G.modules() if isinstance(m, LayoutSwitch))
     got = s(z, c)
     assert got.dtype == torch.float32 and got.shape == (5, 1, 16, 16)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -187,3 +188,47 @@ def test_compiled_on_the_kernels_matches_eager(gen):
     z = torch.randn(6, 24, generator=gen).cuda()
     got = Sampler(G, speedup="compile")(z)
     torch.testing.assert_close(got, direct(G, z), rtol=2e-2, atol=2e-2)
+
+
+# --------------------------------------------------------------------------------------------
+# Seeds to files, as the generate command does it, from Python.
+
+def test_generate_images_writes_each_seed_and_a_grid_independent_of_batching(gen, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    G = generator(gen, c_dim=2)
+    c = class_vector("b", G.c_dim, ["a", "b"])
+    seeds = parse_seeds("3,0-2")
+    outs = {}
+    for batch in (1, 3):
+        out = tmp_path / f"b{batch}"
+        done = generate_images(Sampler(G), seeds, out, c=c, batch=batch, grid_max=3)
+        assert (done.count, done.grid_count, done.grid) == (4, 3, out / "grid.png")
+        outs[batch] = {s: np.asarray(Image.open(out / f"seed{s:04d}.png")) for s in seeds}
+    for s in seeds:  # an image depends on its seed only
+        assert np.array_equal(outs[1][s], outs[3][s])
+    want = direct(G, seed_latents([3], G.z_dim), c)
+    got = np.asarray(Image.open(tmp_path / "b1" / "seed0003.png")).astype(np.float32)
+    assert np.abs(got - (want[0, 0].numpy() * 127.5 + 128).clip(0, 255)).max() <= 1
+
+
+def test_class_vector_names_what_is_wrong():
+    assert class_vector(None, 0) is None
+    assert class_vector("1", 3).tolist() == [[0.0, 1.0, 0.0]]
+    for cls, c_dim, match in (("AD", 0, "unconditional"), (None, 2, "conditional"), ("XY", 2, "not a class")):
+        with pytest.raises(ValueError, match=match):
+            class_vector(cls, c_dim, ["AD", "NC"][:c_dim])
+
+
+def test_load_networks_from_a_checkpoint_dict(gen):
+    from stylegan2.networks import Discriminator
+    G = generator(gen)
+    D = Discriminator(G.cfg)
+    ck = {"model_config": G.cfg.to_dict(), "G": G.state_dict(), "G_ema": G.state_dict(), "D": D.state_dict()}
+    loaded = load_generator(ck, raw=True)
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    z = torch.randn(2, 24, generator=gen)
+    assert torch.equal(direct(loaded, z), direct(G, z))
+    loaded_D = load_discriminator(ck)
+    assert all(torch.equal(a, b) for a, b in zip(loaded_D.state_dict().values(), D.state_dict().values()))

@@ -16,8 +16,7 @@ from stylegan2.training import checkpoint as ckpt_io
 from stylegan2.training import loop, state
 from stylegan2.training.config import PRESETS, TrainConfig, make_config
 from stylegan2.training.feed import BatchFeeder
-from stylegan2.training.grids import grid_shape, make_grid
-from stylegan2.training.seeds import parse_seeds
+from stylegan2.images import grid_shape, make_grid, parse_seeds
 from stylegan2.training.stats import StatsAccumulator, StatsWriter, non_finite
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import stylegan2_ops
-from stylegan2_ops import _loader, _upfirdn2d, downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
+from stylegan2_ops import _layout, _loader, _upfirdn2d, downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
 
 KERNEL_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 KTOL = {
@@ -175,7 +175,7 @@ def test_kernel_matches_reference_on_random_configs(kdev, gen, dtype, channels_l
         poison_allocator(kdev, want.numel() * x.element_size())
         got = upfirdn2d(x, f, up, down, pad, flip, gain, impl="cuda")
         assert got.dtype == dtype and got.shape == want.shape
-        assert got.is_contiguous(memory_format=_upfirdn2d._memory_format(x))  # x's memory format
+        assert got.is_contiguous(memory_format=_layout.memory_format(x))  # x's memory format
         assert not got.isnan().any(), "unwritten output elements"
         assert_close_scaled(got, want, dtype)
 

@@ -12,7 +12,7 @@ and options.
 from .base import DatasetError, DatasetWarning, ImageDataset
 from .cache import (CACHE_ENV, CacheEntry, clear_cache, datasets_dir, default_cache_dir, format_entries,
                     format_size, list_cache)
-from .detect import BUILTIN, KINDS, LAYOUTS, detect_layout
+from .detect import BUILTIN, KINDS, LAYOUTS, detect_layout, is_builtin
 from .mni152 import DEFAULT_COUNT as MNI152_DEFAULT_COUNT
 from .opener import open_dataset
 
@@ -32,6 +32,7 @@ __all__ = [
     "detect_layout",
     "format_entries",
     "format_size",
+    "is_builtin",
     "list_cache",
     "open_dataset",
 ]

@@ -20,9 +20,9 @@ result back is a plain file read. So `cached_dataset` sits in front of every sou
   took 1.6-2.9 s on a busy 2-core machine, where inflating a zlib copy (3x smaller) took 7.8 s
   and writing it 19 s, far past the 3 s a cached start may take. The zip format keeps a CRC-32
   of every array, so a damaged file is noticed and rebuilt.
-* Files are written to a temporary name and renamed over the old one (os.replace), so a killed
-  process or two processes decoding at once never leave a torn file; a cache that cannot be
-  written (read-only home, full disk) only costs a warning.
+* Files are written as every file of this package is (fileio.atomic_write: a temporary renamed
+  over the old one), so a killed process or two processes decoding at once never leave a torn
+  file; a cache that cannot be written (read-only home, full disk) only costs a warning.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import time
 import warnings
 import zipfile
@@ -41,6 +40,7 @@ from typing import Any, BinaryIO, Callable, Optional, Sequence
 
 import numpy as np
 
+from .. import fileio
 from .base import FINGERPRINT_VERSION, DatasetWarning, ImageDataset, report
 
 CACHE_ENV = "STYLEGAN2_CACHE"
@@ -252,24 +252,21 @@ def save_cached(path: Path, ds: ImageDataset, header: dict[str, Any]) -> None:
         "images": ds.images,
         "labels": ds.labels if ds.labels is not None else np.zeros(0, dtype=np.int64),
     }
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=TEMP_SUFFIX, dir=path.parent)
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+
+    def fill(f: Any) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
             for name, arr in arrays.items():
                 # force_zip64: the images of a large set exceed the 2 GiB plain-zip limit
                 with zf.open(name + ".npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as e:
-        warnings.warn(f"could not write dataset cache {path} ({e}); the dataset will be decoded "
-                      f"again next time (set {CACHE_ENV} to a writable folder)", DatasetWarning,
+
+    try:
+        fileio.make_dirs(path.parent)
+        fileio.atomic_write(path, fill)
+    except fileio.WriteError as e:
+        warnings.warn(f"could not write dataset cache {path} ({fileio.describe_cause(e.cause)}); the dataset "
+                      f"will be decoded again next time (set {CACHE_ENV} to a writable folder)", DatasetWarning,
                       stacklevel=3)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def cached_dataset(

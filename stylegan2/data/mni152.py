@@ -23,13 +23,15 @@ import contextlib
 import importlib.util
 import math
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..torch_settings import torch_settings
 from .base import DatasetError, ImageDataset
+from .nifti import read_volume
 from .volume import BAND_NAMES, brain_field_of_view, brain_slices, normalise_volume, slice_bands
 from .warp import (BASE_MARGIN, WarpStrength, antialias_sigmas, base_counts, draw_base, draw_images,
                    gaussian_blur3d, render_base, shrink_volume, warp_images)
@@ -70,12 +72,10 @@ def load_template() -> tuple[np.ndarray, tuple[float, float, float]]:
     Reads nilearn's packaged file; if a future nilearn moves it, asks nilearn's loader, which
     also reads the packaged copy (it never downloads).
     """
-    from .nifti import read_volume
-
     path = template_path()
     if path is not None:
         return read_volume(path)
-    try:
+    try:  # optional packages, needed only for this fallback: a missing one is a DatasetError below
         import nibabel as nib
         from nilearn.datasets import load_mni152_template
     except ImportError as e:
@@ -88,8 +88,7 @@ def load_template() -> tuple[np.ndarray, tuple[float, float, float]]:
     return np.asarray(img.dataobj, dtype=np.float32), zooms  # type: ignore[return-value]
 
 
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
+def single_thread() -> contextlib.AbstractContextManager[None]:
     """Runs torch CPU ops on one thread inside the block, restoring the setting after.
 
     The work here is many small memory-bound tensor ops; on small VMs waking a second intra-op
@@ -97,12 +96,7 @@ def single_thread() -> Iterator[None]:
     which made a 4096-image build take minutes). The result is cached, so a slower build on a
     big machine is paid once.
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_settings(threads=1)
 
 
 def build_mni152(

@@ -78,7 +78,7 @@ def volume_to_slices(data: np.ndarray, zooms: tuple[float, float, float], resolu
 # What reading a damaged or foreign file may raise: nibabel's ImageFileError is a plain
 # Exception subclass, truncated gzip streams give EOFError or zlib.error.
 def _read_errors() -> tuple[type[BaseException], ...]:
-    from nibabel.filebasedimages import ImageFileError
+    from nibabel.filebasedimages import ImageFileError  # here: nibabel is needed only once NIfTI files are read
 
     return (OSError, EOFError, ValueError, zlib.error, ImageFileError, NotBrainVolume)
 

@@ -4,7 +4,7 @@
     Generator        z (+ c) -> image; G.mapping(z, c, ...) -> ws, G.synthesis(ws, ...) -> image
     Discriminator    image (+ c) -> logits [N, 1]
     ema_update       G_ema <- lerp(G, G_ema, beta); ema_beta gives NVlabs' beta for a batch size
-    count_parameters trainable parameter count of a module (buffers excluded)
+    count_parameters parameter count of a module (buffers excluded)
     use_channels_last  run the blocks' activations channels_last (a run-time switch, not saved)
 """
 from __future__ import annotations
@@ -16,16 +16,18 @@ from .discriminator import Discriminator
 from .ema import ema_beta, ema_update
 from .generator import Generator
 from .mapping import MappingNetwork
-from .memory_format import use_channels_last, uses_channels_last
+from .memory_format import LayoutSwitch, use_channels_last
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameter elements (buffers such as w_avg are not counted)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+    """Number of parameter elements, frozen or not (buffers such as w_avg are not counted), so a
+    network loaded for inference counts the same as the one that was trained."""
+    return sum(p.numel() for p in module.parameters())
 
 
 __all__ = [
     "Discriminator",
+    "LayoutSwitch",
     "Generator",
     "MappingNetwork",
     "ModelConfig",
@@ -33,5 +35,4 @@ __all__ = [
     "ema_beta",
     "ema_update",
     "use_channels_last",
-    "uses_channels_last",
 ]

@@ -16,6 +16,8 @@ import torch
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_CONV_CLAMP = 256.0  # NVlabs' clamp for the reduced-precision layers
+DEFAULT_NUM_FP16_RES = 4  # NVlabs' count of highest resolutions in reduced precision
+DEFAULT_MBSTD_GROUP = 4   # NVlabs' minibatch standard deviation group size
 
 
 def block_resolutions(resolution: int) -> list[int]:
@@ -71,7 +73,7 @@ class ModelConfig:
     num_fp16_res: int = 0
     precision: str = "fp32"
     conv_clamp: Optional[float] = None
-    mbstd_group: int = 4
+    mbstd_group: int = DEFAULT_MBSTD_GROUP
     mbstd_channels: int = 1
     d_mapping_layers: Optional[int] = None
 

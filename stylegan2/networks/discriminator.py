@@ -14,13 +14,13 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .config import ModelConfig
+from .config import DEFAULT_MBSTD_GROUP, ModelConfig
 from .layers import Conv2dLayer, FullyConnected, MinibatchStd
 from .mapping import MappingNetwork
-from .memory_format import to_block_layout
+from .memory_format import LayoutSwitch, to_block_layout
 
 
-class DiscriminatorBlock(nn.Module):
+class DiscriminatorBlock(LayoutSwitch, nn.Module):
     """x [N, tmp_channels, res, res] (None at the top) and img [N, img_channels, res, res] ->
     x [N, out_channels, res / 2, res / 2] in the block's dtype."""
 
@@ -42,7 +42,6 @@ class DiscriminatorBlock(nn.Module):
         self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, act="lrelu", conv_clamp=conv_clamp)
         self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, act="lrelu", down=2, conv_clamp=conv_clamp)
         self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2)
-        self.channels_last = False  # run-time layout switch (memory_format.use_channels_last)
 
     def forward(self, x: Optional[torch.Tensor], img: torch.Tensor, force_fp32: bool = False) -> torch.Tensor:
         dtype = torch.float32 if force_fp32 else self.dtype
@@ -67,22 +66,22 @@ class DiscriminatorEpilogue(nn.Module):
         *,
         img_channels: int,
         from_rgb: bool,
-        mbstd_group: int = 4,
+        mbstd_group: int = DEFAULT_MBSTD_GROUP,
         mbstd_channels: int = 1,
         conv_clamp: Optional[float] = None,
     ) -> None:
         super().__init__()
         self.cmap_dim = cmap_dim
         # Only a 4x4 discriminator has no block above the epilogue to read the image.
-        if from_rgb:
-            self.fromrgb = Conv2dLayer(img_channels, in_channels, 1, act="lrelu", conv_clamp=conv_clamp)
+        self.fromrgb = (Conv2dLayer(img_channels, in_channels, 1, act="lrelu", conv_clamp=conv_clamp)
+                        if from_rgb else None)
         self.mbstd = MinibatchStd(mbstd_group, mbstd_channels) if mbstd_channels > 0 else None
         self.conv = Conv2dLayer(in_channels + mbstd_channels, in_channels, 3, act="lrelu", conv_clamp=conv_clamp)
         self.fc = FullyConnected(in_channels * 4 * 4, in_channels, act="lrelu")
         self.out = FullyConnected(in_channels, cmap_dim if cmap_dim > 0 else 1)
 
     def forward(self, x: Optional[torch.Tensor], img: torch.Tensor, cmap: Optional[torch.Tensor]) -> torch.Tensor:
-        if hasattr(self, "fromrgb"):
+        if self.fromrgb is not None:
             x = self.fromrgb(img.to(torch.float32))
         x = x.to(torch.float32)  # the epilogue always runs in float32, as NVlabs does
         if self.mbstd is not None:

@@ -16,11 +16,11 @@ import stylegan2_ops as ops
 
 from .config import ModelConfig
 from .layers import RESAMPLE_FILTER, SynthesisLayer, ToRGB
-from .memory_format import to_block_layout
+from .memory_format import LayoutSwitch, to_block_layout
 from .mapping import MappingNetwork
 
 
-class SynthesisBlock(nn.Module):
+class SynthesisBlock(LayoutSwitch, nn.Module):
     """One resolution of the synthesis network.
 
     Shapes: x [N, in_channels, res / 2, res / 2] (None for the 4x4 block),
@@ -50,7 +50,6 @@ class SynthesisBlock(nn.Module):
         self.torgb = ToRGB(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.num_conv = 1 if in_channels == 0 else 2
         self.num_torgb = 1
-        self.channels_last = False  # run-time layout switch (memory_format.use_channels_last)
         self.fused_modconv: Optional[bool] = None  # inference override (Generator.set_fused_modconv)
         self.register_buffer("resample_filter", ops.setup_filter(list(RESAMPLE_FILTER)), persistent=False)
 

@@ -13,26 +13,26 @@ import torch
 import torch.nn as nn
 
 
+class LayoutSwitch:
+    """Mixed into the blocks that compute in a chosen layout (synthesis and discriminator
+    blocks): `channels_last`, which use_channels_last sets, and which a block passes to
+    to_block_layout on its inputs."""
+
+    channels_last: bool = False
+
+
 def use_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
     """Switch every block under `module` (a Generator, Discriminator or any module holding
     their blocks) to channels_last activations, or back. Returns `module` for chaining.
-    Raises ValueError if nothing under `module` has a memory-format switch, so a typo'd target
-    does not silently keep the old layout."""
-    found = 0
-    for m in module.modules():
-        if hasattr(m, "channels_last"):
-            m.channels_last = bool(enabled)
-            found += 1
-    if not found:
+    Raises ValueError if nothing under `module` has a layout switch, so a typo'd target does not
+    silently keep the old layout."""
+    blocks = [m for m in module.modules() if isinstance(m, LayoutSwitch)]
+    if not blocks:
         raise ValueError(f"use_channels_last: {type(module).__name__} holds no synthesis or "
                          "discriminator blocks")
+    for block in blocks:
+        block.channels_last = bool(enabled)
     return module
-
-
-def uses_channels_last(module: nn.Module) -> bool:
-    """Whether the blocks under `module` run channels_last (all of them; a mixed state is False)."""
-    flags = [m.channels_last for m in module.modules() if hasattr(m, "channels_last")]
-    return bool(flags) and all(flags)
 
 
 def to_block_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

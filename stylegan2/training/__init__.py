@@ -1,34 +1,17 @@
-"""Training layer: configuration and presets, the loop, checkpoints, stats, plots and grids.
+"""Training layer, one module per job:
 
-    TrainConfig, make_config, PRESETS       config.py
-    train, TrainResult, TrainingDiverged,
-    TrainingWriteError                      loop.py      (ticks, snapshots, stopping)
-    train_step and the four phases          phases.py
-    setup_run, restore_run, ResumeError     state.py     (networks, optimizers, checkpoints)
-    BatchFeeder                             feed.py      (seeded, resumable data order)
-    load_checkpoint, find_checkpoint,
-    load_newest_valid, validate_checkpoint  checkpoint.py
-    parse_seeds                             seeds.py
+    config.py      TrainConfig, the named presets, resolve()
+    loop.py        train(): ticks, snapshots, stopping; TrainResult, TrainingDiverged, TrainingWriteError
+    phases.py      one training step as four small phases, and the G_ema update
+    state.py       Run and setup_run(), which builds one
+    grids.py       reals.png and the fixed-latent fakes_*.png of a run
+    run_dir.py     numbered run directories (new_run_dir) and their dataset names
+    feed.py        BatchFeeder (seeded, resumable data order)
+    checkpoint.py  checkpoints: a Run saved and restored (ResumeError), files loaded, validated and
+                   found, load_generator / load_discriminator
+    losses.py      the StyleGAN2 loss (logistic, WGAN-GP) and its regularization defaults
+    stats.py, plots.py, signals.py
+
+Nothing is imported here: loading a checkpoint (generate, info) need not pull in the training
+loop or matplotlib. Import the module you need.
 """
-from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_newest_valid, validate_checkpoint
-from .config import PRESET_NAMES, PRESETS, TrainConfig, make_config
-from .loop import ResumeError, TrainingDiverged, TrainingWriteError, TrainResult, train
-from .seeds import parse_seeds
-
-__all__ = [
-    "CheckpointError",
-    "PRESETS",
-    "PRESET_NAMES",
-    "ResumeError",
-    "TrainConfig",
-    "TrainResult",
-    "TrainingDiverged",
-    "TrainingWriteError",
-    "find_checkpoint",
-    "load_checkpoint",
-    "load_newest_valid",
-    "make_config",
-    "parse_seeds",
-    "train",
-    "validate_checkpoint",
-]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickletools
 import re
 import time
 import warnings
@@ -28,10 +29,14 @@ from typing import Any, Callable
 import torch
 
 from .. import fileio
+from ..networks import Discriminator, Generator, ModelConfig
+from .config import TrainConfig, resolve
+from .state import Run, model_config_dict
 
 FORMAT = "stylegan2-brain-mri"
 VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{6})(?:\.(\d{3}))?\.pt$")
+CHECKPOINTS = "checkpoints"  # the folder of a run directory that holds its checkpoints
 
 
 class CheckpointError(RuntimeError):
@@ -62,13 +67,20 @@ def ckpt_name(cur_nimg: int) -> str:
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """(cur_nimg, path) of every checkpoint in a run directory, oldest first."""
-    d = Path(run_dir) / "checkpoints"
+    d = Path(run_dir) / CHECKPOINTS
     found = []
     if d.is_dir():
         for p in d.iterdir():
             if m := _NAME.match(p.name):
                 found.append((int(m.group(1)) * 1000 + int(m.group(2) or 0), p))
     return sorted(found)
+
+
+def run_dir_of(path: str | os.PathLike) -> Path | None:
+    """The run directory a checkpoint file belongs to (run/checkpoints/ckpt-*.pt -> run), or None
+    for a file kept elsewhere."""
+    p = Path(path)
+    return p.parent.parent if p.parent.name == CHECKPOINTS else None
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -111,7 +123,6 @@ _DATA_MODULES = ("torch", "collections", "_codecs", "numpy")
 def _pickle_globals(data: bytes) -> list[str] | None:
     """The module.name globals a pickle refers to, found by reading its opcodes (nothing is
     unpickled, so nothing runs), or None when the bytes are not a complete pickle."""
-    import pickletools
     found: list[str] = []
     strings: list[str] = []
     try:
@@ -302,11 +313,6 @@ def _nonneg_int(v: Any) -> bool:
 
 def _check_contents(ck: dict[str, Any]) -> None:
     """Raises ValueError naming the first thing wrong with a loaded checkpoint dict."""
-    from stylegan2.networks import Discriminator, Generator, ModelConfig
-
-    from .config import TrainConfig, resolve
-    from .state import model_config_dict
-
     missing = [k for k in _TOP if k not in ck]
     if missing:
         raise ValueError(f"missing {', '.join(repr(k) for k in missing)}")
@@ -395,6 +401,84 @@ def new_checkpoint(**parts: Any) -> dict[str, Any]:
     """The envelope every checkpoint shares, plus the given parts."""
     return {"format": FORMAT, "version": VERSION, "torch": str(torch.__version__),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **parts}
+
+
+# --------------------------------------------------------------------------------------------
+# A run in and out of checkpoints.
+
+class ResumeError(RuntimeError):
+    """A checkpoint that cannot continue this run (other dataset, other model)."""
+
+
+def checkpoint_dict(run: Run) -> dict[str, Any]:
+    rng = capture_rng()
+    rng["feeder"] = run.feeder.state_dict()
+    return new_checkpoint(
+        G=run.G.state_dict(), D=run.D.state_dict(), G_ema=run.G_ema.state_dict(),
+        opt_G=run.opt_G.state_dict(), opt_D=run.opt_D.state_dict(), loss=dict(run.loss.state_dict()),
+        config=run.cfg.to_dict(), model_config=dict(run.model_cfg),
+        progress={"cur_nimg": run.cur_nimg, "step": run.step, "tick": run.tick,
+                  "elapsed_s": float(run.elapsed_s)},
+        rng=rng, dataset=dict(run.dataset_info))
+
+
+def save_checkpoint(run: Run, run_dir: Path, keep: int = 0) -> Path:
+    path = atomic_save(checkpoint_dict(run), Path(run_dir) / CHECKPOINTS / ckpt_name(run.cur_nimg))
+    prune_checkpoints(run_dir, keep, protect=path)
+    return path
+
+
+def restore_run(run: Run, ckpt: dict[str, Any], allow_data_change: bool = False) -> None:
+    """Load everything a checkpoint holds into a freshly set-up run (same config)."""
+    saved_fp = ckpt["dataset"]["fingerprint"]
+    if saved_fp != run.dataset_info["fingerprint"]:
+        if not allow_data_change:
+            raise ResumeError(
+                f"the dataset differs from the one this checkpoint was trained on "
+                f"(checkpoint: {ckpt['dataset']['source']!r}, fingerprint {saved_fp[:12]}; now: "
+                f"{run.dataset_info['source']!r}, fingerprint {run.dataset_info['fingerprint'][:12]}). "
+                f"Pass --allow-data-change to continue on the new data anyway.")
+    if ckpt["model_config"] != run.model_cfg:
+        raise ResumeError(f"checkpoint model {ckpt['model_config']} differs from {run.model_cfg}")
+    run.G.load_state_dict(ckpt["G"])
+    run.D.load_state_dict(ckpt["D"])
+    run.G_ema.load_state_dict(ckpt["G_ema"])
+    run.opt_G.load_state_dict(ckpt["opt_G"])
+    run.opt_D.load_state_dict(ckpt["opt_D"])
+    run.loss.load_state_dict(ckpt["loss"])
+    p = ckpt["progress"]
+    run.cur_nimg, run.step, run.tick = int(p["cur_nimg"]), int(p["step"]), int(p["tick"])
+    run.elapsed_s = float(p["elapsed_s"])
+    if saved_fp == run.dataset_info["fingerprint"]:
+        run.feeder.load_state_dict(ckpt["rng"]["feeder"])
+    restore_rng(ckpt["rng"])
+
+
+# --------------------------------------------------------------------------------------------
+# The networks of a checkpoint, as every command that uses one (generate, info) builds them.
+
+def _as_checkpoint(ckpt: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
+    return ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt)
+
+
+def load_generator(ckpt: dict[str, Any] | str | os.PathLike, *, raw: bool = False,
+                   device: str | torch.device = "cpu") -> Generator:
+    """The generator of a checkpoint (a loaded dict, a file, or a run directory's newest), on
+    `device`, in eval mode with gradients off. G_ema, as StyleGAN tools generate, unless `raw`
+    asks for the trained G. A path is loaded and validated first (CheckpointError, one line)."""
+    ck = _as_checkpoint(ckpt)
+    G = Generator(ModelConfig.from_dict(ck["model_config"]))
+    G.load_state_dict(ck["G" if raw else "G_ema"])
+    return G.to(device).eval().requires_grad_(False)
+
+
+def load_discriminator(ckpt: dict[str, Any] | str | os.PathLike, *,
+                       device: str | torch.device = "cpu") -> Discriminator:
+    """The discriminator of a checkpoint, as load_generator gives its generator."""
+    ck = _as_checkpoint(ckpt)
+    D = Discriminator(ModelConfig.from_dict(ck["model_config"]))
+    D.load_state_dict(ck["D"])
+    return D.to(device).eval().requires_grad_(False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,8 +12,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-LOSSES = ("logistic", "wgan-gp")
+from ..data.detect import BUILTIN
+from ..networks.config import DEFAULT_CONV_CLAMP, DEFAULT_MBSTD_GROUP, DEFAULT_NUM_FP16_RES
+from ..networks.config import PRECISIONS as _DTYPES
+from ..networks.layers import mbstd_group_size
+from .losses import KINDS as LOSSES
+from .losses import default_d_reg_interval, default_r1_gamma
+
+PRECISIONS = tuple(_DTYPES)  # the names the networks accept, in their order
 
 
 @dataclass
@@ -22,7 +28,7 @@ class TrainConfig:
 
     preset: str = "custom"
     # Data.
-    data: str = "mni152"            # "mni152" (built in) or a path; see stylegan2.data.open_dataset
+    data: str = BUILTIN             # the built-in set or a path; see stylegan2.data.open_dataset
     resolution: int = 32
     channels: int = 1
     cond: bool = False              # condition G and D on the dataset's labels
@@ -132,34 +138,28 @@ def make_config(preset: str, overrides: dict[str, Any] | None = None,
     return resolve(TrainConfig(**values)), why
 
 
-def _mbstd_group(batch: int, wanted: int) -> int:
-    g = max(1, min(wanted, batch))
-    while batch % g:
-        g -= 1
-    return g
-
-
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill the derived (None) fields and check the combination. Returns a new config."""
     _check(cfg)
     c = dataclasses.replace(cfg, extra=dict(cfg.extra))
     if c.gamma is None:
-        c.gamma = 0.0002 * c.resolution**2 / c.batch
+        c.gamma = default_r1_gamma(c.resolution, c.batch)
     if c.ema_kimg is None:
         c.ema_kimg = c.batch * 10 / 32
     if c.r1_interval is None:
-        c.r1_interval = 16 if c.loss == "logistic" else 1
-    c.mbstd_group = _mbstd_group(c.batch, 4 if c.mbstd_group is None else c.mbstd_group)
+        c.r1_interval = default_d_reg_interval(c.loss)
+    wanted = DEFAULT_MBSTD_GROUP if c.mbstd_group is None else max(1, c.mbstd_group)
+    c.mbstd_group = mbstd_group_size(c.batch, wanted)
     mixed = c.precision != "fp32"
     if c.num_fp16_res is None:
-        c.num_fp16_res = 4 if mixed else 0
+        c.num_fp16_res = DEFAULT_NUM_FP16_RES if mixed else 0
     if c.conv_clamp is None and mixed:
-        c.conv_clamp = 256.0
+        c.conv_clamp = DEFAULT_CONV_CLAMP
     return c
 
 
-# Float fields and whether None is allowed. Every one must be a finite number: inf or nan passed
-# the range checks before (`--kimg inf` overflowed in the loop, `--gamma inf` diverged).
+# Float fields and whether None is allowed. Every one must be a finite number: inf and nan pass
+# range comparisons, and then `kimg = inf` overflows the loop's counters and `gamma = inf` diverges.
 _FLOATS = {"kimg": False, "lr": False, "beta1": False, "beta2": False, "eps": False, "gamma": True,
            "pl_weight": False, "style_mixing": False, "ema_kimg": True, "ema_rampup": True,
            "tick_kimg": False, "snap_kimg": False, "conv_clamp": True}

@@ -1,54 +1,38 @@
-"""Image grids as PNG files."""
+"""The grids a training run writes: reals.png from the dataset and fakes_*.png from fixed latents,
+so snapshots of one run can be compared image by image."""
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
-from .. import fileio
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] float in [-1, 1] (clipped) or uint8 -> uint8 [N, H, W, C] on the host."""
-    if images.dtype != torch.uint8:
-        images = (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-    return images.permute(0, 2, 3, 1).cpu().numpy()
+from ..images import save_grid
+from .state import Run
 
 
-def grid_shape(n: int) -> tuple[int, int]:
-    """(rows, cols) for n images: a full rectangle wider than tall when one is close to square
-    (32 -> 4 x 8), else the nearest square (7 -> 3 x 3)."""
-    side = math.ceil(math.sqrt(n))
-    cols = next((c for c in range(side, 2 * side + 1) if n % c == 0), side)
-    return math.ceil(n / cols), cols
+def grid_latents(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed z [grid_images, z_dim] and labels (classes in turn) for the fake grids. Drawn from a
+    private generator so snapshots never disturb the training RNG."""
+    n = run.cfg.grid_images
+    z = torch.randn(n, run.cfg.z_dim, generator=torch.Generator().manual_seed(run.cfg.seed))
+    c_dim = run.feeder.c_dim
+    c = torch.nn.functional.one_hot(torch.arange(n) % c_dim, c_dim).float() if c_dim else torch.zeros(n, 0)
+    return z.to(run.device), c.to(run.device)
 
 
-def make_grid(images: torch.Tensor, cols: int | None = None, pad: int = 2) -> np.ndarray:
-    """[N, C, H, W] images -> one uint8 [rows*(H+pad)-pad, cols*(W+pad)-pad, C] canvas (black gaps)."""
-    arr = to_uint8(images)
-    n, h, w, c = arr.shape
-    rows, cols = grid_shape(n) if cols is None else (math.ceil(n / cols), cols)
-    canvas = np.zeros((rows * (h + pad) - pad, cols * (w + pad) - pad, c), dtype=np.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        canvas[r * (h + pad):r * (h + pad) + h, q * (w + pad):q * (w + pad) + w] = arr[i]
-    return canvas
+@torch.no_grad()
+def render(G: torch.nn.Module, z: torch.Tensor, c: torch.Tensor, batch: int,
+           truncation_psi: float = 1.0, noise_mode: str = "const") -> torch.Tensor:
+    """G(z, c) in chunks of `batch` -> float32 [N, C, R, R] on the CPU."""
+    out = []
+    for i in range(0, len(z), batch):
+        cc = c[i:i + batch] if c.shape[1] else None
+        out.append(G(z[i:i + batch], cc, truncation_psi=truncation_psi, noise_mode=noise_mode).float().cpu())
+    return torch.cat(out)
 
 
-def save_image(img: np.ndarray, path: str | os.PathLike) -> Path:
-    """uint8 [H, W, C] (C = 1 or 3) -> PNG, written atomically (fileio.WriteError on failure)."""
-    pil = Image.fromarray(img[:, :, 0], "L") if img.shape[2] == 1 else Image.fromarray(img, "RGB")
-    return fileio.atomic_write(path, lambda f: pil.save(f, format="PNG"))
-
-
-def save_grid(images: torch.Tensor, path: str | os.PathLike, cols: int | None = None) -> Path:
-    """[N, C, H, W] float in [-1, 1] or uint8 -> a grid PNG. Small images are enlarged (nearest)
-    to at least 64 px so a 16x16 or 32x32 grid can be inspected by eye."""
-    scale = max(1, math.ceil(64 / images.shape[-1]))
-    if scale > 1:
-        images = images.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
-    return save_image(make_grid(images, cols), path)
+def save_reals(run: Run, dataset: Any, path: Path) -> Path:
+    g = torch.Generator().manual_seed(run.cfg.seed)
+    idx = torch.randperm(len(dataset), generator=g)[:run.cfg.grid_images].sort().values
+    return save_grid(torch.from_numpy(dataset.images[idx.numpy()]), path)

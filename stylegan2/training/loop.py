@@ -23,13 +23,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import fileio
+from ..images import save_grid
+from ..torch_settings import torch_settings
 from . import checkpoint as ckpt_io
+from .checkpoint import ResumeError, restore_run, save_checkpoint
 from .config import TrainConfig
-from .grids import save_grid
-from .phases import Run, train_step
+from .grids import grid_latents, render, save_reals
+from .phases import train_step
 from .plots import plot_losses
 from .signals import StopRequest
-from .state import ResumeError, pick_device, pick_threads, restore_run, save_checkpoint, setup_run
+from .state import Run, pick_device, pick_threads, setup_run
 from .stats import StatsAccumulator, StatsWriter, non_finite
 
 __all__ = ["ResumeError", "TrainResult", "TrainingDiverged", "TrainingWriteError", "train"]
@@ -57,36 +60,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Grids.
-
-def grid_latents(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed z [grid_images, z_dim] and labels (classes in turn) for the fake grids. Drawn from a
-    private generator so snapshots never disturb the training RNG."""
-    n = run.cfg.grid_images
-    z = torch.randn(n, run.cfg.z_dim, generator=torch.Generator().manual_seed(run.cfg.seed))
-    c_dim = run.feeder.c_dim
-    c = torch.nn.functional.one_hot(torch.arange(n) % c_dim, c_dim).float() if c_dim else torch.zeros(n, 0)
-    return z.to(run.device), c.to(run.device)
-
-
-@torch.no_grad()
-def render(G: torch.nn.Module, z: torch.Tensor, c: torch.Tensor, batch: int,
-           truncation_psi: float = 1.0, noise_mode: str = "const") -> torch.Tensor:
-    """G(z, c) in chunks of `batch` -> float32 [N, C, R, R] on the CPU."""
-    out = []
-    for i in range(0, len(z), batch):
-        cc = c[i:i + batch] if c.shape[1] else None
-        out.append(G(z[i:i + batch], cc, truncation_psi=truncation_psi, noise_mode=noise_mode).float().cpu())
-    return torch.cat(out)
-
-
-def save_reals(run: Run, dataset: Any, path: Path) -> Path:
-    g = torch.Generator().manual_seed(run.cfg.seed)
-    idx = torch.randperm(len(dataset), generator=g)[:run.cfg.grid_images].sort().values
-    return save_grid(torch.from_numpy(dataset.images[idx.numpy()]), path)
-
-
-# --------------------------------------------------------------------------------------------
 # The loop.
 
 def _crossed(prev: int, cur: int, every_nimg: int) -> bool:
@@ -106,16 +79,21 @@ def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[s
     run_dir = Path(run_dir)
     fileio.make_dirs(run_dir)
     # Temporaries of a writer killed mid-write (the run's own files; no one else writes here).
-    stale = [p for d in (run_dir, run_dir / "checkpoints") for p in fileio.remove_stale_temporaries(d)]
+    stale = [p for d in (run_dir, run_dir / ckpt_io.CHECKPOINTS) for p in fileio.remove_stale_temporaries(d)]
     if stale:
         log(f"removed {len(stale)} temporary file(s) left by an interrupted write: "
             f"{', '.join(p.name for p in stale[:4])}{' ...' if len(stale) > 4 else ''}")
     device = pick_device(cfg)
-    threads = pick_threads(cfg, device)
-    if threads:
-        torch.set_num_threads(threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    # Thread count and cuDNN autotuning (same shapes every step) hold for this run only: a
+    # notebook that trains gets its own settings back.
+    with torch_settings(threads=pick_threads(cfg, device), cudnn_benchmark=True if device.type == "cuda" else None):
+        return _train(cfg, run_dir, dataset, device, resume, allow_data_change, progress, keep, log, stop)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, dataset: Any, device: torch.device, resume: dict[str, Any] | None,
+           allow_data_change: bool, progress: bool, keep: int, log: Callable[[str], None],
+           stop: StopRequest | None) -> TrainResult:
+    """train() with the process settings in place."""
     log(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
                                else f", {torch.get_num_threads()} thread(s)"))
     run = setup_run(cfg, dataset, device)

@@ -8,35 +8,13 @@ per-term stats go into a StatsAccumulator as device tensors.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-from .config import TrainConfig
-from .feed import BatchFeeder
+from ..networks import ema_beta, ema_update
+from .state import Run
 from .stats import StatsAccumulator
-
-
-@dataclass
-class Run:
-    cfg: TrainConfig
-    device: torch.device
-    G: torch.nn.Module
-    D: torch.nn.Module
-    G_ema: torch.nn.Module
-    loss: Any
-    opt_G: torch.optim.Optimizer
-    opt_D: torch.optim.Optimizer
-    feeder: BatchFeeder
-    model_cfg: dict[str, Any]
-    dataset_info: dict[str, Any]
-    cur_nimg: int = 0
-    step: int = 0
-    tick: int = 0
-    elapsed_s: float = 0.0
-    last_checkpoint: Path | None = None  # newest checkpoint written (or resumed from)
 
 
 def _sanitize_grads(module: torch.nn.Module) -> None:
@@ -116,7 +94,6 @@ def phase_d_reg(run: Run, acc: StatsAccumulator, real: torch.Tensor, real_c: tor
 
 def update_ema(run: Run) -> None:
     """G_ema <- lerp towards G with half-life ema_kimg (shortened early on by ema_rampup)."""
-    from stylegan2.networks import ema_beta, ema_update
     cfg = run.cfg
     with torch.profiler.record_function("phase G_ema"):
         ema_update(run.G_ema, run.G, ema_beta(cfg.batch, cfg.ema_kimg, rampup=cfg.ema_rampup, cur_nimg=run.cur_nimg))

@@ -1,16 +1,18 @@
-"""Loss curves as PNG files (matplotlib, Agg backend: works without a display)."""
+"""Loss curves as PNG files.
+
+Figures are matplotlib `Figure` objects drawn straight to PNG, never through pyplot: no backend
+is chosen for the process (a notebook keeps its own), no display is needed, and no global figure
+list holds on to them after the write.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 
 from .. import fileio
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 G_KEYS = ("Loss/G/main", "Loss/G/reg")
 D_KEYS = ("Loss/D/main", "Loss/D/reg")
@@ -27,7 +29,8 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[flo
 
 
 def _plot(rows: list[dict[str, Any]], keys: tuple[str, ...], title: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     for key in keys:
         xs, ys = _series(rows, key)
         if xs:
@@ -42,13 +45,9 @@ def _plot(rows: list[dict[str, Any]], keys: tuple[str, ...], title: str, path: P
     _save(fig, path)
 
 
-def _save(fig: Any, path: str | os.PathLike) -> None:
-    """PNG written atomically (fileio.WriteError names the file on failure); the figure is closed
-    either way, so a failed write does not leak matplotlib's memory."""
-    try:
-        fileio.atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    finally:
-        plt.close(fig)
+def _save(fig: Figure, path: str | os.PathLike) -> None:
+    """PNG written atomically (fileio.WriteError names the file on failure)."""
+    fileio.atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
 def plot_losses(rows: list[dict[str, Any]], run_dir: str | os.PathLike) -> list[Path]:
@@ -67,12 +66,13 @@ def plot_runs_overlay(
     keys: tuple[str, ...] = ("Loss/G/main", "Loss/D/main"),
 ) -> list[tuple[str, str]]:
     """Overlay the same loss terms of several runs in one PNG, e.g. fp32 against mixed precision
-    on the same seed and data (issue 6 asks for that plot beside the benchmark results).
+    on the same seed and data, to show a precision policy trains alike.
 
     runs: label -> that run's stats rows (StatsWriter(run_dir).rows()). Returns the (label, key)
     pairs that had data and were drawn.
     """
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    ax = fig.subplots()
     drawn = []
     styles = ["-", "--", ":", "-."]
     for i, (label, rows) in enumerate(runs.items()):

@@ -1,4 +1,5 @@
-"""Building a run (networks, loss, optimizers, feeder) and moving it in and out of checkpoints.
+"""Building a run: the Run it trains (networks, loss, optimizers, feeder) and the function that
+sets one up. Checkpoints of a run are written and read back by checkpoint.py.
 
 The builders are module-level functions so tests can swap the networks or the loss.
 """
@@ -6,19 +7,39 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import checkpoint as ckpt_io
+from ..networks import Discriminator, Generator, ModelConfig, use_channels_last
 from .config import TrainConfig
 from .feed import BatchFeeder
-from .phases import Run
+from .losses import LossConfig, StyleGAN2Loss, lazy_optimizer_settings
 
 
-class ResumeError(RuntimeError):
-    """A checkpoint that cannot continue this run (other dataset, other model)."""
+@dataclass
+class Run:
+    """Everything a training run changes as it goes: networks, loss, optimizers, data order and
+    progress. setup_run builds one; checkpoint.py saves and restores it."""
+
+    cfg: TrainConfig
+    device: torch.device
+    G: torch.nn.Module
+    D: torch.nn.Module
+    G_ema: torch.nn.Module
+    loss: Any
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    feeder: BatchFeeder
+    model_cfg: dict[str, Any]
+    dataset_info: dict[str, Any]
+    cur_nimg: int = 0
+    step: int = 0
+    tick: int = 0
+    elapsed_s: float = 0.0
+    last_checkpoint: Path | None = None  # newest checkpoint written (or resumed from)
 
 
 def model_config_dict(cfg: TrainConfig, c_dim: int) -> dict[str, Any]:
@@ -32,7 +53,6 @@ def model_config_dict(cfg: TrainConfig, c_dim: int) -> dict[str, Any]:
 
 def build_networks(model_cfg: dict[str, Any], device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(G, D) on `device` from a ModelConfig dict (unknown keys are an error from ModelConfig)."""
-    from stylegan2.networks import Discriminator, Generator, ModelConfig
     mc = ModelConfig.from_dict(model_cfg)
     return Generator(mc).to(device), Discriminator(mc).to(device)
 
@@ -40,7 +60,6 @@ def build_networks(model_cfg: dict[str, Any], device: torch.device) -> tuple[tor
 def build_loss(G: torch.nn.Module, D: torch.nn.Module, cfg: TrainConfig) -> Any:
     """The StyleGAN2 loss. It weights each lazy penalty by its interval itself; an interval of 0
     (off) is passed as 1 because the phase is then never run."""
-    from stylegan2.losses import LossConfig, StyleGAN2Loss
     lc = LossConfig(kind=cfg.loss, r1_gamma=cfg.gamma, pl_weight=cfg.pl_weight if cfg.pl_interval else 0.0,
                     style_mixing_prob=cfg.style_mixing, g_reg_interval=max(cfg.pl_interval, 1),
                     d_reg_interval=max(cfg.r1_interval, 1))
@@ -51,28 +70,12 @@ def make_optimizer(module: torch.nn.Module, cfg: TrainConfig, interval: int) -> 
     """Adam with the lazy-regularization correction: with a penalty every `interval` steps the
     effective step count grows by (interval + 1) / interval, so lr and betas are scaled back.
     Intervals 0 (off) and 1 (penalty inside the main step) need no correction."""
-    ratio = interval / (interval + 1) if interval > 1 else 1.0
+    lr, betas = lazy_optimizer_settings(cfg.lr, (float(cfg.beta1), float(cfg.beta2)), interval)
     params = list(module.parameters())
     # On a GPU one fused kernel updates every parameter (instead of several launches per tensor);
     # the CPU keeps the default implementation, whose results the resume tests pin down.
     on_gpu = bool(params) and all(p.is_cuda for p in params)
-    return torch.optim.Adam(params, lr=cfg.lr * ratio,
-                            betas=(float(cfg.beta1) ** ratio, float(cfg.beta2) ** ratio),
-                            eps=cfg.eps, fused=True if on_gpu else None)
-
-
-def loss_state(loss: Any) -> dict[str, Any]:
-    """The loss's own persistent state (the path-length running mean)."""
-    if hasattr(loss, "state_dict"):
-        return dict(loss.state_dict())
-    return {"pl_mean": loss.pl_mean.detach().clone()} if torch.is_tensor(getattr(loss, "pl_mean", None)) else {}
-
-
-def load_loss_state(loss: Any, state: dict[str, Any]) -> None:
-    if hasattr(loss, "load_state_dict"):
-        loss.load_state_dict(state)
-    elif "pl_mean" in state:
-        loss.pl_mean.copy_(state["pl_mean"])
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=cfg.eps, fused=True if on_gpu else None)
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:
@@ -99,16 +102,23 @@ def dataset_info(dataset: Any) -> dict[str, Any]:
             "skipped": int(getattr(dataset, "skipped", 0))}
 
 
+def condition_dim(cfg: TrainConfig, dataset: Any) -> int:
+    """The networks' c_dim for this config and dataset: its number of classes with cfg.cond, else
+    0. Raises ValueError when cfg.cond asks for labels the dataset does not have."""
+    if not cfg.cond:
+        return 0
+    if dataset.labels is None or not dataset.label_names:
+        raise ValueError(f"--cond: the dataset ({dataset.source}) has no labels to condition on")
+    return len(dataset.label_names)
+
+
 def setup_run(cfg: TrainConfig, dataset: Any, device: torch.device) -> Run:
     """Fresh networks, optimizers and feeder, seeded from cfg.seed."""
-    c_dim = len(dataset.label_names) if cfg.cond else 0
-    if cfg.cond and (c_dim == 0 or dataset.labels is None):
-        raise ValueError(f"--cond: the dataset ({dataset.source}) has no labels to condition on")
+    c_dim = condition_dim(cfg, dataset)
     torch.manual_seed(cfg.seed)
     model_cfg = model_config_dict(cfg, c_dim)
     G, D = build_networks(model_cfg, device)
     if cfg.channels_last:
-        from stylegan2.networks import use_channels_last
         use_channels_last(G)
         use_channels_last(D)
     G.train()
@@ -120,47 +130,3 @@ def setup_run(cfg: TrainConfig, dataset: Any, device: torch.device) -> Run:
                opt_G=make_optimizer(G, cfg, cfg.pl_interval if cfg.pl_weight > 0 else 0),
                opt_D=make_optimizer(D, cfg, cfg.r1_interval), feeder=feeder, model_cfg=model_cfg,
                dataset_info=dataset_info(dataset))
-
-
-def checkpoint_dict(run: Run) -> dict[str, Any]:
-    rng = ckpt_io.capture_rng()
-    rng["feeder"] = run.feeder.state_dict()
-    return ckpt_io.new_checkpoint(
-        G=run.G.state_dict(), D=run.D.state_dict(), G_ema=run.G_ema.state_dict(),
-        opt_G=run.opt_G.state_dict(), opt_D=run.opt_D.state_dict(), loss=loss_state(run.loss),
-        config=run.cfg.to_dict(), model_config=dict(run.model_cfg),
-        progress={"cur_nimg": run.cur_nimg, "step": run.step, "tick": run.tick,
-                  "elapsed_s": float(run.elapsed_s)},
-        rng=rng, dataset=dict(run.dataset_info))
-
-
-def save_checkpoint(run: Run, run_dir: Path, keep: int = 0) -> Path:
-    path = ckpt_io.atomic_save(checkpoint_dict(run), Path(run_dir) / "checkpoints" / ckpt_io.ckpt_name(run.cur_nimg))
-    ckpt_io.prune_checkpoints(run_dir, keep, protect=path)
-    return path
-
-
-def restore_run(run: Run, ckpt: dict[str, Any], allow_data_change: bool = False) -> None:
-    """Load everything a checkpoint holds into a freshly set-up run (same config)."""
-    saved_fp = ckpt["dataset"]["fingerprint"]
-    if saved_fp != run.dataset_info["fingerprint"]:
-        if not allow_data_change:
-            raise ResumeError(
-                f"the dataset differs from the one this checkpoint was trained on "
-                f"(checkpoint: {ckpt['dataset']['source']!r}, fingerprint {saved_fp[:12]}; now: "
-                f"{run.dataset_info['source']!r}, fingerprint {run.dataset_info['fingerprint'][:12]}). "
-                f"Pass --allow-data-change to continue on the new data anyway.")
-    if ckpt["model_config"] != run.model_cfg:
-        raise ResumeError(f"checkpoint model {ckpt['model_config']} differs from {run.model_cfg}")
-    run.G.load_state_dict(ckpt["G"])
-    run.D.load_state_dict(ckpt["D"])
-    run.G_ema.load_state_dict(ckpt["G_ema"])
-    run.opt_G.load_state_dict(ckpt["opt_G"])
-    run.opt_D.load_state_dict(ckpt["opt_D"])
-    load_loss_state(run.loss, ckpt.get("loss", {}))
-    p = ckpt["progress"]
-    run.cur_nimg, run.step, run.tick = int(p["cur_nimg"]), int(p["step"]), int(p["tick"])
-    run.elapsed_s = float(p["elapsed_s"])
-    if saved_fp == run.dataset_info["fingerprint"]:
-        run.feeder.load_state_dict(ckpt["rng"]["feeder"])
-    ckpt_io.restore_rng(ckpt["rng"])

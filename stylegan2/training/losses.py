@@ -34,6 +34,12 @@ import torch.nn.functional as F
 KINDS = ("logistic", "wgan-gp")
 
 
+def default_d_reg_interval(kind: str) -> int:
+    """D regularization interval when none is given: lazy R1 every 16 steps for the logistic
+    loss (StyleGAN2), the gradient penalty every step for WGAN-GP (as it is usually trained)."""
+    return 16 if kind == "logistic" else 1
+
+
 @dataclass
 class LossConfig:
     """Loss settings (defaults: stylegan2-ada-pytorch).
@@ -69,7 +75,7 @@ class LossConfig:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.d_reg_interval is None:
-            self.d_reg_interval = 16 if self.kind == "logistic" else 1
+            self.d_reg_interval = default_d_reg_interval(self.kind)
         for name in ("g_reg_interval", "d_reg_interval", "pl_batch_shrink"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
