@@ -314,7 +314,7 @@ def test_r1_through_the_augmentation_backpropagates_into_d():
 @pytest.mark.parametrize("kind", ["ada", "diffaugment"])
 def test_r1_through_the_augmentation_with_the_projects_discriminator(kind):
     # How the loss will use it: r1_penalty of D(aug(x)) with respect to the un-augmented x.
-    from stylegan2.losses import r1_penalty
+    from stylegan2.training.losses import r1_penalty
     from stylegan2.networks import Discriminator, ModelConfig
 
     torch.manual_seed(0)

@@ -253,12 +253,12 @@ def test_torchscript_feature_network(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """A checkpoint of the tiny preset (16x16), made with the project's own training code."""
-    from stylegan2.training import state
+    from stylegan2.training import checkpoint, state
     from stylegan2.training.config import make_config
     cfg, _ = make_config("tiny", {})
     dataset = ImageDataset(blobs(16), source="blobs (16)")
     run = state.setup_run(cfg, dataset, torch.device("cpu"))
-    return state.save_checkpoint(run, tmp_path_factory.mktemp("run")), dataset
+    return checkpoint.save_checkpoint(run, tmp_path_factory.mktemp("run")), dataset
 
 
 def test_discriminator_features_from_a_checkpoint(tiny_checkpoint):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .. import fileio
+from ..images import save_grid
 from .features import FeatureNetwork, extract_features
 from .neighbors import kth_nearest
 
@@ -151,8 +152,6 @@ def audit_memorization(fakes: torch.Tensor | np.ndarray, train: Any, out_dir: Op
 def write_audit(result: AuditResult, fakes: torch.Tensor, train: torch.Tensor, out_dir: str | os.PathLike,
                 grid_pairs: int = 16) -> None:
     """pairs.csv, closest_pairs.png and summary.json into out_dir (see the module docstring)."""
-    from stylegan2.training.grids import save_grid
-
     out = fileio.make_dirs(out_dir)
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..training.checkpoint import load_generator
 from .cache import RealFeatures
 from .features import FeatureNetwork, extract_features
 from .scores import MetricResult, fid, kid, precision_recall
@@ -24,13 +25,7 @@ def generator_from_checkpoint(ckpt: str | os.PathLike | dict[str, Any], device: 
                               ) -> torch.nn.Module:
     """The EMA generator of a checkpoint (file, run folder or loaded dict), in eval mode: the one
     every published StyleGAN2 number is measured on."""
-    from stylegan2.networks import Generator, ModelConfig
-    from stylegan2.training.checkpoint import load_checkpoint
-
-    ck = ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt)
-    G = Generator(ModelConfig.from_dict(ck["model_config"]))
-    G.load_state_dict(ck["G_ema"])
-    return G.eval().requires_grad_(False).to(device)
+    return load_generator(ckpt, device=device)
 
 
 @torch.no_grad()

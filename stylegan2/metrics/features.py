@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..training.checkpoint import load_checkpoint, load_discriminator
+
 INCEPTION_WEIGHTS_ENV = "STYLEGAN2_INCEPTION_WEIGHTS"
 # The file pytorch-fid's InceptionV3 downloads (pytorch_fid.inception.FID_WEIGHTS_URL). torch.hub
 # names downloaded files <name>-<first 8 hex digits of their SHA-256>, and checks that prefix
@@ -98,13 +100,8 @@ def discriminator_network(ckpt: str | os.PathLike | dict[str, Any], device: torc
     never depend on which other images share its batch (with groups, FID would change with the
     batch size and order). Runs in float32 whatever the checkpoint's mixed precision.
     """
-    from stylegan2.networks import Discriminator, ModelConfig
-    from stylegan2.training.checkpoint import load_checkpoint
-
     ck = ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt)
-    D = Discriminator(ModelConfig.from_dict(ck["model_config"]))
-    D.load_state_dict(ck["D"])
-    D.eval().requires_grad_(False).to(device)
+    D = load_discriminator(ck, device=device)
     if D.b4.mbstd is not None:
         D.b4.mbstd.group_size = 1
     captured: list[torch.Tensor] = []
