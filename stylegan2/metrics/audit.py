@@ -114,7 +114,7 @@ def _pixel_scale(images: torch.Tensor) -> float:
 def audit_memorization(fakes: torch.Tensor | np.ndarray, train: Any, out_dir: Optional[str | os.PathLike] = None, *,
                        net: Optional[FeatureNetwork] = None, percentile: float = 1.0, calib_n: int = 2000,
                        grid_pairs: int = 16, seed: int = 0, chunk: int = 256, batch: int = 64,
-                       reference: Optional[str] = None) -> AuditResult:
+                       reference: Optional[str] = None, progress: bool = False) -> AuditResult:
     """Audit fakes against training images.
 
     fakes: [N, C, R, R] float in [-1, 1] or uint8. train: an ImageDataset (uint8 `images`
@@ -136,8 +136,9 @@ def audit_memorization(fakes: torch.Tensor | np.ndarray, train: Any, out_dir: Op
     measures = []
     spaces = [("pixel", train_t, fakes_t, _pixel_scale(train_t))]
     if net is not None:
-        spaces.append((f"feature:{net.name}", torch.from_numpy(extract_features(net, train_t, batch)).float(),
-                       torch.from_numpy(extract_features(net, fakes_t, batch)).float(), 1.0))
+        real_f = extract_features(net, train_t, batch, progress=progress, desc="training features")
+        fake_f = extract_features(net, fakes_t, batch, progress=progress, desc="fake features")
+        spaces.append((f"feature:{net.name}", torch.from_numpy(real_f).float(), torch.from_numpy(fake_f).float(), 1.0))
     for name, real_v, fake_v, scale in spaces:
         threshold, calib = _calibrate(real_v, percentile, calib_n, seed, chunk)
         dist, idx = kth_nearest(fake_v, real_v, 1, chunk=chunk)

@@ -60,12 +60,14 @@ def _load(path: Path, fingerprint: str, key: str) -> Optional[dict[str, Any]]:
 
 def real_features(dataset: Any, net: FeatureNetwork, *, max_images: Optional[int] = None,
                   reference: Optional[str] = None, cache_dir: Optional[str | os.PathLike] = None,
-                  use_cache: bool = True, batch: int = 64, seed: int = 0) -> RealFeatures:
+                  use_cache: bool = True, batch: int = 64, seed: int = 0,
+                  progress: bool = False) -> RealFeatures:
     """Features of a dataset's images (an ImageDataset: uint8 `images` [N, C, R, R],
     `fingerprint()`, `source`), from the cache when present.
 
     max_images: use a seeded random subset of this many (all when None or larger than N).
     reference: how results name this set (default: the dataset's source).
+    progress: a tqdm bar while features are computed (not when they come from the cache).
     """
     images = dataset.images
     n = len(images) if max_images is None else min(max_images, len(images))
@@ -81,7 +83,8 @@ def real_features(dataset: Any, net: FeatureNetwork, *, max_images: Optional[int
             return RealFeatures(d["feats"].numpy(), stats, net.name, reference, net.key, path)
     idx = np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False)) if n < len(images) else None
     chosen = images if idx is None else images[idx]
-    feats = extract_features(net, torch.from_numpy(np.ascontiguousarray(chosen)), batch=batch)
+    feats = extract_features(net, torch.from_numpy(np.ascontiguousarray(chosen)), batch=batch,
+                             progress=progress, desc="real features")
     stats = gaussian_stats(feats)
     out = RealFeatures(feats.astype(np.float32), stats, net.name, reference, net.key)
     if use_cache:

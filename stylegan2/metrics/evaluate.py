@@ -54,11 +54,12 @@ def fake_batches(G: torch.nn.Module, n: int, batch: int = 32, seed: int = 0, *, 
 def compute_metrics(fakes: torch.Tensor | np.ndarray | Iterable[torch.Tensor], real: RealFeatures,
                     net: FeatureNetwork, metrics: Sequence[str] = METRICS, *, k: int = 3,
                     kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0,
-                    batch: int = 64) -> list[MetricResult]:
+                    batch: int = 64, progress: bool = False) -> list[MetricResult]:
     """FID, KID and/or precision/recall ("pr") of fakes against real features from the same net.
 
     fakes: images [N, C, R, R] (float in [-1, 1] or uint8) or an iterable of such batches
         (fake_batches), passed through `net` once for all metrics.
+    progress: a tqdm bar while the fakes are generated and passed through `net`.
     Returns one MetricResult per number, in the order asked (pr gives precision then recall).
     """
     unknown = [m for m in metrics if m not in METRICS]
@@ -68,7 +69,7 @@ def compute_metrics(fakes: torch.Tensor | np.ndarray | Iterable[torch.Tensor], r
     if real.network != net.name or (real.network_key and real.network_key != net.key):
         raise ValueError(f"real features come from {real.network!r} ({real.network_key}), fakes would come "
                          f"from {net.name!r} ({net.key}): compute both with the same feature network")
-    feats = extract_features(net, fakes, batch=batch)
+    feats = extract_features(net, fakes, batch=batch, progress=progress, desc="fake features")
     out: list[MetricResult] = []
     names = dict(network=net.name, reference=real.reference)
     for m in metrics:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from ..training.checkpoint import load_checkpoint, load_discriminator
 
@@ -73,18 +74,26 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_features(net: FeatureNetwork, images: torch.Tensor | np.ndarray | Iterable[torch.Tensor],
-                     batch: int = 64) -> np.ndarray:
+                     batch: int = 64, *, progress: bool = False, desc: str = "features") -> np.ndarray:
     """Features of all images, computed `batch` at a time.
 
     images: [N, C, R, R] tensor or array (uint8 or float in [-1, 1]), or an iterable of such
         batches (a generator that yields fakes, so they never all sit in memory).
+    progress: a tqdm bar (labelled `desc`) over the batches; off by default so library calls
+        stay quiet, on in the commands, where Inception on a CPU takes minutes.
     Returns float64 numpy [N, net.dim] (float64 so covariances of thousands of images keep
     their precision).
     """
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
-    batches = (images[i:i + batch] for i in range(0, len(images), batch)) if torch.is_tensor(images) else images
-    out = [net(b).cpu().double().numpy() for b in batches]
+    total = None
+    if torch.is_tensor(images):
+        total = -(-len(images) // batch)
+        batches: Iterable[torch.Tensor] = (images[i:i + batch] for i in range(0, len(images), batch))
+    else:
+        batches = images
+    bar = tqdm(batches, total=total, desc=desc, unit="batch", disable=not progress, leave=False)
+    out = [net(b).cpu().double().numpy() for b in bar]
     if not out:
         return np.zeros((0, net.dim))
     return np.concatenate(out)
