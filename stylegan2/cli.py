@@ -1,14 +1,17 @@
-"""Command line: `python -m stylegan2 train | generate | info | cache`.
+"""Command line: `python -m stylegan2 train | generate | info | metrics | audit | cache`.
 
     python -m stylegan2 train                        # mni152, preset auto, into runs/<n>-mni152-<preset>
     python -m stylegan2 train --data /data/oasis --preset gpu256 --kimg 5000
     python -m stylegan2 train --resume runs/00003-mni152-cpu-small --kimg 20
     python -m stylegan2 generate --ckpt runs/00003-mni152-cpu-small --seeds 0-7,12 --out out/
     python -m stylegan2 info --ckpt runs/00003-mni152-cpu-small/checkpoints/ckpt-000006.pt
+    python -m stylegan2 metrics --ckpt runs/00003-mni152-cpu-small --metrics fid,kid,pr --n 10000
+    python -m stylegan2 audit --ckpt runs/00003-mni152-cpu-small --n 5000
     python -m stylegan2 cache --list                 # decoded datasets cached on disk; --clear removes them
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -18,11 +21,15 @@ from typing import Any
 
 import click
 import torch
+from tqdm.auto import tqdm
 
 from . import data, fileio
 from .data import (BUILTIN, KINDS, DatasetError, clear_cache, datasets_dir, format_entries, format_size,
                    is_builtin, list_cache)
 from .images import parse_seeds
+from .metrics import (INCEPTION_FILE, INCEPTION_WEIGHTS_ENV, METRICS, FeatureNetwork, FeatureNetworkError,
+                      audit_memorization, compute_metrics, fake_batches, generator_from_checkpoint,
+                      get_feature_network, inception_weights_path, real_features)
 from .networks import count_parameters
 from .sampling import SPEEDUPS, Sampler, class_vector, generate_images
 from .torch_settings import torch_settings
@@ -74,7 +81,7 @@ def _check_data_path(spec: str) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def main() -> None:
-    """StyleGAN2 for brain MRI: train, generate, inspect checkpoints."""
+    """StyleGAN2 for brain MRI: train, generate, inspect checkpoints, measure them."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,6 +362,181 @@ def info(ckpt: Path, as_json: bool) -> None:
     click.echo("training config:")
     for k, v in ck["config"].items():
         click.echo(f"  {k:14s} {v}")
+
+
+# --------------------------------------------------------------------------------------------
+# metrics and audit
+
+def _load_ckpt(path: Path) -> dict[str, Any]:
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _feature_net(name: str | None, ck: dict[str, Any], weights: Path | None, dev: torch.device) -> FeatureNetwork:
+    """The named feature network; without a name, Inception when pytorch-fid and its weights are
+    here (the network published numbers use), else the checkpoint's discriminator, with a note:
+    its numbers compare only with others measured with the same checkpoint's D."""
+    if name is None:
+        if weights is not None or (_pytorch_fid_installed() and inception_weights_path().is_file()):
+            name = "inception"
+        else:
+            name = "discriminator"
+            why = (f"no FID Inception weights at {inception_weights_path()}" if _pytorch_fid_installed()
+                   else "pytorch-fid is not installed")
+            click.echo(f"note: {why}, so features come from the checkpoint's discriminator (numbers compare "
+                       "only with this D); the README says how to get Inception")
+    try:
+        return get_feature_network(name, ckpt=ck, device=dev, inception_weights=weights)
+    except FeatureNetworkError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _pytorch_fid_installed() -> bool:
+    return importlib.util.find_spec("pytorch_fid") is not None
+
+
+def _ckpt_data(ck: dict[str, Any], spec: str | None, progress: bool) -> Any:
+    """--data, else the dataset the checkpoint was trained on, decoded at the model's resolution
+    and channels (and max_images, as training saw it)."""
+    given = spec is not None
+    spec = spec if given else ck["config"]["data"]
+    try:
+        _check_data_path(spec)
+    except click.BadParameter as e:
+        if given:
+            raise
+        raise click.ClickException(f"the checkpoint's dataset {spec} is gone: name one with --data") from None
+    m = ck["model_config"]
+    try:
+        ds = data.open_dataset(spec, m["resolution"], m["channels"],
+                               max_images=None if given else ck["config"].get("max_images"), progress=progress)
+    except DatasetError as e:
+        raise click.ClickException(f"cannot use --data {spec}: {e}") from e
+    if not given and ds.fingerprint() != ck["dataset"]["fingerprint"]:
+        click.echo(f"note: {spec} has changed since training (its fingerprint differs from the checkpoint's)")
+    return ds
+
+
+def _out_folder(ck: dict[str, Any], out: Path | None, name: str) -> tuple[Path, bool]:
+    """Where results go: --out, else the run folder (the checkpoint's folder when it has none).
+    Also whether the folder is ours to remove again if it was created by the check."""
+    if out is not None:
+        return out, False
+    path = Path(ck["path"])
+    return (run_dir_of(path) or path.parent) / name, True
+
+
+def _device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+@main.command()
+@click.option("--ckpt", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Checkpoint file, or a run directory (its newest checkpoint).")
+@click.option("--metrics", "metric_names", default="fid,kid,pr", help=f"Comma-separated, from {', '.join(METRICS)}.")
+@click.option("--data", default=None, show_default="the checkpoint's dataset", help="Real images to compare with.")
+@click.option("--n", "count", type=click.IntRange(2, 1_000_000), default=10000, help="Number of fakes.")
+@click.option("--feature-net", default=None, show_default="inception if its weights are here, else discriminator",
+              help="'discriminator', 'inception' or 'torchscript:PATH'.")
+@click.option("--inception-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              show_default=f"${INCEPTION_WEIGHTS_ENV}, else torch.hub's cache", help=f"The file {INCEPTION_FILE}.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              show_default="the run folder", help="Folder for the metrics JSON.")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, help="Fake i uses the latent of seed+i.")
+@click.option("--batch", type=click.IntRange(1, 1024), default=32, help="Images per forward pass.")
+@click.option("--device", default=None, show_default="cuda if available, else cpu")
+@click.option("--progress/--no-progress", default=True)
+def metrics(ckpt: Path, metric_names: str, data: str | None, count: int, feature_net: str | None,
+            inception_weights: Path | None, out: Path | None, seed: int, batch: int, device: str | None,
+            progress: bool) -> None:
+    """FID, KID and precision/recall ("pr") of a checkpoint's generator against real images."""
+    names = [m.strip() for m in metric_names.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown metric(s) {', '.join(unknown) or '(none given)'}: choose from "
+                                 f"{', '.join(METRICS)}", param_hint="--metrics")
+    # Everything that can fail in a second is checked before features take minutes.
+    ck = _load_ckpt(ckpt)
+    dev = _device(device)
+    net = _feature_net(feature_net, ck, inception_weights, dev)
+    folder, is_run = _out_folder(ck, out, "")
+    _check_out(folder, keep=is_run)
+    dataset = _ckpt_data(ck, data, progress)
+    try:
+        real = real_features(dataset, net, batch=batch, progress=progress)
+        G = generator_from_checkpoint(ck, device=dev)
+        # The bar wraps the generator here, where the count is known (the library sees only an
+        # iterator); each batch is generated and passed through the network before the next.
+        fakes = tqdm(fake_batches(G, count, batch=batch, seed=seed), total=-(-count // batch), desc="fakes",
+                     unit="batch", disable=not progress, leave=False)
+        results = compute_metrics(fakes, real, net, names, seed=seed, batch=batch)
+    except fileio.WriteError as e:  # the real-feature cache
+        raise click.ClickException(str(e)) from None
+    for r in results:
+        click.echo(str(r))
+    doc = {"checkpoint": ck["path"], "kimg": ck["progress"]["cur_nimg"] / 1000, "data": str(dataset.source),
+           "feature_network": net.name, "feature_network_key": net.key, "num_fake": count, "seed": seed,
+           "results": [r.to_dict() for r in results]}
+    path = folder / f"metrics-{Path(ck['path']).stem}.json"
+    try:
+        fileio.make_dirs(folder)
+        fileio.atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    except fileio.WriteError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--ckpt", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Checkpoint file, or a run directory (its newest checkpoint).")
+@click.option("--n", "count", type=click.IntRange(1, 1_000_000), default=5000, help="Number of fakes.")
+@click.option("--data", default=None, show_default="the checkpoint's dataset", help="The training images.")
+@click.option("--feature-net", default=None, show_default="inception if its weights are here, else discriminator",
+              help="'discriminator', 'inception' or 'torchscript:PATH'.")
+@click.option("--inception-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              show_default=f"${INCEPTION_WEIGHTS_ENV}, else torch.hub's cache", help=f"The file {INCEPTION_FILE}.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              show_default="<run>/audit-<checkpoint>", help="Folder for pairs.csv, closest_pairs.png, summary.json.")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, help="Fake i uses the latent of seed+i.")
+@click.option("--batch", type=click.IntRange(1, 1024), default=32, help="Images per forward pass.")
+@click.option("--device", default=None, show_default="cuda if available, else cpu")
+@click.option("--progress/--no-progress", default=True)
+def audit(ckpt: Path, count: int, data: str | None, feature_net: str | None, inception_weights: Path | None,
+          out: Path | None, seed: int, batch: int, device: str | None, progress: bool) -> None:
+    """Memorization audit: each fake's nearest training image, by pixels and by features."""
+    ck = _load_ckpt(ckpt)
+    dev = _device(device)
+    net = _feature_net(feature_net, ck, inception_weights, dev)
+    folder = out if out is not None else _out_folder(ck, None, f"audit-{Path(ck['path']).stem}")[0]
+    # keep=False: a run that fails later (a dataset that will not load) leaves no empty folder.
+    _check_out(folder, keep=False)
+    dataset = _ckpt_data(ck, data, progress)
+    G = generator_from_checkpoint(ck, device=dev)
+    # uint8 as they would be saved: a quarter of float32's memory for 5000 fakes at 256x256, and
+    # the audit compares pixels in uint8 anyway.
+    batches = tqdm(fake_batches(G, count, batch=batch, seed=seed), total=-(-count // batch), desc="generate",
+                   unit="batch", disable=not progress, leave=False)
+    fakes = torch.cat([to_uint8_tensor(b) for b in batches])
+    try:
+        res = audit_memorization(fakes, dataset, folder, net=net, seed=seed, batch=batch, progress=progress)
+    except ValueError as e:  # fewer than 2 training images, or shapes that differ
+        raise click.ClickException(str(e)) from None
+    except fileio.WriteError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{res.num_fake} fakes vs {res.num_train} training images of {res.reference}; flagged: closer "
+               f"than percentile {res.percentile:g} of the distances from real images to their nearest other one")
+    width = max(len(m.name) for m in res.measures)
+    for m in res.measures:
+        click.echo(f"  {m.name:{width}s}  threshold {m.threshold:.4g}   flagged {m.fraction_flagged:.2%} "
+                   f"({int(m.flagged.sum())} of {res.num_fake})   closest fake {m.distance.min():.4g}")
+    click.echo(f"wrote {res.files['csv']}, {res.files.get('grid', '(no grid)')} and {res.files['summary']}")
+
+
+def to_uint8_tensor(images: torch.Tensor) -> torch.Tensor:
+    """Float in [-1, 1] -> uint8, rounded as a saved PNG of it would be."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
 # --------------------------------------------------------------------------------------------
