@@ -419,13 +419,20 @@ def _ckpt_data(ck: dict[str, Any], spec: str | None, progress: bool) -> Any:
     return ds
 
 
-def _out_folder(ck: dict[str, Any], out: Path | None, name: str) -> tuple[Path, bool]:
-    """Where results go: --out, else the run folder (the checkpoint's folder when it has none).
-    Also whether the folder is ours to remove again if it was created by the check."""
-    if out is not None:
-        return out, False
+def _run_folder(ck: dict[str, Any]) -> Path:
+    """The checkpoint's run folder (its own folder for a checkpoint kept elsewhere)."""
     path = Path(ck["path"])
-    return (run_dir_of(path) or path.parent) / name, True
+    return run_dir_of(path) or path.parent
+
+
+# Precision/recall's neighbourhood size (Kynkaanniemi et al.): each side needs more than this
+# many images, FID's covariance at least 2.
+_PR_K = 3
+
+
+def _too_few(names: list[str], n: int, side: str) -> str | None:
+    need = _PR_K + 1 if "pr" in names else 2
+    return f"{side}: {n} images, but {', '.join(names)} need at least {need}" if n < need else None
 
 
 def _device(device: str | None) -> torch.device:
@@ -457,13 +464,19 @@ def metrics(ckpt: Path, metric_names: str, data: str | None, count: int, feature
     if unknown or not names:
         raise click.BadParameter(f"unknown metric(s) {', '.join(unknown) or '(none given)'}: choose from "
                                  f"{', '.join(METRICS)}", param_hint="--metrics")
+    if _too_few(names, count, "--n"):
+        raise click.BadParameter(_too_few(names, count, "fakes"), param_hint="--n")
     # Everything that can fail in a second is checked before features take minutes.
     ck = _load_ckpt(ckpt)
     dev = _device(device)
     net = _feature_net(feature_net, ck, inception_weights, dev)
-    folder, is_run = _out_folder(ck, out, "")
-    _check_out(folder, keep=is_run)
+    folder = out if out is not None else _run_folder(ck)
+    # keep=False for --out: a run that fails later leaves no empty folder (the run folder exists).
+    _check_out(folder, keep=out is None)
     dataset = _ckpt_data(ck, data, progress)
+    few = _too_few(names, len(dataset), f"the real set {dataset.source}")
+    if few:
+        raise click.ClickException(few)
     try:
         real = real_features(dataset, net, batch=batch, progress=progress)
         G = generator_from_checkpoint(ck, device=dev)
@@ -471,8 +484,10 @@ def metrics(ckpt: Path, metric_names: str, data: str | None, count: int, feature
         # iterator); each batch is generated and passed through the network before the next.
         fakes = tqdm(fake_batches(G, count, batch=batch, seed=seed), total=-(-count // batch), desc="fakes",
                      unit="batch", disable=not progress, leave=False)
-        results = compute_metrics(fakes, real, net, names, seed=seed, batch=batch)
+        results = compute_metrics(fakes, real, net, names, k=_PR_K, seed=seed, batch=batch)
     except fileio.WriteError as e:  # the real-feature cache
+        raise click.ClickException(str(e)) from None
+    except ValueError as e:  # what the checks above did not foresee, still in one line
         raise click.ClickException(str(e)) from None
     for r in results:
         click.echo(str(r))
@@ -509,7 +524,7 @@ def audit(ckpt: Path, count: int, data: str | None, feature_net: str | None, inc
     ck = _load_ckpt(ckpt)
     dev = _device(device)
     net = _feature_net(feature_net, ck, inception_weights, dev)
-    folder = out if out is not None else _out_folder(ck, None, f"audit-{Path(ck['path']).stem}")[0]
+    folder = out if out is not None else _run_folder(ck) / f"audit-{Path(ck['path']).stem}"
     # keep=False: a run that fails later (a dataset that will not load) leaves no empty folder.
     _check_out(folder, keep=False)
     dataset = _ckpt_data(ck, data, progress)
@@ -518,7 +533,7 @@ def audit(ckpt: Path, count: int, data: str | None, feature_net: str | None, inc
     # the audit compares pixels in uint8 anyway.
     batches = tqdm(fake_batches(G, count, batch=batch, seed=seed), total=-(-count // batch), desc="generate",
                    unit="batch", disable=not progress, leave=False)
-    fakes = torch.cat([to_uint8_tensor(b) for b in batches])
+    fakes = torch.cat([_to_uint8(b) for b in batches])
     try:
         res = audit_memorization(fakes, dataset, folder, net=net, seed=seed, batch=batch, progress=progress)
     except ValueError as e:  # fewer than 2 training images, or shapes that differ
@@ -534,8 +549,9 @@ def audit(ckpt: Path, count: int, data: str | None, feature_net: str | None, inc
     click.echo(f"wrote {res.files['csv']}, {res.files.get('grid', '(no grid)')} and {res.files['summary']}")
 
 
-def to_uint8_tensor(images: torch.Tensor) -> torch.Tensor:
-    """Float in [-1, 1] -> uint8, rounded as a saved PNG of it would be."""
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float in [-1, 1] -> uint8 [N, C, R, R], the values images.to_uint8 gives a saved PNG
+    (round((x + 1) * 127.5) is its floor(x * 127.5 + 128)), kept as a tensor in NCHW."""
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 

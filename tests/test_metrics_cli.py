@@ -101,6 +101,8 @@ def test_metrics_bad_inputs_are_one_line_errors_that_write_nothing(run: Path, tm
         (["--inception-weights", tmp_path / "nowhere.pth"], "nowhere.pth"),
         (["--feature-net", "vgg"], "unknown feature network"),
         (["--data", tmp_path / "missing"], "does not exist"),
+        (["--n", 3], "need at least 4"),  # precision/recall's k = 3
+        (["--data", write_slices(tmp_path / "three", 3)], "need at least 4"),
     ]
     for extra, expected in cases:
         r = invoke("metrics", "--ckpt", run, "--out", out, "--n", 4, "--no-progress", *extra)
@@ -110,7 +112,19 @@ def test_metrics_bad_inputs_are_one_line_errors_that_write_nothing(run: Path, tm
     r = invoke("metrics", "--ckpt", bad_ckpt, "--out", out, "--no-progress")
     assert r.exit_code == 1 and "broken.pt" in r.output and "Traceback" not in r.output
     assert not out.exists() and files_under(run) == before
-    assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "cache" / "metrics").exists()
+
+
+def test_metrics_default_network_is_inception_when_a_weights_file_is_there(run: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("pytorch_fid")
+    # Not the published file: its checksum refusal shows Inception was chosen, before any work.
+    weights = tmp_path / INCEPTION_FILE
+    weights.write_bytes(b"not the weights")
+    monkeypatch.setenv(INCEPTION_WEIGHTS_ENV, str(weights))
+    r = invoke("metrics", "--ckpt", run, "--out", tmp_path / "res", "--no-progress")
+    assert r.exit_code == 1 and "SHA-256" in r.output and "note:" not in r.output
+    assert not (tmp_path / "res").exists()
 
 
 def test_audit_reports_thresholds_and_writes_its_files(run: Path, tmp_path: Path):
