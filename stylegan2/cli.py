@@ -404,7 +404,7 @@ def _ckpt_data(ck: dict[str, Any], spec: str | None, progress: bool) -> Any:
     spec = spec if given else ck["config"]["data"]
     try:
         _check_data_path(spec)
-    except click.BadParameter as e:
+    except click.BadParameter:
         if given:
             raise
         raise click.ClickException(f"the checkpoint's dataset {spec} is gone: name one with --data") from None
@@ -436,7 +436,10 @@ def _too_few(names: list[str], n: int, side: str) -> str | None:
 
 
 def _device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:  # torch's message for 'gpu0' and the like is one line already
+        raise click.BadParameter(str(e), param_hint="--device") from None
 
 
 @main.command()
@@ -464,8 +467,9 @@ def metrics(ckpt: Path, metric_names: str, data: str | None, count: int, feature
     if unknown or not names:
         raise click.BadParameter(f"unknown metric(s) {', '.join(unknown) or '(none given)'}: choose from "
                                  f"{', '.join(METRICS)}", param_hint="--metrics")
-    if _too_few(names, count, "--n"):
-        raise click.BadParameter(_too_few(names, count, "fakes"), param_hint="--n")
+    few = _too_few(names, count, "fakes")
+    if few:
+        raise click.BadParameter(few, param_hint="--n")
     # Everything that can fail in a second is checked before features take minutes.
     ck = _load_ckpt(ckpt)
     dev = _device(device)
@@ -528,6 +532,8 @@ def audit(ckpt: Path, count: int, data: str | None, feature_net: str | None, inc
     # keep=False: a run that fails later (a dataset that will not load) leaves no empty folder.
     _check_out(folder, keep=False)
     dataset = _ckpt_data(ck, data, progress)
+    if len(dataset) < 2:  # the threshold is a distance between two distinct real images
+        raise click.ClickException(f"the audit needs at least 2 training images; {dataset.source} has {len(dataset)}")
     G = generator_from_checkpoint(ck, device=dev)
     # uint8 as they would be saved: a quarter of float32's memory for 5000 fakes at 256x256, and
     # the audit compares pixels in uint8 anyway.

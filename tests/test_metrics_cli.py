@@ -157,7 +157,9 @@ def test_audit_bad_inputs_are_one_line_errors_that_write_nothing(run: Path, tmp_
     before = files_under(run)
     for extra, expected in [(["--feature-net", "torchscript:" + str(tmp_path / "no.pt")], "no file"),
                             (["--data", tmp_path / "missing"], "does not exist"),
-                            (["--ckpt", tmp_path], "no checkpoints")]:
+                            (["--ckpt", tmp_path], "no checkpoints"),
+                            (["--device", "gpu0"], "--device"),
+                            (["--data", write_slices(tmp_path / "one", 1)], "at least 2 training images")]:
         r = invoke("audit", "--ckpt", run, "--n", 4, "--no-progress", *extra)
         assert r.exit_code != 0 and expected in r.output and "Traceback" not in r.output, r.output
     assert files_under(run) == before and not list(run.glob("audit-*"))
