@@ -1,10 +1,12 @@
-"""Command line: `python -m stylegan2 train | generate | info | cache`.
+"""Command line: `python -m stylegan2 train | generate | info | convert | cache`.
 
     python -m stylegan2 train                        # mni152, preset auto, into runs/<n>-mni152-<preset>
     python -m stylegan2 train --data /data/oasis --preset gpu256 --kimg 5000
     python -m stylegan2 train --resume runs/00003-mni152-cpu-small --kimg 20
     python -m stylegan2 generate --ckpt runs/00003-mni152-cpu-small --seeds 0-7,12 --out out/
     python -m stylegan2 info --ckpt runs/00003-mni152-cpu-small/checkpoints/ckpt-000006.pt
+    python -m stylegan2 convert stylegan2-ffhq-256.pkl ffhq-gray.pt --channels 1
+    python -m stylegan2 generate --ckpt 550000.pt --seeds 0-3 --out out/   # rosinality / NVlabs directly
     python -m stylegan2 cache --list                 # decoded datasets cached on disk; --clear removes them
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ import click
 import torch
 
 from . import data, fileio
+from .convert import ConversionError, RefusedPickle, convert as convert_checkpoint, export_nvlabs, load_as_checkpoint
 from .data import (BUILTIN, KINDS, DatasetError, clear_cache, datasets_dir, format_entries, format_size,
                    is_builtin, list_cache)
 from .images import parse_seeds
@@ -255,12 +258,27 @@ def _print_outputs(result: Any) -> None:
             click.echo(f"  {label:22s} {result.files[key]}")
 
 
+def _load_ckpt_option(path: Path, quiet: bool = False) -> dict[str, Any]:
+    """--ckpt of generate and info: our checkpoint, or an NVlabs / rosinality file converted in
+    memory (their generators only, so a file without a usable D still loads), said first.
+    `quiet` keeps the notes off stdout where it must hold JSON alone (they go to stderr)."""
+    try:
+        ck, report = load_as_checkpoint(path, generator_only=True)
+    except (CheckpointError, ConversionError, RefusedPickle) as e:
+        raise click.ClickException(str(e)) from None
+    if report is not None:
+        for line in report.lines():
+            click.echo(line, err=quiet)
+    return ck
+
+
 # --------------------------------------------------------------------------------------------
 # generate
 
 @main.command()
 @click.option("--ckpt", type=click.Path(exists=True, path_type=Path), required=True,
-              help="Checkpoint file, or a run directory (its newest checkpoint).")
+              help="Checkpoint file, or a run directory (its newest checkpoint); NVlabs pickles and "
+                   "rosinality .pt files are converted in memory.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for seedNNNN.png files and grid.png.")
 @click.option("--seeds", default=None, show_default="0..n-1", help="Seeds, e.g. '0-7,12'.")
@@ -294,10 +312,7 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
                                  "calls do; use --noise-mode const or none, or --speedup none",
                                  param_hint="--speedup")
     _check_out(out, keep=False)
-    try:
-        ck = load_checkpoint(ckpt)
-    except CheckpointError as e:
-        raise click.ClickException(str(e)) from None
+    ck = _load_ckpt_option(ckpt)
     G = load_generator(ck, raw=raw, device=dev)
     try:
         c = class_vector(class_, G.c_dim, ck["dataset"].get("label_names", []), dev)
@@ -322,14 +337,12 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
 
 @main.command()
 @click.option("--ckpt", type=click.Path(exists=True, path_type=Path), required=True,
-              help="Checkpoint file, or a run directory (its newest checkpoint).")
+              help="Checkpoint file, or a run directory (its newest checkpoint); NVlabs pickles and "
+                   "rosinality .pt files are converted in memory.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def info(ckpt: Path, as_json: bool) -> None:
     """Show a checkpoint's metadata: config, progress, dataset, parameter counts."""
-    try:
-        ck = load_checkpoint(ckpt)
-    except CheckpointError as e:
-        raise click.ClickException(str(e)) from None
+    ck = _load_ckpt_option(ckpt, quiet=as_json)
     counts = {"G": count_parameters(load_generator(ck, raw=True)), "D": count_parameters(load_discriminator(ck))}
     doc = {"path": ck["path"], "created": ck.get("created"), "torch": ck.get("torch"),
            "kimg": ck["progress"]["cur_nimg"] / 1000, "step": ck["progress"]["step"],
@@ -355,6 +368,44 @@ def info(ckpt: Path, as_json: bool) -> None:
     click.echo("training config:")
     for k, v in ck["config"].items():
         click.echo(f"  {k:14s} {v}")
+
+
+# --------------------------------------------------------------------------------------------
+# convert
+
+@main.command("convert")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--allow-partial", is_flag=True,
+              help="Keep what maps when something does not (listed); the rest starts fresh.")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None, show_default="the source's",
+              help="Image channels: 1 from RGB combines ToRGB rows by luminance and sums D's FromRGB columns.")
+@click.option("--resolution", type=click.IntRange(4, 1024), default=None, show_default="the source's",
+              help="Reuse the blocks both sizes have, initialise the others fresh (listed).")
+@click.option("--to", "to", type=click.Choice(["ours", "nvlabs-state-dict"]), default="ours",
+              help="ours: this project's checkpoint; nvlabs-state-dict: NVlabs' parameter names and init_kwargs.")
+def convert(src: Path, dst: Path, allow_partial: bool, channels: str | None, resolution: int | None, to: str) -> None:
+    """Convert an NVlabs network pickle or a rosinality checkpoint into this project's checkpoint
+    (or ours into NVlabs' names with --to nvlabs-state-dict). No code from SRC ever runs."""
+    if to == "nvlabs-state-dict" and (channels is not None or resolution is not None):
+        raise click.UsageError("--channels and --resolution apply to --to ours; convert first, then export")
+    if dst.resolve() == src.resolve():
+        raise click.BadParameter("DST is SRC; give another file", param_hint="DST")
+    _check_out(dst.parent, keep=False, option="DST")
+    try:
+        if to == "ours":
+            report = convert_checkpoint(src, dst, allow_partial=allow_partial,
+                                        channels=int(channels) if channels else None, resolution=resolution)
+        else:
+            report = export_nvlabs(src, dst, allow_partial=allow_partial)
+    except (ConversionError, RefusedPickle, CheckpointError, fileio.WriteError) as e:
+        raise click.ClickException(str(e)) from None
+    except ValueError as e:  # a channels / resolution combination our networks refuse
+        raise click.ClickException(f"cannot adapt {src}: {e}") from None
+    for line in report.lines():
+        click.echo(line)
+    what = "this project's checkpoint" if to == "ours" else "NVlabs-named state dicts"
+    click.echo(f"wrote {what} to {dst}")
 
 
 # --------------------------------------------------------------------------------------------
