@@ -33,10 +33,11 @@ from .training.checkpoint import (CheckpointError, load_checkpoint, load_discrim
                                   load_newest_valid, run_dir_of)
 from .training.config import LOSSES, MAX_KIMG, PRECISIONS, PRESET_NAMES, TrainConfig, make_config, resolve
 from .training.loop import ResumeError, TrainingDiverged, TrainingWriteError
+from .training.init_from import config_overrides, init_mismatch, load_init
 from .training.loop import train as train_loop
 from .training.run_dir import dataset_name, new_run_dir
 from .training.signals import StopRequest
-from .training.state import condition_dim
+from .training.state import condition_dim, model_config_dict
 
 
 # Options that change what the networks are or what data they see: fixed by a checkpoint when
@@ -117,18 +118,26 @@ def main() -> None:
 @click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
               help="Continue from a checkpoint file or a run directory (its newest checkpoint).")
 @click.option("--allow-data-change", is_flag=True, help="Resume even if the dataset differs.")
+@click.option("--init-from", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Start a fresh run from these weights: ours, an NVlabs pickle or a rosinality .pt "
+                   "(its network sizes; --channels / --resolution adapt them).")
 @click.option("--keep", type=click.IntRange(0), default=0, help="Keep only the newest N checkpoints (0: all).")
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
 @click.pass_context
 def train(ctx: click.Context, **opts: Any) -> None:
     """Train a StyleGAN2 (defaults: the built-in mni152 data, preset auto)."""
-    ckpt = None
+    ckpt = init = None
     if opts["resume"] is not None:
+        if opts["init_from"] is not None:
+            raise click.UsageError("--resume continues a run of ours, --init-from starts a fresh one from "
+                                   "other weights: give one of them")
         ckpt = _load_for_resume(opts["resume"])
         cfg, run_dir, why = _resume_config(ctx, opts, ckpt)
     else:
-        cfg, why = _fresh_config(opts)
+        if opts["init_from"] is not None:
+            init = _load_init(opts)
+        cfg, why = _fresh_config(opts, config_overrides(init) if init is not None else {})
         run_dir = None
     _check_data_path(cfg.data)
     click.echo(why)
@@ -145,9 +154,14 @@ def train(ctx: click.Context, **opts: Any) -> None:
 
     dataset = _open_data(cfg, opts["progress"])
     try:  # before a run directory is made for a run that cannot start
-        condition_dim(cfg, dataset)
+        c_dim = condition_dim(cfg, dataset)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    if init is not None:
+        bad = init_mismatch(model_config_dict(cfg, c_dim), init)
+        if bad:
+            raise click.UsageError(f"--init-from {opts['init_from']}: its networks differ from this run's: "
+                                   f"{'; '.join(bad)}")
     if run_dir is None:
         try:
             run_dir = new_run_dir(opts["out"], f"{dataset_name(cfg.data)}-{cfg.preset}")
@@ -157,7 +171,7 @@ def train(ctx: click.Context, **opts: Any) -> None:
     click.echo(f"run directory: {run_dir}")
     # Held until the outputs are listed: a second Ctrl-C stays ignored after the loop returned.
     with StopRequest() as stop:
-        result = _run_training(cfg, run_dir, dataset, ckpt, opts, stop)
+        result = _run_training(cfg, run_dir, dataset, ckpt, opts, stop, init)
         _print_outputs(result)
     if result.stop_signal is not None:
         # 128 + signal, as a shell reports a process the signal ended (130 SIGINT, 143 SIGTERM):
@@ -192,18 +206,40 @@ def _load_for_resume(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def _fresh_config(opts: dict[str, Any]) -> tuple[TrainConfig, str]:
+def _load_init(opts: dict[str, Any]) -> Any:
+    """--init-from: the weights, adapted to --channels / --resolution where those differ; the
+    conversion report (colour transfer, fresh blocks) printed before anything else happens."""
+    channels = int(opts["channels"]) if opts["channels"] else None
+    try:
+        init = load_init(opts["init_from"], channels=channels, resolution=opts["resolution"])
+    except (CheckpointError, ConversionError, RefusedPickle) as e:
+        raise click.ClickException(str(e)) from None
+    except ValueError as e:  # a channels / resolution combination our networks refuse
+        raise click.UsageError(f"--init-from {opts['init_from']}: {e}") from None
+    for line in init.report.lines():
+        click.echo(line)
+    return init
+
+
+def _fresh_config(opts: dict[str, Any], source: dict[str, Any]) -> tuple[TrainConfig, str]:
+    """The preset with the options given; `source` (network sizes of --init-from) wins over the
+    preset, and equals the options where both say something (load_init adapted to them)."""
     overrides = dict(data=opts["data"] or BUILTIN, resolution=opts["resolution"], batch=opts["batch"],
                      kimg=opts["kimg"], snap_kimg=opts["snap"], tick_kimg=opts["tick"], cond=opts["cond"],
                      mirror=opts["mirror"], gamma=opts["gamma"], lr=opts["lr"], loss=opts["loss"],
                      precision=opts["precision"], max_images=opts["max_images"], seed=opts["seed"],
                      threads=opts["threads"], device=opts["device"], channels_last=opts["channels_last"],
                      channels=int(opts["channels"]) if opts["channels"] else None)
+    overrides.update(source)
+    if opts["init_from"] is not None:
+        overrides["extra"] = {"init_from": str(opts["init_from"])}
     try:
         cfg, why = make_config(opts["preset"], overrides, _cuda_available())
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     cfg.extra["command"] = " ".join(["python -m stylegan2", *sys.argv[1:]])
+    if opts["init_from"] is not None:
+        why += f"; network sizes ({', '.join(source)}) from {opts['init_from']}"
     return cfg, why
 
 
@@ -237,10 +273,10 @@ def _open_data(cfg: TrainConfig, progress: bool) -> Any:
 
 
 def _run_training(cfg: TrainConfig, run_dir: Path, dataset: Any, ckpt: dict[str, Any] | None,
-                  opts: dict[str, Any], stop: Any = None) -> Any:
+                  opts: dict[str, Any], stop: Any = None, init: Any = None) -> Any:
     try:
         return train_loop(cfg, run_dir, dataset, resume=ckpt, allow_data_change=opts["allow_data_change"],
-                          progress=opts["progress"], keep=opts["keep"], log=click.echo, stop=stop)
+                          progress=opts["progress"], keep=opts["keep"], log=click.echo, stop=stop, init=init)
     except (TrainingDiverged, ResumeError, TrainingWriteError, fileio.WriteError) as e:
         raise click.ClickException(str(e)) from None
     except ValueError as e:  # a configuration the networks or the loss refuse

@@ -14,7 +14,9 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from stylegan2 import cli
+from stylegan2.convert import adapt_channels, load_foreign_checkpoint
 from stylegan2.training.checkpoint import load_checkpoint
+from test_cli import FAST, write_images
 from test_convert import RES, W, nvlabs_pickle, nvlabs_tensors, rosinality_tensors
 
 
@@ -133,3 +135,37 @@ def test_info_reads_an_nvlabs_pickle_and_keeps_json_clean(tmp_path):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)  # the conversion notes went to stderr
     assert doc["model"]["c_dim"] == 3 and doc["path"] == str(src) and "converted in memory" in r.stderr
+
+
+# ============================================================================================
+# train --init-from: a fresh run from converted weights.
+
+def test_train_init_from_an_rgb_rosinality_file_on_grayscale_slices(tmp_path, gen):
+    src = rosinality_file(tmp_path / "r.pt")
+    data = write_images(tmp_path / "slices", gen, 4)
+    r = invoke("train", "--init-from", src, "--channels", "1", "--data", data, "--out", tmp_path / "runs",
+               "--kimg", "0.004", *FAST)
+    assert r.exit_code == 0, r.output
+    assert "luminance" in r.output and f"networks initialised from {src}" in r.output
+    run = tmp_path / "runs" / "00000-slices-tiny"
+    ck = load_checkpoint(run)
+    mc = ck["model_config"]
+    assert (mc["resolution"], mc["channels"], mc["z_dim"], mc["w_dim"]) == (RES, 1, W, W)  # the source's sizes
+    assert ck["config"]["extra"]["init_from"] == str(src) and ck["progress"]["cur_nimg"] == 4
+    # Noise inputs are buffers training leaves alone: the run's are the source's, not fresh ones.
+    expected = adapt_channels(load_foreign_checkpoint(src), channels=1).G_ema
+    noise = [k for k in expected if k.endswith("noise_const")]
+    assert noise
+    for k in noise:
+        torch.testing.assert_close(ck["G_ema"][k], expected[k])
+
+
+def test_train_init_from_refuses_networks_the_run_cannot_build(tmp_path, gen):
+    G, D = nvlabs_tensors(c_dim=3)
+    src = nvlabs_pickle(tmp_path / "cond.pkl", G, D, c_dim=3)
+    data = write_images(tmp_path / "slices", gen, 4)
+    r = invoke("train", "--init-from", src, "--data", data, "--out", tmp_path / "runs", "--kimg", "0.004", *FAST)
+    assert r.exit_code == 2 and "c_dim is 3 in the source, 0 in this run (--cond" in r.output, r.output
+    assert not (tmp_path / "runs").exists()
+    r = invoke("train", "--init-from", src, "--resume", src, "--out", tmp_path / "runs", *FAST)
+    assert r.exit_code == 2 and "give one of them" in r.output
