@@ -410,7 +410,7 @@ def info(ckpt: Path, as_json: bool) -> None:
 # convert
 
 @main.command("convert")
-@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
 @click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--allow-partial", is_flag=True,
               help="Keep what maps when something does not (listed); the rest starts fresh.")
@@ -422,9 +422,13 @@ def info(ckpt: Path, as_json: bool) -> None:
               help="ours: this project's checkpoint; nvlabs-state-dict: NVlabs' parameter names and init_kwargs.")
 def convert(src: Path, dst: Path, allow_partial: bool, channels: str | None, resolution: int | None, to: str) -> None:
     """Convert an NVlabs network pickle or a rosinality checkpoint into this project's checkpoint
-    (or ours into NVlabs' names with --to nvlabs-state-dict). No code from SRC ever runs."""
+    (or any of those, or ours, a file or run directory, into NVlabs' names with --to
+    nvlabs-state-dict). No code from SRC ever runs."""
     if to == "nvlabs-state-dict" and (channels is not None or resolution is not None):
         raise click.UsageError("--channels and --resolution apply to --to ours; convert first, then export")
+    if src.is_dir() and to == "ours":  # only our run directories hold checkpoints
+        raise click.BadParameter(f"{src} is a run directory of this project, already in its format "
+                                 "(--to nvlabs-state-dict exports its newest checkpoint)", param_hint="SRC")
     if dst.resolve() == src.resolve():
         raise click.BadParameter("DST is SRC; give another file", param_hint="DST")
     _check_out(dst.parent, keep=False, option="DST")

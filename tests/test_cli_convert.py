@@ -93,6 +93,16 @@ def test_export_to_nvlabs_names(tmp_path):
     assert set(out["G_ema"]) == set(G) and set(out["D"]) == set(D)
     r = invoke("convert", src, tmp_path / "nv2.pt", "--to", "nvlabs-state-dict", "--channels", "1")
     assert r.exit_code == 2 and "--channels and --resolution apply to --to ours" in r.output
+    # Ours back out, from a run directory (its newest checkpoint).
+    run = tmp_path / "run"
+    assert invoke("convert", src, run / "checkpoints" / "ckpt-000000.000.pt").exit_code == 0
+    r = invoke("convert", run, tmp_path / "back.pt", "--to", "nvlabs-state-dict")
+    assert r.exit_code == 0, r.output
+    back = torch.load(tmp_path / "back.pt", weights_only=True)
+    for k, v in out["G_ema"].items():
+        torch.testing.assert_close(back["G_ema"][k], v)
+    r = invoke("convert", run, tmp_path / "again.pt")
+    assert r.exit_code == 2 and "already in its format" in r.output
 
 
 def _pixels(folder: Path) -> dict[str, np.ndarray]:
