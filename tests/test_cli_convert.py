@@ -179,3 +179,14 @@ def test_train_init_from_refuses_networks_the_run_cannot_build(tmp_path, gen):
     assert not (tmp_path / "runs").exists()
     r = invoke("train", "--init-from", src, "--resume", src, "--out", tmp_path / "runs", *FAST)
     assert r.exit_code == 2 and "give one of them" in r.output
+
+
+def test_a_conversion_our_loader_would_refuse_writes_nothing(tmp_path, monkeypatch):
+    from stylegan2.training import checkpoint as ckpt_io
+
+    def refuse(ckpt, path="checkpoint"):
+        raise ckpt_io.CheckpointError(f"{path}: refused by the test")
+    monkeypatch.setattr(ckpt_io, "validate_checkpoint", refuse)
+    dst = tmp_path / "ours.pt"
+    one_line_error(invoke("convert", rosinality_file(tmp_path / "r.pt"), dst), "refused by the test")
+    assert not dst.exists()

@@ -188,13 +188,20 @@ def convert(src: PathLike, dst: PathLike, allow_partial: bool = False, channels:
     """Convert `src` (NVlabs pickle, rosinality .pt, NVlabs-named export) into our checkpoint at
     `dst` (written atomically, then read back through the checkpoint loader and validator).
     `channels` / `resolution` adapt the networks (see adapt.adapt_channels). Returns the report."""
-    from stylegan2.training.checkpoint import atomic_save, load_checkpoint
+    from stylegan2.training.checkpoint import atomic_save, load_checkpoint, validate_checkpoint
     src, dst = Path(src), Path(dst)
     conv = load_foreign_checkpoint(src, allow_partial)
     if channels is not None or resolution is not None:
         conv = adapt_channels(conv, channels=channels, resolution=resolution)
-    atomic_save(make_checkpoint(conv, str(src), _file_digest(src)), dst)
-    load_checkpoint(dst)  # the same checks generate and train apply: fail here, not later
+    ck = make_checkpoint(conv, str(src), _file_digest(src))
+    # The same checks generate and train apply, before anything is written: fail here, not later.
+    validate_checkpoint(ck, dst)
+    atomic_save(ck, dst)
+    try:
+        load_checkpoint(dst)  # and read back the way they read it (weights_only)
+    except Exception:
+        dst.unlink(missing_ok=True)  # a file our loader refuses is worse than none
+        raise
     conv.report.notes.append(f"written to {dst}")
     return conv.report
 
