@@ -25,6 +25,7 @@ from .unpickle import RecordedObject, RefusedPickle, load_restricted_pickle
 __all__ = [
     "LUMINANCE", "ConversionError", "ConversionReport", "Converted", "RecordedObject", "RefusedPickle",
     "adapt_channels", "convert", "convert_nvlabs_state_dicts", "convert_rosinality_state_dicts",
-    "estimate_w_avg", "export_nvlabs", "load_any", "load_as_checkpoint", "load_foreign_checkpoint", "load_nvlabs_pickle",
-    "load_restricted_pickle", "load_rosinality", "make_checkpoint", "nvlabs_init_kwargs", "to_nvlabs_state_dict",
+    "estimate_w_avg", "export_nvlabs", "load_any", "load_as_checkpoint", "load_foreign_checkpoint",
+    "load_nvlabs_pickle", "load_restricted_pickle", "load_rosinality", "make_checkpoint", "nvlabs_init_kwargs",
+    "to_nvlabs_state_dict",
 ]

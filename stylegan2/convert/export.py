@@ -116,7 +116,8 @@ def _ours(p: Path) -> Optional[bool]:
     return isinstance(head, dict) and head.get("format") == FORMAT
 
 
-def load_as_checkpoint(path: PathLike, generator_only: bool = False) -> tuple[dict[str, Any], Optional[ConversionReport]]:
+def load_as_checkpoint(path: PathLike, generator_only: bool = False
+                       ) -> tuple[dict[str, Any], Optional[ConversionReport]]:
     """What commands that read `--ckpt` load: this project's checkpoint (a file or a run
     directory's newest) as load_checkpoint gives it, with None for the report; or a foreign one
     converted in memory into the same dict (progress 0, dataset "converted from ..."), with its
