@@ -1,4 +1,4 @@
-"""Command line: `python -m stylegan2 train | generate | info | metrics | audit | cache`.
+"""Command line: `python -m stylegan2 train | generate | info | metrics | audit | convert | cache`.
 
     python -m stylegan2 train                        # mni152, preset auto, into runs/<n>-mni152-<preset>
     python -m stylegan2 train --data /data/oasis --preset gpu256 --kimg 5000
@@ -7,6 +7,8 @@
     python -m stylegan2 info --ckpt runs/00003-mni152-cpu-small/checkpoints/ckpt-000006.pt
     python -m stylegan2 metrics --ckpt runs/00003-mni152-cpu-small --metrics fid,kid,pr --n 10000
     python -m stylegan2 audit --ckpt runs/00003-mni152-cpu-small --n 5000
+    python -m stylegan2 convert stylegan2-ffhq-256.pkl ffhq-gray.pt --channels 1
+    python -m stylegan2 generate --ckpt 550000.pt --seeds 0-3 --out out/   # rosinality / NVlabs directly
     python -m stylegan2 cache --list                 # decoded datasets cached on disk; --clear removes them
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data, fileio
+from .convert import ConversionError, RefusedPickle, convert as convert_checkpoint, export_nvlabs, load_as_checkpoint
 from .data import (BUILTIN, KINDS, DatasetError, clear_cache, datasets_dir, format_entries, format_size,
                    is_builtin, list_cache)
 from .images import parse_seeds
@@ -37,10 +40,11 @@ from .training.checkpoint import (CheckpointError, load_checkpoint, load_discrim
                                   load_newest_valid, run_dir_of)
 from .training.config import LOSSES, MAX_KIMG, PRECISIONS, PRESET_NAMES, TrainConfig, make_config, resolve
 from .training.loop import ResumeError, TrainingDiverged, TrainingWriteError
+from .training.init_from import config_overrides, init_mismatch, load_init
 from .training.loop import train as train_loop
 from .training.run_dir import dataset_name, new_run_dir
 from .training.signals import StopRequest
-from .training.state import condition_dim
+from .training.state import condition_dim, model_config_dict
 
 
 # Options that change what the networks are or what data they see: fixed by a checkpoint when
@@ -121,18 +125,26 @@ def main() -> None:
 @click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
               help="Continue from a checkpoint file or a run directory (its newest checkpoint).")
 @click.option("--allow-data-change", is_flag=True, help="Resume even if the dataset differs.")
+@click.option("--init-from", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Start a fresh run from these weights: ours, an NVlabs pickle or a rosinality .pt "
+                   "(its network sizes; --channels / --resolution adapt them).")
 @click.option("--keep", type=click.IntRange(0), default=0, help="Keep only the newest N checkpoints (0: all).")
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
 @click.pass_context
 def train(ctx: click.Context, **opts: Any) -> None:
     """Train a StyleGAN2 (defaults: the built-in mni152 data, preset auto)."""
-    ckpt = None
+    ckpt = init = None
     if opts["resume"] is not None:
+        if opts["init_from"] is not None:
+            raise click.UsageError("--resume continues a run of ours, --init-from starts a fresh one from "
+                                   "other weights: give one of them")
         ckpt = _load_for_resume(opts["resume"])
         cfg, run_dir, why = _resume_config(ctx, opts, ckpt)
     else:
-        cfg, why = _fresh_config(opts)
+        if opts["init_from"] is not None:
+            init = _load_init(opts)
+        cfg, why = _fresh_config(opts, config_overrides(init) if init is not None else {})
         run_dir = None
     _check_data_path(cfg.data)
     click.echo(why)
@@ -149,9 +161,14 @@ def train(ctx: click.Context, **opts: Any) -> None:
 
     dataset = _open_data(cfg, opts["progress"])
     try:  # before a run directory is made for a run that cannot start
-        condition_dim(cfg, dataset)
+        c_dim = condition_dim(cfg, dataset)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    if init is not None:
+        bad = init_mismatch(model_config_dict(cfg, c_dim), init)
+        if bad:
+            raise click.UsageError(f"--init-from {opts['init_from']}: its networks differ from this run's: "
+                                   f"{'; '.join(bad)}")
     if run_dir is None:
         try:
             run_dir = new_run_dir(opts["out"], f"{dataset_name(cfg.data)}-{cfg.preset}")
@@ -161,7 +178,7 @@ def train(ctx: click.Context, **opts: Any) -> None:
     click.echo(f"run directory: {run_dir}")
     # Held until the outputs are listed: a second Ctrl-C stays ignored after the loop returned.
     with StopRequest() as stop:
-        result = _run_training(cfg, run_dir, dataset, ckpt, opts, stop)
+        result = _run_training(cfg, run_dir, dataset, ckpt, opts, stop, init)
         _print_outputs(result)
     if result.stop_signal is not None:
         # 128 + signal, as a shell reports a process the signal ended (130 SIGINT, 143 SIGTERM):
@@ -196,18 +213,40 @@ def _load_for_resume(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def _fresh_config(opts: dict[str, Any]) -> tuple[TrainConfig, str]:
+def _load_init(opts: dict[str, Any]) -> Any:
+    """--init-from: the weights, adapted to --channels / --resolution where those differ; the
+    conversion report (colour transfer, fresh blocks) printed before anything else happens."""
+    channels = int(opts["channels"]) if opts["channels"] else None
+    try:
+        init = load_init(opts["init_from"], channels=channels, resolution=opts["resolution"])
+    except (CheckpointError, ConversionError, RefusedPickle) as e:
+        raise click.ClickException(str(e)) from None
+    except ValueError as e:  # a channels / resolution combination our networks refuse
+        raise click.UsageError(f"--init-from {opts['init_from']}: {e}") from None
+    for line in init.report.lines():
+        click.echo(line)
+    return init
+
+
+def _fresh_config(opts: dict[str, Any], source: dict[str, Any]) -> tuple[TrainConfig, str]:
+    """The preset with the options given; `source` (network sizes of --init-from) wins over the
+    preset, and equals the options where both say something (load_init adapted to them)."""
     overrides = dict(data=opts["data"] or BUILTIN, resolution=opts["resolution"], batch=opts["batch"],
                      kimg=opts["kimg"], snap_kimg=opts["snap"], tick_kimg=opts["tick"], cond=opts["cond"],
                      mirror=opts["mirror"], gamma=opts["gamma"], lr=opts["lr"], loss=opts["loss"],
                      precision=opts["precision"], max_images=opts["max_images"], seed=opts["seed"],
                      threads=opts["threads"], device=opts["device"], channels_last=opts["channels_last"],
                      channels=int(opts["channels"]) if opts["channels"] else None)
+    overrides.update(source)
+    if opts["init_from"] is not None:
+        overrides["extra"] = {"init_from": str(opts["init_from"])}
     try:
         cfg, why = make_config(opts["preset"], overrides, _cuda_available())
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     cfg.extra["command"] = " ".join(["python -m stylegan2", *sys.argv[1:]])
+    if opts["init_from"] is not None:
+        why += f"; network sizes ({', '.join(source)}) from {opts['init_from']}"
     return cfg, why
 
 
@@ -241,10 +280,10 @@ def _open_data(cfg: TrainConfig, progress: bool) -> Any:
 
 
 def _run_training(cfg: TrainConfig, run_dir: Path, dataset: Any, ckpt: dict[str, Any] | None,
-                  opts: dict[str, Any], stop: Any = None) -> Any:
+                  opts: dict[str, Any], stop: Any = None, init: Any = None) -> Any:
     try:
         return train_loop(cfg, run_dir, dataset, resume=ckpt, allow_data_change=opts["allow_data_change"],
-                          progress=opts["progress"], keep=opts["keep"], log=click.echo, stop=stop)
+                          progress=opts["progress"], keep=opts["keep"], log=click.echo, stop=stop, init=init)
     except (TrainingDiverged, ResumeError, TrainingWriteError, fileio.WriteError) as e:
         raise click.ClickException(str(e)) from None
     except ValueError as e:  # a configuration the networks or the loss refuse
@@ -262,12 +301,27 @@ def _print_outputs(result: Any) -> None:
             click.echo(f"  {label:22s} {result.files[key]}")
 
 
+def _load_ckpt_option(path: Path, quiet: bool = False) -> dict[str, Any]:
+    """--ckpt of generate and info: our checkpoint, or an NVlabs / rosinality file converted in
+    memory (their generators only, so a file without a usable D still loads), said first.
+    `quiet` keeps the notes off stdout where it must hold JSON alone (they go to stderr)."""
+    try:
+        ck, report = load_as_checkpoint(path, generator_only=True)
+    except (CheckpointError, ConversionError, RefusedPickle) as e:
+        raise click.ClickException(str(e)) from None
+    if report is not None:
+        for line in report.lines():
+            click.echo(line, err=quiet)
+    return ck
+
+
 # --------------------------------------------------------------------------------------------
 # generate
 
 @main.command()
 @click.option("--ckpt", type=click.Path(exists=True, path_type=Path), required=True,
-              help="Checkpoint file, or a run directory (its newest checkpoint).")
+              help="Checkpoint file, or a run directory (its newest checkpoint); NVlabs pickles and "
+                   "rosinality .pt files are converted in memory.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for seedNNNN.png files and grid.png.")
 @click.option("--seeds", default=None, show_default="0..n-1", help="Seeds, e.g. '0-7,12'.")
@@ -301,10 +355,7 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
                                  "calls do; use --noise-mode const or none, or --speedup none",
                                  param_hint="--speedup")
     _check_out(out, keep=False)
-    try:
-        ck = load_checkpoint(ckpt)
-    except CheckpointError as e:
-        raise click.ClickException(str(e)) from None
+    ck = _load_ckpt_option(ckpt)
     G = load_generator(ck, raw=raw, device=dev)
     try:
         c = class_vector(class_, G.c_dim, ck["dataset"].get("label_names", []), dev)
@@ -329,14 +380,12 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
 
 @main.command()
 @click.option("--ckpt", type=click.Path(exists=True, path_type=Path), required=True,
-              help="Checkpoint file, or a run directory (its newest checkpoint).")
+              help="Checkpoint file, or a run directory (its newest checkpoint); NVlabs pickles and "
+                   "rosinality .pt files are converted in memory.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def info(ckpt: Path, as_json: bool) -> None:
     """Show a checkpoint's metadata: config, progress, dataset, parameter counts."""
-    try:
-        ck = load_checkpoint(ckpt)
-    except CheckpointError as e:
-        raise click.ClickException(str(e)) from None
+    ck = _load_ckpt_option(ckpt, quiet=as_json)
     counts = {"G": count_parameters(load_generator(ck, raw=True)), "D": count_parameters(load_discriminator(ck))}
     doc = {"path": ck["path"], "created": ck.get("created"), "torch": ck.get("torch"),
            "kimg": ck["progress"]["cur_nimg"] / 1000, "step": ck["progress"]["step"],
@@ -559,6 +608,48 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Float in [-1, 1] -> uint8 [N, C, R, R], the values images.to_uint8 gives a saved PNG
     (round((x + 1) * 127.5) is its floor(x * 127.5 + 128)), kept as a tensor in NCHW."""
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+# --------------------------------------------------------------------------------------------
+# convert
+
+@main.command("convert")
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--allow-partial", is_flag=True,
+              help="Keep what maps when something does not (listed); the rest starts fresh.")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None, show_default="the source's",
+              help="Image channels: 1 from RGB combines ToRGB rows by luminance and sums D's FromRGB columns.")
+@click.option("--resolution", type=click.IntRange(4, 1024), default=None, show_default="the source's",
+              help="Reuse the blocks both sizes have, initialise the others fresh (listed).")
+@click.option("--to", "to", type=click.Choice(["ours", "nvlabs-state-dict"]), default="ours",
+              help="ours: this project's checkpoint; nvlabs-state-dict: NVlabs' parameter names and init_kwargs.")
+def convert(src: Path, dst: Path, allow_partial: bool, channels: str | None, resolution: int | None, to: str) -> None:
+    """Convert an NVlabs network pickle or a rosinality checkpoint into this project's checkpoint
+    (or any of those, or ours, a file or run directory, into NVlabs' names with --to
+    nvlabs-state-dict). No code from SRC ever runs."""
+    if to == "nvlabs-state-dict" and (channels is not None or resolution is not None):
+        raise click.UsageError("--channels and --resolution apply to --to ours; convert first, then export")
+    if src.is_dir() and to == "ours":  # only our run directories hold checkpoints
+        raise click.BadParameter(f"{src} is a run directory of this project, already in its format "
+                                 "(--to nvlabs-state-dict exports its newest checkpoint)", param_hint="SRC")
+    if dst.resolve() == src.resolve():
+        raise click.BadParameter("DST is SRC; give another file", param_hint="DST")
+    _check_out(dst.parent, keep=False, option="DST")
+    try:
+        if to == "ours":
+            report = convert_checkpoint(src, dst, allow_partial=allow_partial,
+                                        channels=int(channels) if channels else None, resolution=resolution)
+        else:
+            report = export_nvlabs(src, dst, allow_partial=allow_partial)
+    except (ConversionError, RefusedPickle, CheckpointError, fileio.WriteError) as e:
+        raise click.ClickException(str(e)) from None
+    except ValueError as e:  # a channels / resolution combination our networks refuse
+        raise click.ClickException(f"cannot adapt {src}: {e}") from None
+    for line in report.lines():
+        click.echo(line)
+    what = "this project's checkpoint" if to == "ours" else "NVlabs-named state dicts"
+    click.echo(f"wrote {what} to {dst}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
     load_foreign_checkpoint(path)  NVlabs pickle / rosinality .pt / NVlabs-named state dicts
                                    -> Converted (our ModelConfig, G, D, G_ema state dicts, report)
     load_any(path)                 the same, and this project's own checkpoints too
+    load_as_checkpoint(path)       -> our checkpoint dict, converted in memory where foreign
     convert(src, dst)              -> this project's checkpoint (checked by its loader)
     export_nvlabs(src, dst)        -> NVlabs-named state dicts + their init_kwargs
 """
@@ -21,7 +22,7 @@ import torch
 from stylegan2.networks import ModelConfig
 
 from .adapt import adapt_channels
-from .common import ConversionError, ConversionReport, Converted
+from .common import ConversionError, ConversionReport, Converted, fail_if_partial
 from .nvlabs import (NotNvlabsPickle, convert_nvlabs_state_dicts, load_nvlabs_pickle, nvlabs_init_kwargs,
                      to_nvlabs_state_dict)
 from .rosinality import RecordedArgs, convert_rosinality_state_dicts, read_rosinality
@@ -86,23 +87,59 @@ def load_any(path: PathLike, allow_partial: bool = False) -> Converted:
     """This project's checkpoint (a file or run directory) as a Converted, or a foreign one
     converted in memory; the report's first note says which. Raises CheckpointError (ours, but
     invalid), ConversionError or RefusedPickle, each one line, for a commands' error message."""
-    from stylegan2.training.checkpoint import FORMAT, find_checkpoint, load_checkpoint
+    from stylegan2.training.checkpoint import find_checkpoint, load_checkpoint
     p = find_checkpoint(path)
-    if _kind(p) == "zip":
-        with warnings.catch_warnings(), torch.serialization.safe_globals([(RecordedArgs, "argparse.Namespace")]):
-            warnings.simplefilter("ignore")
-            try:
-                head = torch.load(p, map_location="meta", weights_only=True)
-            except Exception:
-                head = None
-        if isinstance(head, dict) and head.get("format") == FORMAT:
-            ck = load_checkpoint(p)
-            report = ConversionReport(source=str(p), format="stylegan2-brain-mri",
-                                      notes=["a checkpoint of this project: nothing converted"])
-            return Converted(ModelConfig.from_dict(ck["model_config"]), ck["G"], ck["D"], ck["G_ema"], report)
+    if _ours(p) is not False:
+        ck = load_checkpoint(p)
+        report = ConversionReport(source=str(p), format="stylegan2-brain-mri",
+                                  notes=["a checkpoint of this project: nothing converted"])
+        return Converted(ModelConfig.from_dict(ck["model_config"]), ck["G"], ck["D"], ck["G_ema"], report)
     conv = load_foreign_checkpoint(p, allow_partial)
     conv.report.notes.insert(0, f"converted in memory from a {conv.report.format} checkpoint")
     return conv
+
+
+def _ours(p: Path) -> Optional[bool]:
+    """True for this project's checkpoint, False for anything else torch or pickle can read the
+    safe way, None for a torch.save archive that does not load: our loader then says why (it
+    names code a file would run, or a truncated archive), rather than the converter's "unknown
+    format"."""
+    from stylegan2.training.checkpoint import FORMAT
+    if _kind(p) != "zip":
+        return False
+    with warnings.catch_warnings(), torch.serialization.safe_globals([(RecordedArgs, "argparse.Namespace")]):
+        warnings.simplefilter("ignore")
+        try:
+            head = torch.load(p, map_location="meta", weights_only=True)
+        except Exception:
+            return None
+    return isinstance(head, dict) and head.get("format") == FORMAT
+
+
+def load_as_checkpoint(path: PathLike, generator_only: bool = False
+                       ) -> tuple[dict[str, Any], Optional[ConversionReport]]:
+    """What commands that read `--ckpt` load: this project's checkpoint (a file or a run
+    directory's newest) as load_checkpoint gives it, with None for the report; or a foreign one
+    converted in memory into the same dict (progress 0, dataset "converted from ..."), with its
+    report, whose first note says so.
+
+    generator_only: the caller only runs generators (generate, info's parameter counts), so a
+    file without a discriminator (rosinality's g_ema-only releases) or with D tensors nothing
+    of ours takes still loads, its D left fresh and listed in the report; anything unmapped on
+    the generators' side is refused as always."""
+    from stylegan2.training.checkpoint import find_checkpoint, load_checkpoint
+    p = find_checkpoint(path)
+    if _ours(p) is not False:
+        return load_checkpoint(p), None
+    conv = load_foreign_checkpoint(p, allow_partial=generator_only)
+    if generator_only:
+        # Only the discriminator's side may be partial: its labels start with "D".
+        generators = [u for u in conv.report.unmapped_source + conv.report.unmapped_target if not u.startswith("D")]
+        fail_if_partial(dataclasses.replace(conv.report, unmapped_source=generators, unmapped_target=[]), False)
+    conv.report.notes.insert(0, f"converted in memory from a {conv.report.format} checkpoint")
+    ck = make_checkpoint(conv, str(p), _file_digest(p))
+    ck["path"] = str(p)  # what load_checkpoint records, for the commands that print it
+    return ck, conv.report
 
 
 def _file_digest(path: Path) -> str:
@@ -152,13 +189,20 @@ def convert(src: PathLike, dst: PathLike, allow_partial: bool = False, channels:
     """Convert `src` (NVlabs pickle, rosinality .pt, NVlabs-named export) into our checkpoint at
     `dst` (written atomically, then read back through the checkpoint loader and validator).
     `channels` / `resolution` adapt the networks (see adapt.adapt_channels). Returns the report."""
-    from stylegan2.training.checkpoint import atomic_save, load_checkpoint
+    from stylegan2.training.checkpoint import atomic_save, load_checkpoint, validate_checkpoint
     src, dst = Path(src), Path(dst)
     conv = load_foreign_checkpoint(src, allow_partial)
     if channels is not None or resolution is not None:
         conv = adapt_channels(conv, channels=channels, resolution=resolution)
-    atomic_save(make_checkpoint(conv, str(src), _file_digest(src)), dst)
-    load_checkpoint(dst)  # the same checks generate and train apply: fail here, not later
+    ck = make_checkpoint(conv, str(src), _file_digest(src))
+    # The same checks generate and train apply, before anything is written: fail here, not later.
+    validate_checkpoint(ck, dst)
+    atomic_save(ck, dst)
+    try:
+        load_checkpoint(dst)  # and read back the way they read it (weights_only)
+    except Exception:
+        dst.unlink(missing_ok=True)  # a file our loader refuses is worse than none
+        raise
     conv.report.notes.append(f"written to {dst}")
     return conv.report
 
@@ -183,4 +227,4 @@ def export_nvlabs(src: PathLike, dst: PathLike, allow_partial: bool = False) -> 
     return conv.report
 
 
-__all__ = ["convert", "export_nvlabs", "load_any", "load_foreign_checkpoint", "make_checkpoint"]
+__all__ = ["convert", "export_nvlabs", "load_any", "load_as_checkpoint", "load_foreign_checkpoint", "make_checkpoint"]

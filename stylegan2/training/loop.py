@@ -23,12 +23,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import fileio
+from ..convert import Converted
 from ..images import save_grid
 from ..torch_settings import torch_settings
 from . import checkpoint as ckpt_io
 from .checkpoint import ResumeError, restore_run, save_checkpoint
 from .config import TrainConfig
 from .grids import grid_latents, render, save_reals
+from .init_from import apply_init
 from .phases import train_step
 from .plots import plot_losses
 from .signals import StopRequest
@@ -68,11 +70,13 @@ def _crossed(prev: int, cur: int, every_nimg: int) -> bool:
 
 def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[str, Any] | None = None,
           allow_data_change: bool = False, progress: bool = True, keep: int = 0,
-          log: Callable[[str], None] = print, stop: StopRequest | None = None) -> TrainResult:
+          log: Callable[[str], None] = print, stop: StopRequest | None = None,
+          init: Converted | None = None) -> TrainResult:
     """Train into `run_dir` (created if needed) until cfg.kimg, a signal, or divergence.
 
     dataset: an ImageDataset (uint8 images [N, C, R, R]). resume: a loaded checkpoint dict (its
-    config must match `cfg` except for kimg and the bookkeeping fields). Raises TrainingDiverged
+    config must match `cfg` except for kimg and the bookkeeping fields). init: weights a fresh
+    run starts from (init_from.load_init; ValueError if its networks differ from cfg's). Raises TrainingDiverged
     on a NaN/Inf loss, ResumeError for a checkpoint of another dataset or model,
     TrainingWriteError when a file cannot be written (the last good checkpoint stays usable).
     """
@@ -87,16 +91,21 @@ def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[s
     # Thread count and cuDNN autotuning (same shapes every step) hold for this run only: a
     # notebook that trains gets its own settings back.
     with torch_settings(threads=pick_threads(cfg, device), cudnn_benchmark=True if device.type == "cuda" else None):
-        return _train(cfg, run_dir, dataset, device, resume, allow_data_change, progress, keep, log, stop)
+        return _train(cfg, run_dir, dataset, device, resume, allow_data_change, progress, keep, log, stop, init)
 
 
 def _train(cfg: TrainConfig, run_dir: Path, dataset: Any, device: torch.device, resume: dict[str, Any] | None,
            allow_data_change: bool, progress: bool, keep: int, log: Callable[[str], None],
-           stop: StopRequest | None) -> TrainResult:
+           stop: StopRequest | None, init: Converted | None = None) -> TrainResult:
     """train() with the process settings in place."""
+    if resume is not None and init is not None:
+        raise ValueError("resume continues a run, init starts one from other weights: give one of them")
     log(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
                                else f", {torch.get_num_threads()} thread(s)"))
     run = setup_run(cfg, dataset, device)
+    if init is not None:
+        apply_init(run, init)
+        log(f"networks initialised from {init.report.source}")
     stats = StatsWriter(run_dir)
     files: dict[str, Path] = {"config": run_dir / "config.json"}
     if resume is not None:
