@@ -193,6 +193,11 @@ def build_library(cu_sources: Sequence[Path], cpp_sources: Sequence[Path], name:
             staged.mkdir()
             shutil.move(str(work / lib.name), str(staged / lib.name))
             os.replace(staged, folder)
+        # Builds of earlier sources are never used again: keep the cache to one per variant. (A
+        # process that still has an old library loaded keeps its mapping after the unlink.)
+        for old in folder.parent.glob(f"{name}-{sanitize or 'plain'}-*"):
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
     return lib
 
 
