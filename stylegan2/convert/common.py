@@ -18,6 +18,11 @@ class ConversionError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
+class UnknownFormat(ConversionError):
+    """A file in none of the formats the converter reads (commands that also take our own
+    checkpoints then report what our loader says about it instead)."""
+
+
 @dataclass
 class ConversionReport:
     """What a conversion did.

@@ -22,10 +22,11 @@ import torch
 from stylegan2.networks import ModelConfig
 
 from .adapt import adapt_channels
-from .common import ConversionError, ConversionReport, Converted, fail_if_partial
+from .common import ConversionError, ConversionReport, Converted, UnknownFormat, fail_if_partial
 from .nvlabs import (NotNvlabsPickle, convert_nvlabs_state_dicts, load_nvlabs_pickle, nvlabs_init_kwargs,
                      to_nvlabs_state_dict)
 from .rosinality import RecordedArgs, convert_rosinality_state_dicts, read_rosinality
+from .unpickle import RefusedPickle
 
 PathLike = Union[str, os.PathLike]
 NVLABS_STATE_DICT = "nvlabs-state-dict"  # the `format` entry export_nvlabs writes
@@ -38,7 +39,7 @@ def _kind(path: Path) -> str:
         return "zip"   # torch.save (rosinality, ours, an NVlabs-named export)
     if head[:1] == b"\x80":
         return "pickle"  # pickle.dump (NVlabs) or torch's legacy format
-    raise ConversionError(f"{path}: neither a pickle nor a torch.save archive")
+    raise UnknownFormat(f"{path}: neither a pickle nor a torch.save archive")
 
 
 def load_foreign_checkpoint(path: PathLike, allow_partial: bool = False) -> Converted:
@@ -79,7 +80,7 @@ def _from_dict(ckpt: dict[str, Any], p: Path, allow_partial: bool) -> Converted:
                                               args=args if isinstance(args, dict) else None,
                                               latent_avg=la if torch.is_tensor(la) else None,
                                               report=report, allow_partial=allow_partial)
-    raise ConversionError(f"{p}: not a format this converter knows (keys: {sorted(map(str, ckpt))[:8]}); "
+    raise UnknownFormat(f"{p}: not a format this converter knows (keys: {sorted(map(str, ckpt))[:8]}); "
                           "it reads NVlabs network pickles, rosinality checkpoints and NVlabs-named exports")
 
 
@@ -129,9 +130,19 @@ def load_as_checkpoint(path: PathLike, generator_only: bool = False
     the generators' side is refused as always."""
     from stylegan2.training.checkpoint import find_checkpoint, load_checkpoint
     p = find_checkpoint(path)
-    if _ours(p) is not False:
+    try:
+        ours = _ours(p)
+    except UnknownFormat:
+        ours = None  # empty or random bytes: our loader says which, naming the file
+    if ours is not False:
         return load_checkpoint(p), None
-    conv = load_foreign_checkpoint(p, allow_partial=generator_only)
+    try:
+        conv = load_foreign_checkpoint(p, allow_partial=generator_only)
+    except (UnknownFormat, RefusedPickle):
+        # Neither format was recognised, or the pickle asks to run code: give our loader's
+        # one line (not a checkpoint of this project / refused because it contains code).
+        load_checkpoint(p)
+        raise  # only if our loader accepted what the converter could not
     if generator_only:
         # Only the discriminator's side may be partial: its labels start with "D".
         generators = [u for u in conv.report.unmapped_source + conv.report.unmapped_target if not u.startswith("D")]
