@@ -491,22 +491,32 @@ def _device(device: str | None) -> torch.device:
         raise click.BadParameter(str(e), param_hint="--device") from None
 
 
+def _evaluation_options(command: Any) -> Any:
+    """The options metrics and audit share: the feature network, its weights, the fakes' seeds,
+    the batch, the device and the progress bar."""
+    for option in reversed([
+        click.option("--feature-net", default=None, show_default="inception if its weights are here, else discriminator",
+                     help="'discriminator', 'inception' or 'torchscript:PATH'."),
+        click.option("--inception-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     show_default=f"${INCEPTION_WEIGHTS_ENV}, else torch.hub's cache", help=f"The file {INCEPTION_FILE}."),
+        click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, help="Fake i uses the latent of seed+i."),
+        click.option("--batch", type=click.IntRange(1, 1024), default=32, help="Images per forward pass."),
+        click.option("--device", default=None, show_default="cuda if available, else cpu"),
+        click.option("--progress/--no-progress", default=True),
+    ]):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.option("--ckpt", type=click.Path(exists=True, path_type=Path), required=True,
               help="Checkpoint file, or a run directory (its newest checkpoint).")
 @click.option("--metrics", "metric_names", default="fid,kid,pr", help=f"Comma-separated, from {', '.join(METRICS)}.")
 @click.option("--data", default=None, show_default="the checkpoint's dataset", help="Real images to compare with.")
 @click.option("--n", "count", type=click.IntRange(2, 1_000_000), default=10000, help="Number of fakes.")
-@click.option("--feature-net", default=None, show_default="inception if its weights are here, else discriminator",
-              help="'discriminator', 'inception' or 'torchscript:PATH'.")
-@click.option("--inception-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              show_default=f"${INCEPTION_WEIGHTS_ENV}, else torch.hub's cache", help=f"The file {INCEPTION_FILE}.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               show_default="the run folder", help="Folder for the metrics JSON.")
-@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, help="Fake i uses the latent of seed+i.")
-@click.option("--batch", type=click.IntRange(1, 1024), default=32, help="Images per forward pass.")
-@click.option("--device", default=None, show_default="cuda if available, else cpu")
-@click.option("--progress/--no-progress", default=True)
+@_evaluation_options
 def metrics(ckpt: Path, metric_names: str, data: str | None, count: int, feature_net: str | None,
             inception_weights: Path | None, out: Path | None, seed: int, batch: int, device: str | None,
             progress: bool) -> None:
@@ -561,16 +571,9 @@ def metrics(ckpt: Path, metric_names: str, data: str | None, count: int, feature
               help="Checkpoint file, or a run directory (its newest checkpoint).")
 @click.option("--n", "count", type=click.IntRange(1, 1_000_000), default=5000, help="Number of fakes.")
 @click.option("--data", default=None, show_default="the checkpoint's dataset", help="The training images.")
-@click.option("--feature-net", default=None, show_default="inception if its weights are here, else discriminator",
-              help="'discriminator', 'inception' or 'torchscript:PATH'.")
-@click.option("--inception-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              show_default=f"${INCEPTION_WEIGHTS_ENV}, else torch.hub's cache", help=f"The file {INCEPTION_FILE}.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               show_default="<run>/audit-<checkpoint>", help="Folder for pairs.csv, closest_pairs.png, summary.json.")
-@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, help="Fake i uses the latent of seed+i.")
-@click.option("--batch", type=click.IntRange(1, 1024), default=32, help="Images per forward pass.")
-@click.option("--device", default=None, show_default="cuda if available, else cpu")
-@click.option("--progress/--no-progress", default=True)
+@_evaluation_options
 def audit(ckpt: Path, count: int, data: str | None, feature_net: str | None, inception_weights: Path | None,
           out: Path | None, seed: int, batch: int, device: str | None, progress: bool) -> None:
     """Memorization audit: each fake's nearest training image, by pixels and by features."""
