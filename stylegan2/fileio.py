@@ -16,6 +16,7 @@ turned it into. The temporary is removed on every failure; the file being replac
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import tempfile
@@ -188,6 +189,15 @@ def append_text(path: str | os.PathLike, text: str) -> None:
                 raise
     except OSError as e:
         raise WriteError(path, e) from None
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read a chunk at a time (checkpoints and caches are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def make_dirs(path: str | os.PathLike) -> Path:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import warnings
@@ -19,6 +18,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from stylegan2.fileio import sha256_file
 from stylegan2.networks import ModelConfig
 
 from .adapt import adapt_channels
@@ -148,17 +148,9 @@ def load_as_checkpoint(path: PathLike, generator_only: bool = False
         generators = [u for u in conv.report.unmapped_source + conv.report.unmapped_target if not u.startswith("D")]
         fail_if_partial(dataclasses.replace(conv.report, unmapped_source=generators, unmapped_target=[]), False)
     conv.report.notes.insert(0, f"converted in memory from a {conv.report.format} checkpoint")
-    ck = make_checkpoint(conv, str(p), _file_digest(p))
+    ck = make_checkpoint(conv, str(p), sha256_file(p))
     ck["path"] = str(p)  # what load_checkpoint records, for the commands that print it
     return ck, conv.report
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def make_checkpoint(conv: Converted, source: str = "", fingerprint: str = "") -> dict[str, Any]:
@@ -205,7 +197,7 @@ def convert(src: PathLike, dst: PathLike, allow_partial: bool = False, channels:
     conv = load_foreign_checkpoint(src, allow_partial)
     if channels is not None or resolution is not None:
         conv = adapt_channels(conv, channels=channels, resolution=resolution)
-    ck = make_checkpoint(conv, str(src), _file_digest(src))
+    ck = make_checkpoint(conv, str(src), sha256_file(src))
     # The same checks generate and train apply, before anything is written: fail here, not later.
     validate_checkpoint(ck, dst)
     atomic_save(ck, dst)

@@ -78,14 +78,10 @@ def _digest(blob: Any) -> str:
 
 def _file_sha256(path: str) -> Optional[str]:
     """Hex digest of a file's bytes; None if it cannot be read (then it cannot match)."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(HASH_CHUNK):
-                h.update(chunk)
+        return fileio.sha256_file(path, HASH_CHUNK)
     except OSError:
         return None
-    return h.hexdigest()
 
 
 @dataclass

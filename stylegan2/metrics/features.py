@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..fileio import sha256_file
 from ..training.checkpoint import load_checkpoint, load_discriminator
 
 INCEPTION_WEIGHTS_ENV = "STYLEGAN2_INCEPTION_WEIGHTS"
@@ -166,14 +167,6 @@ def _missing_weights_message(path: Path) -> str:
             f"feature network (e.g. 'discriminator')")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def inception_network(device: torch.device, weights: Optional[str | os.PathLike] = None,
                       check_hash: bool = True) -> FeatureNetwork:
     """pytorch-fid's InceptionV3 (the TensorFlow FID graph ported; pool3 features, 2048 long).
@@ -192,7 +185,7 @@ def inception_network(device: torch.device, weights: Optional[str | os.PathLike]
     path = inception_weights_path(weights)
     if not path.is_file():
         raise FeatureNetworkError(_missing_weights_message(path))
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if check_hash and not digest.startswith(INCEPTION_SHA256_PREFIX):
         raise FeatureNetworkError(f"{path} is not the FID Inception-v3 weights file (its SHA-256 does not start "
                                   f"{INCEPTION_SHA256_PREFIX}): download it again from {INCEPTION_URL}")
@@ -236,7 +229,7 @@ def torchscript_network(path: str | os.PathLike, device: torch.device) -> Featur
     except Exception as e:  # jit.load raises RuntimeError or ValueError for non-TorchScript files
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise FeatureNetworkError(f"{p} is not a TorchScript module: {first}") from None
-    return FeatureNetwork(f"torchscript:{p.name}", -1, module, device, key="torchscript-" + _sha256(p)[:16])
+    return FeatureNetwork(f"torchscript:{p.name}", -1, module, device, key="torchscript-" + sha256_file(p)[:16])
 
 
 # --------------------------------------------------------------------------------------------
