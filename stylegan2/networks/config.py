@@ -7,17 +7,31 @@ channel budget (channel_base 16384).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
+
+from ..plain_dict import PlainDict
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_CONV_CLAMP = 256.0  # NVlabs' clamp for the reduced-precision layers
 DEFAULT_NUM_FP16_RES = 4  # NVlabs' count of highest resolutions in reduced precision
 DEFAULT_MBSTD_GROUP = 4   # NVlabs' minibatch standard deviation group size
+
+
+def precision_defaults(precision: str, num_fp16_res: Optional[int],
+                       conv_clamp: Optional[float]) -> tuple[int, Optional[float]]:
+    """(num_fp16_res, conv_clamp) with None filled in: NVlabs' 4 highest resolutions and a clamp
+    of 256 under mixed precision, none of either at fp32. The one place this rule lives: the
+    training config resolves through it and ModelConfig.resolved_conv_clamp reads it."""
+    mixed = precision != "fp32"
+    if num_fp16_res is None:
+        num_fp16_res = DEFAULT_NUM_FP16_RES if mixed else 0
+    if conv_clamp is None and mixed:
+        conv_clamp = DEFAULT_CONV_CLAMP
+    return num_fp16_res, conv_clamp
 
 
 def block_resolutions(resolution: int) -> list[int]:
@@ -31,7 +45,7 @@ def channels_at(res: int, channel_base: int, channel_max: int) -> int:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(PlainDict):
     """Architecture of Generator and Discriminator.
 
     Attributes:
@@ -157,9 +171,8 @@ class ModelConfig:
     @property
     def resolved_conv_clamp(self) -> Optional[float]:
         """conv_clamp, or 256 when it is None and mixed precision is on."""
-        if self.conv_clamp is not None:
-            return float(self.conv_clamp)
-        return DEFAULT_CONV_CLAMP if self.precision != "fp32" else None
+        clamp = precision_defaults(self.precision, self.num_fp16_res, self.conv_clamp)[1]
+        return None if clamp is None else float(clamp)
 
     @property
     def resolved_d_mapping_layers(self) -> int:
@@ -171,16 +184,3 @@ class ModelConfig:
         """Number of w vectors the synthesis network consumes: two per block (one for the 4x4
         block) plus the last ToRGB."""
         return 2 * self.log2_resolution - 2
-
-    # --- plain-dict round trip for checkpoints -------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ModelConfig: unknown fields {unknown}; known are {sorted(known)}")
-        return cls(**d)

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.detect import BUILTIN
-from ..networks.config import DEFAULT_CONV_CLAMP, DEFAULT_MBSTD_GROUP, DEFAULT_NUM_FP16_RES
+from ..networks.config import DEFAULT_MBSTD_GROUP, precision_defaults
 from ..networks.config import PRECISIONS as _DTYPES
 from ..networks.layers import mbstd_group_size
+from ..plain_dict import PlainDict
 from .losses import KINDS as LOSSES
 from .losses import default_d_reg_interval, default_r1_gamma
 
@@ -23,7 +24,7 @@ PRECISIONS = tuple(_DTYPES)  # the names the networks accept, in their order
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(PlainDict):
     """Everything that decides what a training run computes. None means "derive it" (see resolve)."""
 
     preset: str = "custom"
@@ -68,19 +69,6 @@ class TrainConfig:
     threads: int | None = None      # torch.set_num_threads; None: all cores but one on a CPU run
     device: str | None = None       # None: cuda if available, else cpu
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. the CLI line)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict of plain values (JSON- and torch.load(weights_only=True)-safe)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Inverse of to_dict; unknown keys (from a newer version) are an error, not silently lost."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"config: unknown fields {unknown}")
-        return cls(**d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
@@ -150,11 +138,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         c.r1_interval = default_d_reg_interval(c.loss)
     wanted = DEFAULT_MBSTD_GROUP if c.mbstd_group is None else max(1, c.mbstd_group)
     c.mbstd_group = mbstd_group_size(c.batch, wanted)
-    mixed = c.precision != "fp32"
-    if c.num_fp16_res is None:
-        c.num_fp16_res = DEFAULT_NUM_FP16_RES if mixed else 0
-    if c.conv_clamp is None and mixed:
-        c.conv_clamp = DEFAULT_CONV_CLAMP
+    c.num_fp16_res, c.conv_clamp = precision_defaults(c.precision, c.num_fp16_res, c.conv_clamp)
     return c
 
 
