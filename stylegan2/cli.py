@@ -91,7 +91,7 @@ def main() -> None:
 # --------------------------------------------------------------------------------------------
 # train
 
-@main.command()
+@main.command(short_help="Train a model (default: mni152, preset auto).")
 @click.option("--data", default=None, show_default=BUILTIN,
               help=f"Dataset: '{BUILTIN}' (built in) or a path (OASIS, ADNI AD_NC, NIfTI, image folder).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
@@ -318,7 +318,7 @@ def _load_ckpt_option(path: Path, quiet: bool = False) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # generate
 
-@main.command()
+@main.command(short_help="Render images from a checkpoint.")
 @click.option("--ckpt", type=click.Path(exists=True, path_type=Path), required=True,
               help="Checkpoint file, or a run directory (its newest checkpoint); NVlabs pickles and "
                    "rosinality .pt files are converted in memory.")
@@ -378,7 +378,7 @@ def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float,
 # --------------------------------------------------------------------------------------------
 # info
 
-@main.command()
+@main.command(short_help="Show a checkpoint's config and progress.")
 @click.option("--ckpt", type=click.Path(exists=True, path_type=Path), required=True,
               help="Checkpoint file, or a run directory (its newest checkpoint); NVlabs pickles and "
                    "rosinality .pt files are converted in memory.")
@@ -508,7 +508,7 @@ def _evaluation_options(command: Any) -> Any:
     return command
 
 
-@main.command()
+@main.command(short_help="FID, KID, precision/recall of a model.")
 @click.option("--ckpt", type=click.Path(exists=True, path_type=Path), required=True,
               help="Checkpoint file, or a run directory (its newest checkpoint).")
 @click.option("--metrics", "metric_names", default="fid,kid,pr", help=f"Comma-separated, from {', '.join(METRICS)}.")
@@ -566,7 +566,7 @@ def metrics(ckpt: Path, metric_names: str, data: str | None, count: int, feature
     click.echo(f"wrote {path}")
 
 
-@main.command()
+@main.command(short_help="Memorization audit: nearest training images.")
 @click.option("--ckpt", type=click.Path(exists=True, path_type=Path), required=True,
               help="Checkpoint file, or a run directory (its newest checkpoint).")
 @click.option("--n", "count", type=click.IntRange(1, 1_000_000), default=5000, help="Number of fakes.")
@@ -616,7 +616,7 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # convert
 
-@main.command("convert")
+@main.command("convert", short_help="Import an NVlabs or rosinality checkpoint.")
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
 @click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--allow-partial", is_flag=True,
@@ -658,7 +658,7 @@ def convert(src: Path, dst: Path, allow_partial: bool, channels: str | None, res
 # --------------------------------------------------------------------------------------------
 # cache
 
-@main.command()
+@main.command(short_help="List or clear the cached decoded datasets.")
 @click.option("--list", "list_", is_flag=True, help="Show the cached datasets (the default).")
 @click.option("--clear", is_flag=True, help="Remove cached datasets: all, or those --kind and --unused-days select.")
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS), help="Only datasets of this kind (repeatable).")

@@ -207,3 +207,17 @@ def test_run_directories_are_numbered(tmp_path):
     assert re.fullmatch(r"[\w.-]+", dataset_name("/data/my scans/brain.nii.gz")) and \
         dataset_name("/data/my scans/brain.nii.gz") == "brain"
     assert dataset_name("MNI152") == "mni152"
+
+
+def test_top_level_help_shows_each_command_with_a_whole_summary():
+    """click cuts a command's summary with '...' when it does not fit; every one must fit."""
+    from click.testing import CliRunner
+
+    from stylegan2.cli import main
+
+    out = CliRunner().invoke(main, ["--help"]).output
+    listed = out.split("Commands:")[1]  # (the usage line above ends in "[ARGS]...")
+    assert "..." not in listed, listed
+    for name, command in main.commands.items():
+        line = next(l for l in listed.splitlines() if l.split()[:1] == [name])
+        assert command.short_help and command.short_help in line, (name, line)
