@@ -138,7 +138,10 @@ def run(build: bool = False) -> int:
     print()
 
     if module is not None and not has_gpu:
-        summary = "kernels built, no GPU present: the ops run their PyTorch references here"
+        summary = ("kernels built, no GPU present: the ops run their PyTorch references here. "
+                   "That is right for a login node that installs for GPU nodes; on a machine that will "
+                   "never have a GPU, `STYLEGAN2_OPS_SKIP_BUILD=1 pip install --no-build-isolation -e .` "
+                   "installs in seconds without compiling them")
     elif module is not None:
         summary = "kernels built and a GPU is present: CUDA tensors use the kernels"
     elif not has_gpu:
