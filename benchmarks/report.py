@@ -125,12 +125,31 @@ def markdown(doc: dict[str, Any]) -> str:
         "| section | op | pass | shape | dtype | impl | ms | GB/s | TFLOP/s | img/s | % peak | vs ref | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in doc["rows"]:
+    ran, skipped = _split_skipped(doc["rows"])
+    for r in ran:
         cells = [r["section"], r["op"], r.get("pass") or "", r["shape"], r["dtype"], r["impl"],
                  _fmt(r.get("ms")), _fmt(r.get("gbps")), _fmt(r.get("tflops")), _fmt(r.get("img_per_s")),
                  _fmt(r.get("pct_of_peak"), 2), _fmt(r.get("ratio_to_ref"), 2), r.get("note") or ""]
         lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
+    if skipped:
+        # One line per (section, reason) instead of a table row each: on a CPU more than half the
+        # quick run's rows would otherwise read "skipped: needs a CUDA device". The JSON keeps them all.
+        lines += ["", "Not run (every row is in the JSON):"]
+        lines += [f"- {section}: {n} row{'s' if n != 1 else ''} {note}" for (section, note), n in skipped.items()]
     return "\n".join(lines) + "\n"
+
+
+def _split_skipped(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[tuple[str, str], int]]:
+    """(rows that ran, {(section, note): count} of rows skipped with a 'skipped: ...' note)."""
+    ran, skipped = [], {}
+    for r in rows:
+        note = r.get("note") or ""
+        if r.get("ms") is None and note.startswith("skipped:"):
+            key = (r["section"], note)
+            skipped[key] = skipped.get(key, 0) + 1
+        else:
+            ran.append(r)
+    return ran, skipped
 
 
 def _json_default(v: Any) -> Any:

@@ -30,11 +30,11 @@ inline int64_t upfirdn2d_out_size(int64_t in, int64_t up, int64_t down, int64_t 
   return (padded - taps) / down + 1;
 }
 
-// y = upfirdn2d(x, f, ...), allocated in x's memory format (channels_last when asked).
+// y = upfirdn2d(x, f, ...), allocated in x's memory format (read from its strides: output_layout).
 // path: 0 = auto, 1 = general kernel, 2 = tiled fast path (the tests compare the two).
 inline at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& f, int64_t up_x, int64_t up_y, int64_t down_x,
                             int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0, int64_t pad_y1, bool flip,
-                            double gain, bool channels_last, int64_t path) {
+                            double gain, int64_t path) {
   check_cuda(x, "x");
   const sg2::DType dtype = kernel_dtype(x, "x");
   TORCH_CHECK(x.dim() == 4, "x must have shape [batch, channels, height, width], got ", x.sizes());
@@ -62,8 +62,7 @@ inline at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& f, int64_t up
   check_spatial(x.size(2) * up_y, "upsampled height");
 
   const c10::cuda::CUDAGuard guard(x.device());
-  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  at::Tensor y = at::empty({x.size(0), x.size(1), out_h, out_w}, x.options().memory_format(format));
+  at::Tensor y = at::empty({x.size(0), x.size(1), out_h, out_w}, x.options().memory_format(output_layout(x)));
 
   sg2::Upfirdn2dParams p{};
   p.x = x.data_ptr();
@@ -106,8 +105,7 @@ inline void register_upfirdn2d(pybind11::module& m) {
   m.def("upfirdn2d", &upfirdn2d, "upsample, pad, FIR-filter and downsample a batch of 2D images",
         pybind11::arg("x"), pybind11::arg("f"), pybind11::arg("up_x"), pybind11::arg("up_y"), pybind11::arg("down_x"),
         pybind11::arg("down_y"), pybind11::arg("pad_x0"), pybind11::arg("pad_x1"), pybind11::arg("pad_y0"),
-        pybind11::arg("pad_y1"), pybind11::arg("flip"), pybind11::arg("gain"), pybind11::arg("channels_last"),
-        pybind11::arg("path"));
+        pybind11::arg("pad_y1"), pybind11::arg("flip"), pybind11::arg("gain"), pybind11::arg("path"));
   // The Python layer's limits (KERNEL_MAX_TAPS, KERNEL_MAX_FACTOR) are checked against these.
   m.attr("UPFIRDN2D_MAX_TAPS") = sg2::kUpfirdn2dMaxTaps;
   m.attr("UPFIRDN2D_MAX_FACTOR") = sg2::kUpfirdn2dMaxFactor;

@@ -36,6 +36,16 @@ inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* n
               " (all operands must share one memory format)");
 }
 
+// The memory format an output of `t` gets: channels_last when t is laid out that way and not also
+// plainly contiguous (a [N, C, 1, 1] or [N, 1, H, W] tensor is both), else contiguous. The same rule
+// as stylegan2_ops/_layout.py's memory_format, so the Python layer and the kernels never disagree.
+inline at::MemoryFormat output_layout(const at::Tensor& t) {
+  if (t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return at::MemoryFormat::ChannelsLast;
+  }
+  return at::MemoryFormat::Contiguous;
+}
+
 inline void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, " failed to launch: ", cudaGetErrorString(err));
 }

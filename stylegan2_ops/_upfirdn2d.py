@@ -474,19 +474,17 @@ def _kernel_op(
     pad_y1: int,
     flip: bool,
     gain: float,
-    channels_last: bool,
 ) -> torch.Tensor:
-    return getattr(_loader.load(), KERNEL)(
-        x, f, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, flip, gain, channels_last, AUTO_PATH
-    )
+    return getattr(_loader.load(), KERNEL)(x, f, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, flip, gain,
+                                           AUTO_PATH)
 
 
 @_kernel_op.register_fake
-def _(x, f, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, flip, gain, channels_last):
+def _(x, f, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, flip, gain):
     out_w = (x.shape[3] * up_x + pad_x0 + pad_x1 - f.shape[-1]) // down_x + 1
     out_h = (x.shape[2] * up_y + pad_y0 + pad_y1 - f.shape[0]) // down_y + 1
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty([x.shape[0], x.shape[1], out_h, out_w], dtype=x.dtype, device=x.device, memory_format=fmt)
+    return torch.empty([x.shape[0], x.shape[1], out_h, out_w], dtype=x.dtype, device=x.device,
+                       memory_format=_layout.memory_format(x))
 
 
 _kernel = _loader.kernel_call(_kernel_op, KERNEL, module_tail=(AUTO_PATH,))
@@ -500,11 +498,10 @@ def _run_kernel(
     pad: tuple[int, int, int, int],
     flip_filter: bool,
     gain: float,
-    channels_last: bool,
 ) -> torch.Tensor:
-    """One kernel call, with the configuration spelled out as the binding takes it."""
-    return _kernel(x, f, up[0], up[1], down[0], down[1], pad[0], pad[1], pad[2], pad[3], flip_filter, gain,
-                   channels_last)
+    """One kernel call, with the configuration spelled out as the binding takes it (the output's
+    memory format follows x's strides, by _layout.memory_format's rule)."""
+    return _kernel(x, f, up[0], up[1], down[0], down[1], pad[0], pad[1], pad[2], pad[3], flip_filter, gain)
 
 
 @function_cache
@@ -516,7 +513,7 @@ def _cuda_function(
     class Upfirdn2dCuda(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-            y = _run_kernel(x, f, up, down, pad, flip_filter, gain, _layout.memory_format(x) == torch.channels_last)
+            y = _run_kernel(x, f, up, down, pad, flip_filter, gain)
             ctx.save_for_backward(f)  # the op is linear: the backward needs no x
             ctx.x_shape = x.shape
             return y

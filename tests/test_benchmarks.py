@@ -109,14 +109,25 @@ def test_quick_cuda_rows_are_skipped_not_faked(quick_run: tuple[dict, str, str])
         assert r["ms"] is None and r["note"].startswith("skipped:"), r
 
 
-def test_quick_markdown_one_line_per_row(quick_run: tuple[dict, str, str]) -> None:
+def test_quick_markdown_one_line_per_row_that_ran_and_one_per_skipped_group(quick_run: tuple[dict, str, str]) -> None:
     doc, md, stdout = quick_run
     table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| section")]
-    assert len(table) == len(doc["rows"])
-    for line, r in zip(table, doc["rows"]):
+    ran = [r for r in doc["rows"] if not (r["ms"] is None and (r["note"] or "").startswith("skipped:"))]
+    assert ran and len(table) == len(ran)
+    for line, r in zip(table, ran):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert len(cells) == 13
         assert cells[0] == r["section"] and cells[1] == r["op"] and cells[5] == r["impl"]
+    # The skipped rows (the CUDA ones on this CPU run): one line per (section, reason), counting them.
+    groups: dict[tuple[str, str], int] = {}
+    for r in doc["rows"]:
+        if r not in ran:
+            groups[(r["section"], r["note"])] = groups.get((r["section"], r["note"]), 0) + 1
+    assert groups, "a CPU run skips the cuda rows"
+    listed = [line for line in md.splitlines() if line.startswith("- ") and "skipped:" in line]
+    assert len(listed) == len(groups)
+    for (section, note), n in groups.items():
+        assert f"- {section}: {n} row{'s' if n != 1 else ''} {note}" in listed
     assert md in stdout.replace("\r", "") or table[-1] in stdout
     assert "wrote " in stdout
 

@@ -91,12 +91,13 @@ def kernels():
 # Everywhere: the CUDA path's autograd wiring, with the kernel swapped for the reference.
 
 
-def fake_kernel(x, f, up, down, pad, flip, gain, channels_last):
-    """What the compiled kernel computes, from the reference (no autograd: a kernel has none)."""
+def fake_kernel(x, f, up, down, pad, flip, gain):
+    """What the compiled kernel computes, from the reference (no autograd: a kernel has none),
+    in x's layout as the binding writes it."""
     with torch.no_grad():
         y = _upfirdn2d.upfirdn2d_ref(x, f, up, down, pad, flip, gain)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return y.contiguous(memory_format=fmt)
+    cl = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return y.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
 def test_cuda_path_autograd_wiring_first_and_second_order(gen, monkeypatch):
@@ -134,15 +135,16 @@ def test_cuda_path_keeps_channels_last_through_backward(gen, monkeypatch):
 
 def test_registered_op_fake_gives_the_kernels_shape_and_format(gen):
     """The torch.library fake (what torch.compile traces with), run on meta tensors: the
-    reference's output shape, in the requested memory format."""
+    reference's output shape, in x's memory format (read from its strides, as the binding does)."""
     for case in range(8):
         (h, w), f, up, down, pad, flip, gain = random_config(gen)
         channels_last = case % 2 == 1
         x = torch.randn(2, 3, h, w, generator=gen)
         want = _upfirdn2d.upfirdn2d_ref(x, f, up, down, pad, flip, gain)
-        got = torch.ops.stylegan2_ops.upfirdn2d(x.to("meta"), f.to("meta"), *up, *down, *pad, flip, gain,
-                                                channels_last)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        x_meta = x.to("meta", memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        got = torch.ops.stylegan2_ops.upfirdn2d(x_meta, f.to("meta"), *up, *down, *pad, flip, gain)
+        # A 1x1 image is contiguous in both layouts; the output is then plainly contiguous.
+        fmt = torch.channels_last if channels_last and h * w > 1 else torch.contiguous_format
         assert got.shape == want.shape and got.dtype == x.dtype
         assert got.stride() == torch.empty(want.shape, memory_format=fmt).stride()
 
@@ -215,12 +217,16 @@ def test_tiled_path_matches_general_path(kdev, gen, dtype, channels_last):
             pad = [3, 2, 3, 2]
         f = (torch.randn(4, generator=gen) if case % 2 else torch.randn(4, 4, generator=gen)).to(kdev)
         x = to_device(kdev, torch.randn(2, c, h, w, generator=gen), dtype, channels_last)
-        args = (x, f, up[0], up[1], down[0], down[1], *pad, case % 3 == 0, 1.7, channels_last)
+        args = (x, f, up[0], up[1], down[0], down[1], *pad, case % 3 == 0, 1.7)
         poison_allocator(kdev, x.numel() * 4 * x.element_size())
         tiled = k.upfirdn2d(*args, TILED_PATH)
         poison_allocator(kdev, x.numel() * 4 * x.element_size())
         general = k.upfirdn2d(*args, GENERAL_PATH)
         assert not tiled.isnan().any() and not general.isnan().any()
+        # The binding reads the layout from x's strides: the output keeps it on either path.
+        fmt = torch.channels_last if channels_last and not x.is_contiguous() else torch.contiguous_format
+        want_stride = torch.empty(tiled.shape, memory_format=fmt).stride()
+        assert tiled.stride() == general.stride() == want_stride, (tiled.stride(), x.stride())
         if dtype == torch.float32:
             torch.testing.assert_close(tiled, general, atol=1e-5, rtol=1e-5)
         else:  # at most one unit in the last place of the storage dtype apart
@@ -302,17 +308,17 @@ def test_bindings_reject_what_the_kernel_does_not_cover(gen):
     x = torch.randn(1, 2, 9, 9, generator=gen).cuda()
     f = torch.randn(3, 3, generator=gen).cuda()
     with pytest.raises(RuntimeError, match="tiled path"):
-        k.upfirdn2d(x, f, 1, 1, 1, 1, 1, 1, 1, 1, False, 1.0, False, TILED_PATH)
+        k.upfirdn2d(x, f, 1, 1, 1, 1, 1, 1, 1, 1, False, 1.0, TILED_PATH)
     with pytest.raises(RuntimeError, match="taps"):
-        k.upfirdn2d(x, torch.randn(13, 3, device="cuda"), 1, 1, 1, 1, 6, 6, 6, 6, False, 1.0, False, 0)
+        k.upfirdn2d(x, torch.randn(13, 3, device="cuda"), 1, 1, 1, 1, 6, 6, 6, 6, False, 1.0, 0)
     with pytest.raises(RuntimeError, match="factors"):
-        k.upfirdn2d(x, f, 9, 1, 1, 1, 1, 1, 1, 1, False, 1.0, False, 0)
+        k.upfirdn2d(x, f, 9, 1, 1, 1, 1, 1, 1, 1, False, 1.0, 0)
     with pytest.raises(RuntimeError, match="float32"):
-        k.upfirdn2d(x, f.half(), 1, 1, 1, 1, 1, 1, 1, 1, False, 1.0, False, 0)
+        k.upfirdn2d(x, f.half(), 1, 1, 1, 1, 1, 1, 1, 1, False, 1.0, 0)
     with pytest.raises(RuntimeError, match="empty"):
-        k.upfirdn2d(x, f, 1, 1, 1, 1, -4, -4, 0, 0, False, 1.0, False, 0)
+        k.upfirdn2d(x, f, 1, 1, 1, 1, -4, -4, 0, 0, False, 1.0, 0)
     with pytest.raises(RuntimeError, match="CUDA tensor"):
-        k.upfirdn2d(x.cpu(), f, 1, 1, 1, 1, 1, 1, 1, 1, False, 1.0, False, 0)
+        k.upfirdn2d(x.cpu(), f, 1, 1, 1, 1, 1, 1, 1, 1, False, 1.0, 0)
 
 
 @pytest.mark.cuda

@@ -81,6 +81,13 @@ def _dense(t: torch.Tensor) -> bool:
     return True
 
 
+def _output_layout(t: torch.Tensor) -> torch.memory_format:
+    """csrc/torch_checks.h output_layout: channels_last when t is laid out so and not also contiguous."""
+    if t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _epilogue_channels_last(t: torch.Tensor, name: str) -> bool:
     if t.ndim != 4:
         raise BindingCheckError(f"{name} must be [batch_size, channels, height, width], got {list(t.shape)}")
@@ -172,8 +179,7 @@ class EmulatedKernels:
 
     # ---- upfirdn2d (csrc/bind_upfirdn2d.h) -------------------------------------------------------
 
-    def upfirdn2d(self, x, f, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, flip, gain,
-                  channels_last, path):
+    def upfirdn2d(self, x, f, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, flip, gain, path):
         _check_cpu(x, "x")
         _check_cpu(f, "f")
         dt = _kernel_dtype(x, "x")
@@ -184,8 +190,8 @@ class EmulatedKernels:
         out_h = (x.shape[2] * up_y + pad_y0 + pad_y1 - fh) // down_y + 1
         if out_w < 1 or out_h < 1:
             raise BindingCheckError("upfirdn2d: the output would be empty")
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        y = _poisoned([x.shape[0], x.shape[1], out_h, out_w], dtype=x.dtype, memory_format=fmt)
+        # The binding's output_layout (csrc/torch_checks.h): x's layout, read from its strides.
+        y = _poisoned([x.shape[0], x.shape[1], out_h, out_w], dtype=x.dtype, memory_format=_output_layout(x))
         if y.numel() == 0:
             return y
         arrays = self._upfirdn2d_arrays(x, y, (up_x, up_y, down_x, down_y), (fw, fh))
@@ -202,13 +208,6 @@ class EmulatedKernels:
         return ((_i64 * 4)(*x.stride()), (_i64 * 4)(*y.stride()),
                 (_i64 * 6)(x.shape[0], x.shape[1], x.shape[2], x.shape[3], y.shape[2], y.shape[3]),
                 (_int * 4)(*factors), None, (_int * 2)(*taps))
-
-    def upfirdn2d_tiled_covers(self, x: torch.Tensor, y_shape, factors, taps, channels_last: bool) -> bool:
-        """Whether auto would take a tiled path (csrc/upfirdn2d.h's upfirdn2d_tiled_covers)."""
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        y = torch.empty(y_shape, dtype=x.dtype, memory_format=fmt)
-        a = self._upfirdn2d_arrays(x, y, factors, taps)
-        return bool(self._lib.sg2emu_upfirdn2d_tiled_covers(a[0], a[1], a[2], a[3], a[5]))
 
     # ---- modulated conv (csrc/bind_modulated_conv.h) ---------------------------------------------
 
