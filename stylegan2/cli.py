@@ -160,6 +160,7 @@ def train(ctx: click.Context, **opts: Any) -> None:
     click.echo(why)
     if opts["dry_run"]:
         click.echo(cfg.to_json())
+        distributed.shutdown()
         return
     if cfg.precision == "fp16" and not _cuda_available() and not (cfg.device or "").startswith("cuda"):
         raise click.BadParameter("fp16 needs a CUDA GPU; use fp32 (or bf16) on a CPU", param_hint="--precision")

@@ -276,18 +276,30 @@ def _buckets(tensors: Sequence[torch.Tensor], limit: int) -> Iterator[list[torch
         yield bucket
 
 
-def _flat_op(tensors: Sequence[torch.Tensor], op: Callable[[torch.Tensor], None], limit: int) -> None:
-    """Copy tensors into flat float32 buckets, apply `op` to each bucket, copy the results back.
+def _flat_op(tensors: Sequence[torch.Tensor], op: Callable[[torch.Tensor], torch.Tensor], limit: int) -> None:
+    """Copy tensors into flat float32 buckets, apply `op` to each bucket (it returns the result,
+    on the device the backend reduces on), copy the results back.
     reshape(-1) reads a tensor in its logical order whatever its strides, and copy_ writes back
     into channels_last (or any) layout, so no layout or dtype needs the same bucket view."""
     for bucket in _buckets(tensors, limit):
-        flat = torch.cat([t.detach().reshape(-1).to(torch.float32) for t in bucket])
-        op(flat)
+        flat = op(torch.cat([t.detach().reshape(-1).to(torch.float32) for t in bucket]))
         offset = 0
         for t in bucket:
             n = t.numel()
-            t.detach().copy_(flat[offset:offset + n].view(t.shape))
+            t.detach().copy_(flat[offset:offset + n].view(t.shape))  # copy_ converts dtype and device
             offset += n
+
+
+def _all_reduce_sum(flat: torch.Tensor) -> torch.Tensor:
+    buf = _comm_device(flat)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf
+
+
+def _broadcast_from_main(flat: torch.Tensor) -> torch.Tensor:
+    buf = _comm_device(flat)
+    dist.broadcast(buf, src=0)
+    return buf
 
 
 def all_reduce_grads(params: Iterable[torch.nn.Parameter], what: str = "summing gradients across ranks",
@@ -299,7 +311,7 @@ def all_reduce_grads(params: Iterable[torch.nn.Parameter], what: str = "summing 
         return
     grads = [p.grad for p in params if p.grad is not None]
     with collective(what):
-        _flat_op(grads, lambda flat: dist.all_reduce(_comm_device(flat), op=dist.ReduceOp.SUM), limit)
+        _flat_op(grads, _all_reduce_sum, limit)
 
 
 def broadcast_tensors(tensors: Sequence[torch.Tensor], what: str = "copying rank 0's weights to every rank",
@@ -308,7 +320,7 @@ def broadcast_tensors(tensors: Sequence[torch.Tensor], what: str = "copying rank
     if not current().active:
         return
     with collective(what):
-        _flat_op(list(tensors), lambda flat: dist.broadcast(_comm_device(flat), src=0), limit)
+        _flat_op(list(tensors), _broadcast_from_main, limit)
 
 
 def sync_tensors(named: dict[str, torch.Tensor], what: str = "checking the ranks agree") -> list[str]:
