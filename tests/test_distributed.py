@@ -171,6 +171,27 @@ def _forbid_writes() -> None:
         setattr(fileio, name, refuse(name))
 
 
+def _collective_checks(rank: int) -> dict[str, object]:
+    """The helpers under the loop, on values that differ by rank."""
+    from stylegan2.training import distributed
+    gen = torch.Generator().manual_seed(rank)
+    # Gradients in channels_last and bf16 layouts: summed over ranks, layout and dtype kept.
+    w = torch.nn.Parameter(torch.zeros(2, 3, 4, 5).to(memory_format=torch.channels_last))
+    v = torch.nn.Parameter(torch.zeros(7, dtype=torch.bfloat16))
+    w.grad = torch.randn(2, 3, 4, 5, generator=gen).to(memory_format=torch.channels_last)
+    v.grad = torch.randn(7, generator=gen).to(torch.bfloat16)
+    mine = (w.grad.clone(), v.grad.clone())
+    distributed.all_reduce_grads([w, v], limit=50)  # two buckets
+    theirs = [torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(r)) for r in (0, 1)]
+    ok_sum = torch.allclose(w.grad, theirs[0] + theirs[1], atol=1e-6) and v.grad.dtype == torch.bfloat16 \
+        and w.grad.is_contiguous(memory_format=torch.channels_last) and not torch.equal(w.grad, mine[0])
+    t = torch.full((3,), float(rank + 1))
+    distributed.broadcast_tensors([t])
+    differ = distributed.sync_tensors({"same": torch.ones(4), "differs": torch.tensor([float(rank)])})
+    return {"grad_sum": bool(ok_sum), "broadcast": t.tolist(), "differ": differ,
+            "any": distributed.any_across(rank == 1), "max": distributed.max_across(float(rank))}
+
+
 def _worker(rank: int, port: int, tmp: str) -> None:
     """One rank: the four scenarios, in the order the test expects, results in tmp/rank<r>.json."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
@@ -188,6 +209,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         _train("--data", data, "--out", tmp_p / "b2", "--batch-gpu", 2, "--channels-last", "--precision", "bf16")
         _train("--data", data, "--resume", tmp_p / "h")
         result["scenarios"] = "done"
+        result.update(_collective_checks(rank))
         (tmp_p / f"rank{rank}.json").write_text(json.dumps(result))  # rank 1 will not get further
         # A rank that hangs: rank 1 stops answering in its second step.
         real_step, calls = loop.train_step, []
@@ -271,7 +293,10 @@ def test_two_ranks_train_like_one_resume_across_world_sizes_and_fail_on_a_hang(t
                else {"error": "no result"} for r in (0, 1)]
     assert "error" not in results[0], results[0].get("error")
     assert results[0].get("scenarios") == "done"
-    assert results[1] == {"scenarios": "done"}  # killed while it hangs; nothing failed before
+    assert results[1].get("scenarios") == "done" and "error" not in results[1]  # killed while it hangs
+    for r in results:  # the helpers under the loop
+        assert r["grad_sum"] and r["broadcast"] == [1.0, 1.0, 1.0] and r["differ"] == ["differs"]
+        assert r["any"] is True and r["max"] == 1.0
 
     # 2 ranks x 4 images == 1 rank x 2 rounds x 4 images; 2 ranks x 2 rounds x 2 == 1 x 4 x 2
     # (bf16 layers, channels_last): equal up to the order the float gradients are summed in.

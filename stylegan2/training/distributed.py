@@ -23,9 +23,10 @@ are float32 whatever a gradient's dtype) are reduced alike.
 
 Failures: every collective runs under `collective(what)`, which turns the error torch raises
 when a peer died (gloo: connection closed) or the timeout passed (`--dist-timeout`, default
-600 s; it must exceed the longest pause of rank 0 alone, i.e. writing a snapshot) into a
-CollectiveError naming this rank, the operation and the likely cause. On NCCL the watchdog
-aborts a process whose collective timed out; torchrun then stops the other ranks.
+600 s; it must exceed the longest pause of rank 0 alone: writing a snapshot, or decoding the
+dataset into the cache on a first run) into a CollectiveError naming this rank, the operation
+and the likely cause. On NCCL the watchdog aborts a process whose collective timed out; torchrun
+stops the other ranks as soon as one exits with an error.
 """
 from __future__ import annotations
 
@@ -81,6 +82,10 @@ class World:
 _world = World()
 _users = 0  # init_from_env calls not yet matched by shutdown(); the group made here ends at 0
 _owned = False  # whether init_from_env made the group (one made by the caller is theirs to end)
+# Under NCCL, a gloo group for the host-side messages (the per-step stop flag, times, RNG states,
+# the run directory): a CPU all-reduce there never waits for the GPU's queue, where one through
+# NCCL would make the host wait for every step to finish.
+_control: Any = None
 
 
 def launched_by_torchrun() -> bool:
@@ -132,7 +137,7 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S, device: str | None = Non
     that drives the command line in its worker processes), it joins nothing new; each call is
     matched by one shutdown().
     """
-    global _world, _users, _owned
+    global _world, _users, _owned, _control
     if not timeout_s > 0:
         raise ValueError(f"--dist-timeout: must be positive, got {timeout_s}")
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
@@ -150,6 +155,7 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S, device: str | None = Non
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
             dist.init_process_group("nccl", timeout=timeout, device_id=dev)
+            _control = dist.new_group(backend="gloo", timeout=timeout)
         else:
             dist.init_process_group("gloo", timeout=timeout)
         _owned = True
@@ -160,14 +166,14 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S, device: str | None = Non
 def shutdown() -> None:
     """Leave the process group init_from_env joined (at the end of a run that went well), once
     every init_from_env call has been matched; a group made by the caller is left alone."""
-    global _world, _users, _owned
+    global _world, _users, _owned, _control
     if _users == 0:
         return
     _users -= 1
     if _users == 0:
         if _owned and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-        _world, _owned = World(), False
+        _world, _owned, _control = World(), False, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,6 +193,11 @@ def collective(what: str) -> Iterator[None]:
             f"rank {w.rank} of {w.size}: {what} failed: another rank died or hangs (each collective "
             f"waits at most --dist-timeout {w.timeout_s:g} s; see the other ranks' errors above). "
             f"torch said: {first}") from None
+
+
+def _control_group() -> Any:
+    """The group for host-side messages: the gloo one next to NCCL, else the default group."""
+    return _control
 
 
 def _comm_device(t: torch.Tensor) -> torch.Tensor:
@@ -215,31 +226,31 @@ def mean_across(t: torch.Tensor, what: str = "averaging statistics across ranks"
 
 
 def max_across(value: float, what: str = "the slowest rank's time") -> float:
+    """The largest of the ranks' values (host-side: through the control group)."""
     w = current()
     if not w.active:
         return value
     t = torch.tensor([float(value)], dtype=torch.float64)
     with collective(what):
-        buf = _comm_device(t)
-        dist.all_reduce(buf, op=dist.ReduceOp.MAX)
-    return float(buf.item())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group())
+    return float(t.item())
 
 
 def any_across(flag: bool, what: str = "agreeing on a stop") -> bool:
-    """True on every rank when it is True on one (so all ranks stop at the same step)."""
+    """True on every rank when it is True on one (so all ranks stop at the same step). A CPU
+    all-reduce in the control group: called every step, it must not wait for the GPU."""
     if not current().active:
         return flag
     t = torch.tensor([1.0 if flag else 0.0])
     with collective(what):
-        buf = _comm_device(t)
-        dist.all_reduce(buf, op=dist.ReduceOp.MAX)
-    return bool(buf.item() > 0)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group())
+    return bool(t.item() > 0)
 
 
 def barrier(what: str = "waiting for the other ranks") -> None:
     if current().active:
         with collective(what):
-            dist.barrier()
+            dist.barrier(group=_control_group())
 
 
 def broadcast_object(obj: T, what: str = "sharing rank 0's value") -> T:
@@ -248,7 +259,7 @@ def broadcast_object(obj: T, what: str = "sharing rank 0's value") -> T:
         return obj
     box = [obj]
     with collective(what):
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=_control_group())
     return box[0]
 
 
@@ -259,7 +270,7 @@ def gather_objects(obj: Any, what: str = "gathering the ranks' RNG states") -> l
         return [obj]
     out: list[Any] = [None] * w.size
     with collective(what):
-        dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj, group=_control_group())
     return out
 
 
