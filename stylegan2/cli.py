@@ -142,6 +142,7 @@ def main() -> None:
 @click.pass_context
 def train(ctx: click.Context, **opts: Any) -> None:
     """Train a StyleGAN2 (defaults: the built-in mni152 data, preset auto)."""
+    _quiet_unless_rank0()
     ckpt = init = None
     if opts["resume"] is not None:
         if opts["init_from"] is not None:
@@ -203,18 +204,23 @@ def train(ctx: click.Context, **opts: Any) -> None:
 
 
 def _start_world(opts: dict[str, Any], cfg: TrainConfig) -> distributed.World:
-    """The process group when torchrun started this process (a world of one otherwise): the
-    batch split checked first, one line; stdout and warnings silenced on ranks other than 0."""
+    """The process group when torchrun started this process (a world of one otherwise), the
+    batch split checked first, one line."""
     size = int(os.environ.get("WORLD_SIZE", 1)) if distributed.launched_by_torchrun() else 1
     try:
         distributed.check_batch(cfg.batch, cfg.batch_gpu, size)
         world, _ = distributed.init_from_env(opts["dist_timeout"], cfg.device)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    if not world.is_main:
-        sys.stdout = open(os.devnull, "w")  # errors still reach stderr from every rank
-        warnings.simplefilter("ignore")  # rank 0 shows the dataset's and the run's warnings once
     return world
+
+
+def _quiet_unless_rank0() -> None:
+    """Under torchrun, ranks other than 0 print nothing on stdout (errors still reach stderr from
+    every rank) and show no warnings (rank 0 shows the dataset's and the run's once)."""
+    if distributed.launched_by_torchrun() and os.environ["RANK"] != "0":
+        sys.stdout = open(os.devnull, "w")
+        warnings.simplefilter("ignore")
 
 
 def _check_out(folder: Path, keep: bool, option: str = "--out") -> None:
@@ -286,7 +292,8 @@ def _resume_config(ctx: click.Context, opts: dict[str, Any], ckpt: dict[str, Any
     fixed = [f"--{n.replace('_', '-')}" for n in _MODEL_OPTIONS if _given(ctx, n)]
     if fixed:
         raise click.UsageError(f"{', '.join(fixed)}: fixed by the checkpoint when resuming "
-                               "(only --kimg, --snap, --tick, --threads, --device, --channels-last, --batch-gpu and --data may change)")
+                               "(only --kimg, --snap, --tick, --threads, --device, --channels-last, --batch-gpu "
+                               "and --data may change)")
     values = dict(ckpt["config"])
     for opt, fieldname in _RUNTIME_FIELDS.items():
         if opts[opt] is not None:

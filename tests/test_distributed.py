@@ -199,6 +199,8 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     torch.set_num_threads(1)
     from stylegan2.training import distributed, loop
     tmp_p = Path(tmp)
+    out = os.open(tmp_p / f"stdout{rank}.txt", os.O_WRONLY | os.O_CREAT)
+    os.dup2(out, 1)  # what this rank prints, for the test to read
     result: dict[str, object] = {}
     try:
         distributed.init_from_env(TIMEOUT_S, "cpu")
@@ -294,6 +296,9 @@ def test_two_ranks_train_like_one_resume_across_world_sizes_and_fail_on_a_hang(t
     assert "error" not in results[0], results[0].get("error")
     assert results[0].get("scenarios") == "done"
     assert results[1].get("scenarios") == "done" and "error" not in results[1]  # killed while it hangs
+    # Only rank 0 printed: the run directories, the outputs (rank 1 wrote nothing to stdout).
+    assert (tmp_path / "stdout1.txt").read_text() == ""
+    assert (tmp_path / "stdout0.txt").read_text().count("run directory:") == 4  # a2, b2, h, hang
     for r in results:  # the helpers under the loop
         assert r["grad_sum"] and r["broadcast"] == [1.0, 1.0, 1.0] and r["differ"] == ["differs"]
         assert r["any"] is True and r["max"] == 1.0
