@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ from .training.loop import ResumeError, TrainingDiverged, TrainingWriteError
 from .training.init_from import config_overrides, init_mismatch, load_init
 from .training.loop import train as train_loop
 from .training.run_dir import dataset_name, new_run_dir
+from .training import distributed
+from .training.distributed import DEFAULT_TIMEOUT_S, CollectiveError
 from .training.signals import StopRequest
 from .training.state import condition_dim, model_config_dict
 
@@ -52,7 +55,7 @@ from .training.state import condition_dim, model_config_dict
 _MODEL_OPTIONS = ("preset", "resolution", "batch", "cond", "mirror", "gamma", "lr", "loss", "seed",
                   "precision", "channels", "max_images")
 _RUNTIME_FIELDS = {"kimg": "kimg", "snap": "snap_kimg", "tick": "tick_kimg", "threads": "threads",
-                   "device": "device", "channels_last": "channels_last"}
+                   "device": "device", "channels_last": "channels_last", "batch_gpu": "batch_gpu"}
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -99,7 +102,10 @@ def main() -> None:
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="auto",
               help="auto: gpu256 with a CUDA GPU, else cpu-small.")
 @click.option("--resolution", type=click.IntRange(4, 1024), default=None, show_default="from preset")
-@click.option("--batch", type=click.IntRange(1, 4096), default=None, show_default="from preset")
+@click.option("--batch", type=click.IntRange(1, 4096), default=None, show_default="from preset",
+              help="Images per step, over all ranks when started by torchrun.")
+@click.option("--batch-gpu", type=click.IntRange(1, 4096), default=None, show_default="batch / ranks",
+              help="Images per rank and round; a smaller value accumulates gradients over rounds.")
 @click.option("--kimg", type=FiniteFloatRange(0, MAX_KIMG, min_open=True), default=None, show_default="from preset",
               help="Train until this many thousand real images have been shown.")
 @click.option("--snap", type=FiniteFloatRange(0, MAX_KIMG, min_open=True), default=None, show_default="from preset",
@@ -128,12 +134,15 @@ def main() -> None:
 @click.option("--init-from", type=click.Path(exists=True, path_type=Path), default=None,
               help="Start a fresh run from these weights: ours, an NVlabs pickle or a rosinality .pt "
                    "(its network sizes; --channels / --resolution adapt them).")
+@click.option("--dist-timeout", type=FiniteFloatRange(0, min_open=True), default=DEFAULT_TIMEOUT_S,
+              help="Under torchrun: seconds a rank waits in a collective before the job fails.")
 @click.option("--keep", type=click.IntRange(0), default=0, help="Keep only the newest N checkpoints (0: all).")
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
 @click.pass_context
 def train(ctx: click.Context, **opts: Any) -> None:
     """Train a StyleGAN2 (defaults: the built-in mni152 data, preset auto)."""
+    _quiet_unless_rank0()
     ckpt = init = None
     if opts["resume"] is not None:
         if opts["init_from"] is not None:
@@ -146,20 +155,26 @@ def train(ctx: click.Context, **opts: Any) -> None:
             init = _load_init(opts)
         cfg, why = _fresh_config(opts, config_overrides(init) if init is not None else {})
         run_dir = None
+    # Under torchrun: join the process group; only rank 0 prints and writes from here on.
+    world = _start_world(opts, cfg)
     _check_data_path(cfg.data)
     click.echo(why)
     if opts["dry_run"]:
         click.echo(cfg.to_json())
+        distributed.shutdown()
         return
     if cfg.precision == "fp16" and not _cuda_available() and not (cfg.device or "").startswith("cuda"):
         raise click.BadParameter("fp16 needs a CUDA GPU; use fp32 (or bf16) on a CPU", param_hint="--precision")
     # Before the dataset loads (minutes for a large one): can the run's files be written at all?
-    if run_dir is None:
+    if not world.is_main:
+        pass
+    elif run_dir is None:
         _check_out(opts["out"], keep=False)
     else:  # resuming writes into the checkpoint's run directory, whatever --out says
         _check_out(run_dir, keep=True, option="--resume")
 
-    dataset = _open_data(cfg, opts["progress"])
+    # Decoded once (rank 0 first), read back from the cache and shared memory-mapped by the others.
+    dataset = distributed.main_first(lambda: _open_data(cfg, opts["progress"] and world.is_main, mmap=world.active))
     try:  # before a run directory is made for a run that cannot start
         c_dim = condition_dim(cfg, dataset)
     except ValueError as e:
@@ -169,21 +184,43 @@ def train(ctx: click.Context, **opts: Any) -> None:
         if bad:
             raise click.UsageError(f"--init-from {opts['init_from']}: its networks differ from this run's: "
                                    f"{'; '.join(bad)}")
-    if run_dir is None:
+    if run_dir is None and world.is_main:
         try:
             run_dir = new_run_dir(opts["out"], f"{dataset_name(cfg.data)}-{cfg.preset}")
         except fileio.WriteError as e:
             raise click.ClickException(str(e)) from None
+    run_dir = distributed.broadcast_object(run_dir, "learning rank 0's run directory")
     click.echo(f"data: {dataset.source}" + (f" ({dataset.skipped} unreadable files skipped)" if dataset.skipped else ""))
     click.echo(f"run directory: {run_dir}")
     # Held until the outputs are listed: a second Ctrl-C stays ignored after the loop returned.
     with StopRequest() as stop:
         result = _run_training(cfg, run_dir, dataset, ckpt, opts, stop, init)
         _print_outputs(result)
+    distributed.shutdown()
     if result.stop_signal is not None:
         # 128 + signal, as a shell reports a process the signal ended (130 SIGINT, 143 SIGTERM):
         # a scheduler can tell a preempted run, to be resumed, from a finished one.
         ctx.exit(128 + result.stop_signal)
+
+
+def _start_world(opts: dict[str, Any], cfg: TrainConfig) -> distributed.World:
+    """The process group when torchrun started this process (a world of one otherwise), the
+    batch split checked first, one line."""
+    size = int(os.environ.get("WORLD_SIZE", 1)) if distributed.launched_by_torchrun() else 1
+    try:
+        distributed.check_batch(cfg.batch, cfg.batch_gpu, size)
+        world, _ = distributed.init_from_env(opts["dist_timeout"], cfg.device)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    return world
+
+
+def _quiet_unless_rank0() -> None:
+    """Under torchrun, ranks other than 0 print nothing on stdout (errors still reach stderr from
+    every rank) and show no warnings (rank 0 shows the dataset's and the run's once)."""
+    if distributed.launched_by_torchrun() and os.environ["RANK"] != "0":
+        sys.stdout = open(os.devnull, "w")
+        warnings.simplefilter("ignore")
 
 
 def _check_out(folder: Path, keep: bool, option: str = "--out") -> None:
@@ -232,6 +269,7 @@ def _fresh_config(opts: dict[str, Any], source: dict[str, Any]) -> tuple[TrainCo
     """The preset with the options given; `source` (network sizes of --init-from) wins over the
     preset, and equals the options where both say something (load_init adapted to them)."""
     overrides = dict(data=opts["data"] or BUILTIN, resolution=opts["resolution"], batch=opts["batch"],
+                     batch_gpu=opts["batch_gpu"],
                      kimg=opts["kimg"], snap_kimg=opts["snap"], tick_kimg=opts["tick"], cond=opts["cond"],
                      mirror=opts["mirror"], gamma=opts["gamma"], lr=opts["lr"], loss=opts["loss"],
                      precision=opts["precision"], max_images=opts["max_images"], seed=opts["seed"],
@@ -254,7 +292,8 @@ def _resume_config(ctx: click.Context, opts: dict[str, Any], ckpt: dict[str, Any
     fixed = [f"--{n.replace('_', '-')}" for n in _MODEL_OPTIONS if _given(ctx, n)]
     if fixed:
         raise click.UsageError(f"{', '.join(fixed)}: fixed by the checkpoint when resuming "
-                               "(only --kimg, --snap, --tick, --threads, --device, --channels-last and --data may change)")
+                               "(only --kimg, --snap, --tick, --threads, --device, --channels-last, --batch-gpu "
+                               "and --data may change)")
     values = dict(ckpt["config"])
     for opt, fieldname in _RUNTIME_FIELDS.items():
         if opts[opt] is not None:
@@ -271,10 +310,10 @@ def _resume_config(ctx: click.Context, opts: dict[str, Any], ckpt: dict[str, Any
     return cfg, run_dir, f"resuming {path} at {kimg:.3f} kimg (preset {cfg.preset}), until {cfg.kimg:g} kimg"
 
 
-def _open_data(cfg: TrainConfig, progress: bool) -> Any:
+def _open_data(cfg: TrainConfig, progress: bool, mmap: bool = False) -> Any:
     try:
         return data.open_dataset(cfg.data, cfg.resolution, cfg.channels, max_images=cfg.max_images,
-                            progress=progress)
+                                 progress=progress, mmap=mmap)
     except DatasetError as e:
         raise click.ClickException(f"cannot use --data {cfg.data}: {e}") from e
 
@@ -284,7 +323,7 @@ def _run_training(cfg: TrainConfig, run_dir: Path, dataset: Any, ckpt: dict[str,
     try:
         return train_loop(cfg, run_dir, dataset, resume=ckpt, allow_data_change=opts["allow_data_change"],
                           progress=opts["progress"], keep=opts["keep"], log=click.echo, stop=stop, init=init)
-    except (TrainingDiverged, ResumeError, TrainingWriteError, fileio.WriteError) as e:
+    except (TrainingDiverged, ResumeError, TrainingWriteError, fileio.WriteError, CollectiveError) as e:
         raise click.ClickException(str(e)) from None
     except ValueError as e:  # a configuration the networks or the loss refuse
         raise click.ClickException(str(e)) from e

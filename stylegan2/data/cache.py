@@ -166,12 +166,15 @@ def _read_header(f: BinaryIO, zf: zipfile.ZipFile) -> dict[str, Any]:
     return header
 
 
-def _read_member(f: BinaryIO, zf: zipfile.ZipFile, name: str) -> np.ndarray:
+def _read_member(f: BinaryIO, zf: zipfile.ZipFile, name: str, mmap: bool = False) -> np.ndarray:
     """The array in the stored (uncompressed) .npy member `name` of the zip open as `f`.
 
     One readinto() straight into the new array, and one CRC-32 over it: np.load copies a
     stored member in 256 kB pieces and needs about twice as long, which for OASIS at 256x256
     (740 MB) was most of the 3 s a cached start may take.
+
+    mmap: map the array read-only from the file instead (np.memmap; the CRC is still checked):
+    the training processes of one machine then share one copy in the page cache.
     """
     info = zf.getinfo(name)
     if info.compress_type != zipfile.ZIP_STORED:
@@ -191,10 +194,18 @@ def _read_member(f: BinaryIO, zf: zipfile.ZipFile, name: str) -> np.ndarray:
     if fortran_order or dtype.hasobject:
         raise ValueError(f"{name}: not a plain C-ordered array")
     prefix_len = f.tell() - start
-    arr = np.empty(shape, dtype=dtype)
-    data = memoryview(arr).cast("B")
-    if prefix_len + arr.nbytes != info.file_size or f.readinto(data) != arr.nbytes:
-        raise EOFError(f"{name} is truncated")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if mmap:
+        if prefix_len + nbytes != info.file_size or os.fstat(f.fileno()).st_size < start + prefix_len + nbytes:
+            raise EOFError(f"{name} is truncated")
+        arr = np.memmap(f, dtype=dtype, mode="r", offset=start + prefix_len, shape=shape) if nbytes \
+            else np.empty(shape, dtype=dtype)
+        data = memoryview(arr).cast("B")
+    else:
+        arr = np.empty(shape, dtype=dtype)
+        data = memoryview(arr).cast("B")
+        if prefix_len + arr.nbytes != info.file_size or f.readinto(data) != arr.nbytes:
+            raise EOFError(f"{name} is truncated")
     f.seek(start)
     crc = zlib.crc32(data, zlib.crc32(f.read(prefix_len)))  # the zip's CRC covers the .npy header too
     if crc != info.CRC:
@@ -202,9 +213,10 @@ def _read_member(f: BinaryIO, zf: zipfile.ZipFile, name: str) -> np.ndarray:
     return arr
 
 
-def load_cached(path: Path, state: SourceState) -> Optional[ImageDataset]:
+def load_cached(path: Path, state: SourceState, mmap: bool = False) -> Optional[ImageDataset]:
     """The dataset stored at `path` if it was built from the sources described by `state`;
-    None if there is no such file, it is stale, or it is unreadable (that one with a warning)."""
+    None if there is no such file, it is stale, or it is unreadable (that one with a warning).
+    mmap: the images memory-mapped read-only from the file (see _read_member)."""
     if not path.is_file():
         return None
     try:
@@ -219,7 +231,7 @@ def load_cached(path: Path, state: SourceState) -> Optional[ImageDataset]:
             # The arrays just passed their CRC-32, so the fingerprint stored beside them holds;
             # hashing 740 MB again would cost the training start about 2 s.
             same_hash = header.get("fingerprint_version") == FINGERPRINT_VERSION.decode()
-            ds = ImageDataset(_read_member(f, zf, "images.npy"), labels,
+            ds = ImageDataset(_read_member(f, zf, "images.npy", mmap=mmap), labels,
                               header["label_names"] if header["labeled"] else None,
                               skipped=int(header["skipped"]), source=str(header["source"]),
                               notes=header["notes"],
@@ -272,10 +284,12 @@ def cached_dataset(
     build: Callable[[], ImageDataset],
     *,
     cache_dir: Optional[str | os.PathLike] = None,
+    mmap: bool = False,
 ) -> ImageDataset:
     """The dataset `build()` makes from the files `sources`, read from the cache when it holds
     one built with the same `kind` and `params` from the same files (same paths, sizes and
-    modification times); else built, and stored for next time.
+    modification times); else built, and stored for next time. mmap: a cached dataset's images
+    are memory-mapped read-only (several training processes share one copy).
 
     params: JSON-serialisable; every option that changes the pixels or labels (resolution,
     channels, the source folder, fit, subset...). A cache hit reports again (as DatasetWarning)
@@ -283,7 +297,7 @@ def cached_dataset(
     """
     path = datasets_dir(cache_dir) / slot_name(kind, params)
     state = source_state(path.name, sources)
-    ds = load_cached(path, state)
+    ds = load_cached(path, state, mmap=mmap)
     if ds is not None:
         for note in ds.notes:
             report(f"{note} (when decoded; cached in {path})")

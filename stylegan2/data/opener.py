@@ -48,6 +48,7 @@ def open_dataset(
     max_images: Optional[int] = None,
     progress: bool = True,
     fit: str = "pad",
+    mmap: bool = False,
 ) -> ImageDataset:
     """Opens a dataset and decodes it into memory as uint8 [N, channels, resolution, resolution].
 
@@ -64,6 +65,8 @@ def open_dataset(
     max_images: keep at most this many images (a seeded random subset).
     progress: show tqdm progress bars while loading.
     fit: how non-square images become square: "pad" (centred on black) or "crop" (centre).
+    mmap: a dataset found in the cache has its images memory-mapped read-only from the cache
+        file, not read into this process's memory (training ranks of one machine share them).
 
     Raises DatasetError (a ValueError) naming the path if it does not exist, is empty or holds
     nothing readable; ValueError for bad arguments. Unreadable files are skipped, counted in
@@ -77,7 +80,7 @@ def open_dataset(
                                       version=GENERATOR_VERSION, strength=asdict(WarpStrength()))
         return cached_dataset(BUILTIN, params, [tpl] if tpl else [],
                               lambda: build_mni152(resolution, channels, count, seed, progress=progress),
-                              cache_dir=cache_dir)
+                              cache_dir=cache_dir, mmap=mmap)
 
     layout = detect_layout(Path(spec).expanduser())
     root = layout.root
@@ -90,8 +93,8 @@ def open_dataset(
         volumes = list_nifti_files(root)
         return cached_dataset("nifti", params, volumes,
                               lambda: open_nifti(root, resolution, channels, files=volumes, **options),
-                              cache_dir=cache_dir)
+                              cache_dir=cache_dir, mmap=mmap)
     listing = LISTERS[layout.kind](root)
     return cached_dataset(layout.kind, {**params, "fit": fit}, listing.files,
                           lambda: open_listing(listing, resolution, channels, fit=fit, **options),
-                          cache_dir=cache_dir)
+                          cache_dir=cache_dir, mmap=mmap)

@@ -10,6 +10,8 @@
     checkpoint.py  checkpoints: a Run saved and restored (ResumeError), files loaded, validated and
                    found, load_generator / load_discriminator
     losses.py      the StyleGAN2 loss (logistic, WGAN-GP) and its regularization defaults
+    distributed.py torchrun's process group: joining it, the rank's device, the collectives
+    split.py       a step's batch over ranks and rounds, and each chunk's RNG stream
     stats.py, plots.py, signals.py
 
 Nothing is imported here: loading a checkpoint (generate, info) need not pull in the training

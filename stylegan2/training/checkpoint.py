@@ -11,6 +11,8 @@ A checkpoint is a plain dict of tensors, dicts, lists, ints, floats and strings,
     model_config         the networks' ModelConfig as a dict
     progress             {"cur_nimg", "step", "tick", "elapsed_s"}
     rng                  {"torch_cpu", "torch_cuda", "feeder"} (older files also "numpy", "python")
+    split                {"world_size", "batch_gpu", "chunk_rng"}: the RNG stream of every chunk
+                         of the batch (split.py; absent in older files)
     dataset              {"fingerprint", "source", "num_images", "label_names"}
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 from .. import fileio
 from ..networks import Discriminator, Generator, ModelConfig
 from .config import TrainConfig, resolve
+from .split import check_saved as check_split
 from .state import Run, model_config_dict
 
 FORMAT = "stylegan2-brain-mri"
@@ -366,6 +369,8 @@ def _check_contents(ck: dict[str, Any]) -> None:
     if not torch.is_tensor(ck["loss"].get("pl_mean")) or ck["loss"]["pl_mean"].numel() != 1:
         raise ValueError("loss: 'pl_mean' is missing or not a one-element tensor")
 
+    check_split(ck.get("split"))  # per-chunk RNG streams (split.py); absent in older files
+
     with torch.device("meta"):  # shapes only: no memory, no random initialisation
         G, D = Generator(mc), Discriminator(mc)
     g_ref, d_ref = G.state_dict(), D.state_dict()
@@ -419,7 +424,10 @@ def checkpoint_dict(run: Run) -> dict[str, Any]:
         config=run.cfg.to_dict(), model_config=dict(run.model_cfg),
         progress={"cur_nimg": run.cur_nimg, "step": run.step, "tick": run.tick,
                   "elapsed_s": float(run.elapsed_s)},
-        rng=rng, dataset=dict(run.dataset_info))
+        rng=rng, dataset=dict(run.dataset_info),
+        # Every chunk's RNG stream, for a resume on any number of ranks (split.py); gathered from
+        # the ranks by the loop before rank 0 writes.
+        **({"split": run.split.state_dict()} if run.split is not None else {}))
 
 
 def save_checkpoint(run: Run, run_dir: Path, keep: int = 0) -> Path:
@@ -452,6 +460,8 @@ def restore_run(run: Run, ckpt: dict[str, Any], allow_data_change: bool = False)
     if saved_fp == run.dataset_info["fingerprint"]:
         run.feeder.load_state_dict(ckpt["rng"]["feeder"])
     restore_rng(ckpt["rng"])
+    if run.split is not None:  # this rank's RNG streams, the same or another number of ranks
+        run.split.start(run.cfg.seed, run.step, ckpt.get("split"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,7 +47,8 @@ class TrainConfig(PlainDict):
     conv_clamp: float | None = None  # None: 256 when precision != fp32, else no clamp
     channels_last: bool = False     # NHWC activations in G and D (a speed choice; same numbers)
     # Optimisation.
-    batch: int = 32
+    batch: int = 32                 # images per step over all ranks (the global batch)
+    batch_gpu: int | None = None    # images per rank and round; None: batch / ranks (see split.py)
     kimg: float = 10.0              # stop after this many thousand real images shown to D
     lr: float = 0.0025
     beta1: float = 0.0
@@ -184,6 +185,8 @@ def _check(c: TrainConfig) -> None:
         raise ValueError(f"beta1/beta2: must lie in [0, 1), got {c.beta1}, {c.beta2}")
     if c.gamma is not None and c.gamma < 0:
         raise ValueError(f"gamma: must be >= 0, got {c.gamma}")
+    if c.batch_gpu is not None and (c.batch_gpu < 1 or c.batch % c.batch_gpu):
+        raise ValueError(f"batch_gpu: must be at least 1 and divide batch ({c.batch}), got {c.batch_gpu}")
     if c.threads is not None and c.threads < 1:
         raise ValueError(f"threads: must be at least 1, got {c.threads}")
     if not 0.0 <= c.style_mixing <= 1.0:

@@ -8,6 +8,7 @@ is pinned and copied per batch without blocking); conversion to float happens on
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,11 @@ class BatchFeeder:
             raise ValueError("images: the dataset is empty")
         self.n = len(images)
         self.batch, self.device, self.mirror, self.c_dim = batch, device, mirror, c_dim
-        host = torch.from_numpy(np.ascontiguousarray(images))
+        with warnings.catch_warnings():
+            # A memory-mapped cache file (several ranks share one copy) is read-only; nothing
+            # here writes to it, which is what torch's warning is about.
+            warnings.filterwarnings("ignore", message=".*not writable.*")
+            host = torch.from_numpy(np.ascontiguousarray(images))
         self.images = self._place(host, device)
         if c_dim > 0:
             if labels is None:
@@ -73,10 +78,16 @@ class BatchFeeder:
             n -= take
         return torch.cat(out)
 
-    def reals(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next batch: images float32 [batch, C, R, R] in [-1, 1] and labels [batch, c_dim]."""
+    def reals(self, part: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next batch: images float32 [batch, C, R, R] in [-1, 1] and labels [batch, c_dim].
+
+        part: the slice of the batch this rank trains on (split.Split.local). The order and the
+        flips are drawn for the whole batch on every rank, so the ranks' shards of an epoch are
+        disjoint, cover it, and the generator stays the same on all of them."""
         idx = self._indices(self.batch)
         flip = torch.rand(self.batch, generator=self.gen) < 0.5 if self.mirror else None
+        if part is not None:
+            idx, flip = idx[part], (flip[part] if flip is not None else None)
         idx_dev = self._to_device(idx)
         if self.images.device == self.device:
             x = self.images[idx_dev]

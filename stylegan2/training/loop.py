@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +28,7 @@ from ..convert import Converted
 from ..images import save_grid
 from ..torch_settings import torch_settings
 from . import checkpoint as ckpt_io
+from . import distributed
 from .checkpoint import ResumeError, restore_run, save_checkpoint
 from .config import TrainConfig
 from .grids import grid_latents, render, save_reals
@@ -81,16 +83,24 @@ def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[s
     TrainingWriteError when a file cannot be written (the last good checkpoint stays usable).
     """
     run_dir = Path(run_dir)
-    fileio.make_dirs(run_dir)
-    # Temporaries of a writer killed mid-write (the run's own files; no one else writes here).
-    stale = [p for d in (run_dir, run_dir / ckpt_io.CHECKPOINTS) for p in fileio.remove_stale_temporaries(d)]
-    if stale:
-        log(f"removed {len(stale)} temporary file(s) left by an interrupted write: "
-            f"{', '.join(p.name for p in stale[:4])}{' ...' if len(stale) > 4 else ''}")
-    device = pick_device(cfg)
+    # Under torchrun only rank 0 prints and writes files (distributed.py); every rank trains.
+    world = distributed.current()
+    if not world.is_main:
+        log, progress = _quiet, False
+    else:
+        fileio.make_dirs(run_dir)
+        # Temporaries of a writer killed mid-write (the run's own files; no one else writes here).
+        stale = [p for d in (run_dir, run_dir / ckpt_io.CHECKPOINTS) for p in fileio.remove_stale_temporaries(d)]
+        if stale:
+            log(f"removed {len(stale)} temporary file(s) left by an interrupted write: "
+                f"{', '.join(p.name for p in stale[:4])}{' ...' if len(stale) > 4 else ''}")
+    device = distributed.rank_device(cfg.device, world) if world.active else pick_device(cfg)
+    threads = pick_threads(cfg, device)
+    if world.active and device.type == "cpu" and not cfg.threads:  # the node's cores shared by its ranks
+        threads = max(1, (threads or 1) // world.local_size)
     # Thread count and cuDNN autotuning (same shapes every step) hold for this run only: a
     # notebook that trains gets its own settings back.
-    with torch_settings(threads=pick_threads(cfg, device), cudnn_benchmark=True if device.type == "cuda" else None):
+    with torch_settings(threads=threads, cudnn_benchmark=True if device.type == "cuda" else None):
         return _train(cfg, run_dir, dataset, device, resume, allow_data_change, progress, keep, log, stop, init)
 
 
@@ -101,8 +111,10 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Any, device: torch.device, 
     if resume is not None and init is not None:
         raise ValueError("resume continues a run, init starts one from other weights: give one of them")
     log(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
-                               else f", {torch.get_num_threads()} thread(s)"))
+                               else f", {torch.get_num_threads()} thread(s)")
+        + (f" on each of {run_world().size} ranks" if run_world().active else ""))
     run = setup_run(cfg, dataset, device)
+    log(_split_line(run))
     if init is not None:
         apply_init(run, init)
         log(f"networks initialised from {init.report.source}")
@@ -112,16 +124,24 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Any, device: torch.device, 
         restore_run(run, resume, allow_data_change)
         # The file resumed from: newer ones may exist but failed validation (see load_newest_valid).
         run.last_checkpoint = Path(resume["path"]) if "path" in resume else None
+        if run.split.note:
+            log(f"resuming: {run.split.note}")
     else:
         found = ckpt_io.list_checkpoints(run_dir)
         run.last_checkpoint = found[-1][1] if found else None
+    # Every rank starts from rank 0's weights, whatever each built or loaded, and knows rank 0's
+    # newest checkpoint (a node without the run directory's files must still take the same path).
+    run.last_checkpoint = distributed.broadcast_object(run.last_checkpoint)
+    distributed.broadcast_tensors(_shared_state(run), "copying rank 0's networks to every rank")
+    main = run_world().is_main
     try:
-        if resume is not None:
+        if resume is not None and main:
             stats.truncate_after(run.cur_nimg)
-        _write_config(run, files["config"])
-        files["reals"] = save_reals(run, dataset, run_dir / "reals.png")
         grid_z, grid_c = grid_latents(run)
-        if resume is None:
+        if main:
+            _write_config(run, files["config"])
+            files["reals"] = save_reals(run, dataset, run_dir / "reals.png")
+        if resume is None and main:
             save_grid(render(run.G_ema, grid_z, grid_c, cfg.batch), run_dir / "fakes_init.png")
         return _loop(run, run_dir, grid_z, grid_c, stats, files, keep, progress, log, stop)
     except fileio.WriteError as e:
@@ -148,6 +168,9 @@ def _loop(run: Run, run_dir: Path, grid_z: torch.Tensor, grid_c: torch.Tensor, s
             while run.cur_nimg < total_nimg:
                 prev = run.cur_nimg
                 train_step(run, acc)
+                if run_world().active and distributed.any_across(stop.requested is not None) \
+                        and stop.requested is None:  # all ranks stop after the same step
+                    stop.request("stop requested on another rank")
                 done = run.cur_nimg >= total_nimg
                 snap = done or stop.requested is not None or _crossed(prev, run.cur_nimg, snap_nimg)
                 if snap or _crossed(prev, run.cur_nimg, tick_nimg):
@@ -176,16 +199,18 @@ def _loop(run: Run, run_dir: Path, grid_z: torch.Tensor, grid_c: torch.Tensor, s
 
 def _write_config(run: Run, path: Path) -> None:
     doc = {"train": run.cfg.to_dict(), "model": run.model_cfg, "dataset": run.dataset_info,
-           "device": str(run.device), "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
+           "device": str(run.device), "threads": torch.get_num_threads(), "torch": str(torch.__version__),
+           "ranks": run.split.world.size, "batch_gpu": run.split.batch_gpu, "rounds": run.split.rounds}
     fileio.atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
 
 
 def _end_tick(run: Run, acc: StatsAccumulator, stats: StatsWriter, bar: Any,
               tick_start: tuple[float, int]) -> tuple[float, int]:
     """Read the tick's losses (the only host sync), stop on NaN/Inf, write a stats row."""
-    values = acc.reduce()
+    values = acc.reduce(distributed.mean_across if run_world().active else None)  # means over ranks too
     now = time.perf_counter()
-    dt, dn = now - tick_start[0], run.cur_nimg - tick_start[1]
+    # The slowest rank's time; cur_nimg counts every rank's images: a global img/s.
+    dt, dn = distributed.max_across(now - tick_start[0]), run.cur_nimg - tick_start[1]
     run.elapsed_s += dt
     bad = non_finite(values)
     if bad:
@@ -200,10 +225,11 @@ def _end_tick(run: Run, acc: StatsAccumulator, stats: StatsWriter, bar: Any,
            "time_s": round(run.elapsed_s, 3), "img_per_s": dn / max(dt, 1e-9),
            "sec_per_kimg": dt / max(dn, 1) * 1000}
     if run.device.type == "cuda":
-        row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(run.device) / 2**30
+        row["gpu_mem_gb"] = distributed.max_across(torch.cuda.max_memory_allocated(run.device) / 2**30)
         torch.cuda.reset_peak_memory_stats(run.device)
     row.update(values)
-    stats.append(row)
+    if run_world().is_main:
+        stats.append(row)
     bar.update(min(run.cur_nimg, bar.total) - bar.n)
     post = f"kimg {row['kimg']:.2f}"
     for key, short in (("Loss/G/main", "G"), ("Loss/D/main", "D"), ("Loss/D/reg", "R1"), ("Loss/G/reg", "PL")):
@@ -221,6 +247,14 @@ def _snapshot(run: Run, run_dir: Path, grid_z: torch.Tensor, grid_c: torch.Tenso
         if not bool(finite):
             raise TrainingDiverged(f"{name} has NaN/Inf weights at {run.cur_nimg / 1000:.3f} kimg; "
                                    f"not saving them over the last good checkpoint")
+    # Collectives first (every rank): the RNG streams for the checkpoint, and the check that
+    # the ranks still hold the same G_ema, w_avg and path-length mean.
+    run.split.gather()
+    _check_ranks_agree(run)
+    if not run_world().is_main:
+        path = Path(run_dir) / ckpt_io.CHECKPOINTS / ckpt_io.ckpt_name(run.cur_nimg)  # rank 0 writes it
+        run.last_checkpoint = path
+        return path
     path = save_checkpoint(run, run_dir, keep)
     run.last_checkpoint = path  # before the grid and plots: their failure must name this one
     tag = ckpt_io.ckpt_tag(run.cur_nimg)
@@ -230,3 +264,48 @@ def _snapshot(run: Run, run_dir: Path, grid_z: torch.Tensor, grid_c: torch.Tenso
         files["loss_G"], files["loss_D"], files["losses"] = plot_losses(rows, run_dir)
     files["stats_jsonl"], files["stats_csv"] = stats.jsonl, stats.csv
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Several ranks (distributed.py): what the loop adds around the steps.
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0: they print nothing."""
+
+
+def run_world() -> distributed.World:
+    return distributed.current()
+
+
+def _split_line(run: Run) -> str:
+    sp = run.split
+    if sp.trivial:
+        return f"batch {sp.batch} in one round"
+    return (f"batch {sp.batch} = {sp.world.size} rank(s) x {sp.rounds} round(s) x {sp.batch_gpu} images "
+            f"(--batch-gpu); gradients summed over rounds and ranks")
+
+
+def _shared_state(run: Run) -> list[torch.Tensor]:
+    """What every rank must hold alike: the networks' weights and buffers, the path-length mean."""
+    tensors = [t for m in (run.G, run.D, run.G_ema) for t in (*m.parameters(), *m.buffers())
+               if t.is_floating_point()]
+    pl_mean = getattr(run.loss, "pl_mean", None)
+    return tensors + ([pl_mean] if torch.is_tensor(pl_mean) else [])
+
+
+def _check_ranks_agree(run: Run) -> None:
+    """At a snapshot: G_ema, w_avg and the path-length mean must be bit-identical on every rank
+    (the reductions make them so). Should they differ, say so and continue from rank 0's."""
+    if not run_world().active:
+        return
+    named = {f"G_ema.{k}": v for k, v in run.G_ema.state_dict().items() if v.is_floating_point()}
+    named.update({f"G.{k}": v for k, v in run.G.named_buffers() if k.endswith("w_avg")})
+    if torch.is_tensor(getattr(run.loss, "pl_mean", None)):
+        named["pl_mean"] = run.loss.pl_mean
+    differ = distributed.sync_tensors(named, "checking the ranks hold the same G_ema")
+    if differ:
+        if run_world().is_main:
+            warnings.warn(f"ranks disagree at {run.cur_nimg / 1000:.3f} kimg on {', '.join(differ[:4])}"
+                          f"{' ...' if len(differ) > 4 else ''}; continuing from rank 0's values",
+                          RuntimeWarning, stacklevel=2)
+        distributed.broadcast_tensors(_shared_state(run), "copying rank 0's networks to every rank")

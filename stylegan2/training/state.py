@@ -14,9 +14,11 @@ from typing import Any
 import torch
 
 from ..networks import Discriminator, Generator, ModelConfig, use_channels_last
+from . import distributed
 from .config import TrainConfig
 from .feed import BatchFeeder
 from .losses import LossConfig, StyleGAN2Loss, lazy_optimizer_settings
+from .split import Split
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Run:
     tick: int = 0
     elapsed_s: float = 0.0
     last_checkpoint: Path | None = None  # newest checkpoint written (or resumed from)
+    split: Any = None  # split.Split: the batch over ranks and rounds, and their RNG streams
 
 
 def model_config_dict(cfg: TrainConfig, c_dim: int) -> dict[str, Any]:
@@ -126,7 +129,10 @@ def setup_run(cfg: TrainConfig, dataset: Any, device: torch.device) -> Run:
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     feeder = BatchFeeder(dataset.images, dataset.labels if c_dim else None, c_dim, cfg.batch, device,
                          seed=cfg.seed, mirror=cfg.mirror)
+    # In this process's world (distributed.current(): one process unless torchrun started it).
+    split = Split(cfg.batch, cfg.batch_gpu, distributed.current(), device)
+    split.start(cfg.seed, 0)
     return Run(cfg=cfg, device=device, G=G, D=D, G_ema=G_ema, loss=build_loss(G, D, cfg),
                opt_G=make_optimizer(G, cfg, cfg.pl_interval if cfg.pl_weight > 0 else 0),
                opt_D=make_optimizer(D, cfg, cfg.r1_interval), feeder=feeder, model_cfg=model_cfg,
-               dataset_info=dataset_info(dataset))
+               dataset_info=dataset_info(dataset), split=split)

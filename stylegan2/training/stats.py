@@ -11,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -40,11 +40,20 @@ class StatsAccumulator:
             if torch.is_tensor(v):
                 self.add(f"{prefix}{k}", v)
 
-    def reduce(self) -> dict[str, float]:
-        """Means since the last reduce (one host sync for all of them), then reset."""
+    def reduce(self, across: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+        """Means since the last reduce (one host sync for all of them), then reset.
+
+        across: combines the stacked means of every rank (distributed.mean_across); all ranks
+        must call it together, having added the same names in the same order."""
         if not self._sums:
             return {}
         names = list(self._sums)
+        if across is not None:
+            means = torch.stack([self._sums[n] / self._counts[n] for n in names])
+            out = dict(zip(names, across(means).cpu().tolist()))
+            self._sums.clear()
+            self._counts.clear()
+            return out
         stacked = torch.stack([self._sums[n] for n in names]).cpu().tolist()
         out = {n: s / self._counts[n] for n, s in zip(names, stacked)}
         self._sums.clear()
