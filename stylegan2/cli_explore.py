@@ -5,6 +5,7 @@ over stylegan2.explore (the library a notebook calls). Registered on the main gr
     python -m stylegan2 mix --ckpt runs/00000-mni152-cpu-small --rows 0-3 --cols 10-15 --styles coarse
     python -m stylegan2 interpolate --ckpt runs/00000-mni152-cpu-small --seeds 0,5,9 --space z --steps 60
     python -m stylegan2 project --ckpt runs/00000-mni152-cpu-small --target slice.png --steps 1000
+    python -m stylegan2 project --ckpt runs/00000-mni152-cpu-small --real 17   # a training image
 
 Every check that can fail in a second (checkpoint, seeds, layers, target, label field, output
 folder) runs before the long work; outputs are written all or none (explore.publish).
@@ -181,8 +182,11 @@ def interpolate(ckpt: Path, out: Optional[Path], device: Optional[str], progress
 
 @click.command()
 @_common
-@click.option("--target", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+@click.option("--target", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The slice to fit: a PNG of the model's size and channels (grayscale for 1 channel).")
+@click.option("--real", "real_index", type=click.IntRange(0), default=None,
+              help="Instead of --target: fit image INDEX of the checkpoint's dataset (or --data).")
+@click.option("--data", default=None, show_default="the checkpoint's dataset", help="The dataset --real indexes.")
 @click.option("--steps", type=click.IntRange(1, 100000), default=1000, help="Optimisation steps.")
 @click.option("--w-plus", is_flag=True, help="Fit one w per layer (W+) instead of one w for all (W).")
 @click.option("--noise/--no-noise", "fit_noise", default=False,
@@ -196,21 +200,32 @@ def interpolate(ckpt: Path, out: Optional[Path], device: Optional[str], progress
               show_default="$STYLEGAN2_LPIPS_WEIGHTS, else torch.hub's cache/vgg16.pt")
 @click.option("--class", "class_", default=None, help="The target's class (conditional models).")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0)
-def project(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bool, target: Path, steps: int,
-            w_plus: bool, fit_noise: bool, lr: float, pixel_weight: float, feature_weight: float, use_lpips: bool,
+def project(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bool, target: Optional[Path],
+            real_index: Optional[int], data: Optional[str], steps: int, w_plus: bool, fit_noise: bool, lr: float, pixel_weight: float, feature_weight: float, use_lpips: bool,
             lpips_weights: Optional[Path], class_: Optional[str], seed: int) -> None:
     """Fit a latent (W or W+, optionally noise) so the generator draws a real slice."""
+    if (target is None) == (real_index is None):
+        raise click.UsageError("give the slice to fit: --target FILE or --real INDEX (one of them)")
+    if data is not None and real_index is None:
+        raise click.UsageError("--data names the dataset --real indexes; with --target it does not apply")
     dev = _cli()._device(device)
     ck = _checkpoint(ckpt, need_d=feature_weight > 0)
     G = load_generator(ck, device=dev)
-    try:
-        tgt = read_target(target, G.img_resolution, G.img_channels)
-    except ExploreError as e:
-        raise click.BadParameter(str(e), param_hint="--target") from None
     c = _class(ck, G, class_, dev)
+    if target is not None:
+        try:
+            tgt = read_target(target, G.img_resolution, G.img_channels)
+        except ExploreError as e:
+            raise click.BadParameter(str(e), param_hint="--target") from None
     lpips = _explore_errors(lambda: lpips_features(lpips_weights, dev)) if use_lpips else None
+    folder = _out_folder(out, ck, f"project-{target.stem if target is not None else f'real{real_index:05d}'}")
+    if real_index is not None:
+        dataset = _cli()._ckpt_data(ck, data, progress)  # decoded at the model's size and channels
+        if real_index >= len(dataset):
+            raise click.BadParameter(f"{real_index} is past the last image of {dataset.source} ({len(dataset)} images)",
+                                     param_hint="--real")
+        tgt = torch.from_numpy(dataset.images[real_index:real_index + 1]).float() / 127.5 - 1
     D = load_discriminator(ck, device=dev) if feature_weight > 0 else None
-    folder = _out_folder(out, ck, f"project-{target.stem}")
     result = _explore_errors(lambda: project_image(
         G, tgt, D=D, steps=steps, w_plus=w_plus, fit_noise=fit_noise, lr=lr, pixel_weight=pixel_weight,
         feature_weight=feature_weight, lpips=lpips, c=c, seed=seed, progress=progress))

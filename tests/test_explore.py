@@ -267,6 +267,11 @@ def test_project_recovers_a_generated_image_and_generate_ws_renders_it(run: Path
     assert r.exit_code == 0, r.output
     assert np.array_equal(png(tmp_path / "again" / "ws0000.png"), png(out / "projected.png"))
     assert png(out / "progress.png").shape[1] == 8 * 64 + 7 * PAD
+    # --real INDEX fits a training image: the left half of the pair is that image.
+    r = invoke("project", "--ckpt", run, "--real", 3, "--steps", 2, "--out", tmp_path / "real", "--no-progress")
+    assert r.exit_code == 0, r.output
+    ds = open_dataset(str(run.parent / "AD_NC"), 16, 1, cache_dir=str(tmp_path / "c"), progress=False)
+    assert np.array_equal(cell(png(tmp_path / "real" / "target_projected.png"), 0, 0), ds.images[3, 0])
 
 
 def test_project_loss_falls_on_average_with_w_plus_and_noise(run: Path):
@@ -331,6 +336,8 @@ def test_bad_input_is_one_line_before_work_and_leaves_nothing(run: Path, tmp_pat
         (("project", "--ckpt", run, "--target", big, "--lpips"), ("32x32",)),
         (("project", "--ckpt", run, "--target", bad_ws), ("--target", "not a readable image")),
         (("project", "--ckpt", bogus, "--target", big), ("bogus.pt",)),
+        (("project", "--ckpt", run), ("--target FILE or --real INDEX",)),
+        (("project", "--ckpt", run, "--real", 20), ("--real", "past the last image", "20 images")),
         (("embed", "--ckpt", run, "--label", "split", "--data", tmp_path / "flat"), ("--label", "no splits")),
         (("embed", "--ckpt", run, "--feature-net", "inception"), ("inception",)),
         (("generate", "--ckpt", run, "--ws", bad_ws), ("--ws", "shape")),
@@ -350,3 +357,32 @@ def test_bad_input_is_one_line_before_work_and_leaves_nothing(run: Path, tmp_pat
     r = invoke("project", "--ckpt", run, "--target", target, "--lpips", "--out", out)
     one_line_error(r, "vgg16.pt", "never downloaded")
     assert not out.exists()
+
+
+class _StandInVGG(torch.nn.Module):
+    """The call NVlabs' vgg16.pt answers, with a tiny conv inside (their file is not here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=4)
+
+    def forward(self, x: torch.Tensor, resize_images: bool = True, return_lpips: bool = False) -> torch.Tensor:
+        f = self.conv(x / 255.0)
+        return f.flatten(1) / f.flatten(1).norm(dim=1, keepdim=True)
+
+
+def test_lpips_from_a_local_torchscript_file_enters_the_loss(run: Path, tmp_path: Path):
+    from stylegan2.explore import lpips_features, project
+    path = tmp_path / "vgg16.pt"
+    torch.jit.script(_StandInVGG()).save(str(path))
+    feats = lpips_features(path)
+    G = checkpoint.load_generator(run)
+    target = synthesize(G, seed_ws(G, [2]))
+    f = feats(target)
+    assert f.shape[0] == 1 and torch.isfinite(f).all()
+    res = project(G, target, steps=6, lpips=feats, feature_weight=0)
+    assert "lpips" in res.parts and "features" not in res.parts and res.parts["lpips"][0] > 0
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    with pytest.raises(ExploreError, match="not NVlabs' TorchScript VGG16"):
+        lpips_features(bad)
