@@ -180,7 +180,8 @@ def plot_embedding(e: Embedding, path: Path, title: str = "") -> None:
         ax.set_title(heading)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.legend(fontsize=8, markerscale=1.5, loc="best", title=None if e.label_title == "none" else e.label_title)
+        shown = np.isin(src, sources) & (lab != UNLABELED)
+        ax.legend(fontsize=8, markerscale=1.5, loc="best", title=e.label_title if shown.any() else None)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
