@@ -22,7 +22,7 @@ from . import fileio
 from .convert import ConversionError, RefusedPickle, load_as_checkpoint
 from .explore import (COMPILE_NOTE, LABEL_FIELDS, SPACES, ExploreError, dataset_labels, embed as embed_images,
                       interpolation_frames, lpips_features, mixing_grid, parse_styles, project as project_image,
-                      read_target, write_embedding, write_interpolation, write_mixing, write_projection)
+                      read_target, strip_indices, write_embedding, write_interpolation, write_mixing, write_projection)
 from .images import parse_seeds
 from .metrics import INCEPTION_FILE, INCEPTION_WEIGHTS_ENV, FeatureNetworkError, get_feature_network
 from .sampling import class_vector, generate_from_ws, load_ws
@@ -161,7 +161,8 @@ def mix(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bool, 
 @click.option("--steps", type=click.IntRange(1, 10000), default=60, help="Frames from each seed to the next.")
 @click.option("--loop/--no-loop", default=False, help="Return to the first seed at the end.")
 @click.option("--fps", type=_Finite(1, 50), default=20, help="GIF frame rate.")
-@click.option("--strip", "strip_count", type=click.IntRange(2, 100), default=10, help="Frames in the PNG strip.")
+@click.option("--strip", "strip_count", type=click.IntRange(1, 100), default=4,
+              help="PNG strip: frames per seed-to-seed segment (each seed's frame and evenly spaced ones between).")
 @_sampling
 def interpolate(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bool, seeds: str, space: str,
                 steps: int, loop: bool, fps: float, strip_count: int, trunc: float, class_: Optional[str],
@@ -176,7 +177,8 @@ def interpolate(ckpt: Path, out: Optional[Path], device: Optional[str], progress
     frames = interpolation_frames(G, seed_list, space=space, steps=steps, loop=loop, c=c, truncation_psi=trunc,
                                   noise_mode=noise_mode)
     stem = f"interpolate-{space}-" + "_".join(map(str, seed_list[:8])) + ("-loop" if loop else "")
-    files = _explore_errors(lambda: write_interpolation(frames, folder, strip_count=strip_count, fps=fps, stem=stem))
+    strip = strip_indices(len(seed_list), steps, loop, strip_count)
+    files = _explore_errors(lambda: write_interpolation(frames, folder, strip, fps=fps, stem=stem))
     click.echo(f"{len(frames)} frames through seeds {seeds} in {space}; wrote " + " and ".join(map(str, files.values())))
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from stylegan2 import cli
 from stylegan2.data import open_dataset
-from stylegan2.explore import (ExploreError, dataset_labels, frame_times, mix_ws, noise_regularization,
+from stylegan2.explore import (ExploreError, dataset_labels, frame_times, strip_indices, mix_ws, noise_regularization,
                                parse_styles, seed_ws, slerp, style_groups, synthesize, ws_resolutions)
 from stylegan2.metrics import INCEPTION_WEIGHTS_ENV
 from stylegan2.networks import Generator
@@ -129,6 +129,8 @@ def test_slerp_keeps_the_endpoints_and_follows_the_great_circle():
             assert float(s.norm()) == pytest.approx((1 - t) * float(a.norm()) + t * float(b.norm()), rel=1e-9)
     assert frame_times(3, 4, loop=False)[-1] == (1, 1.0) and len(frame_times(3, 4, loop=False)) == 9
     assert len(frame_times(3, 4, loop=True)) == 12
+    assert strip_indices(3, 4, False, 2) == [0, 2, 4, 6, 8] and strip_indices(3, 4, True, 2) == [0, 2, 4, 6, 8, 10]
+    assert strip_indices(2, 3, False, 10) == [0, 1, 2, 3] and strip_indices(2, 60, False, 1) == [0, 60]
 
 
 def test_layer_groups_follow_the_resolution_each_w_feeds():
@@ -216,7 +218,7 @@ def test_interpolation_ends_are_the_generated_seeds(run: Path, tmp_path: Path):
     gen = generated(run, tmp_path, "0,3,7")
     for space in ("z", "w"):
         out = tmp_path / f"interp-{space}"
-        r = invoke("interpolate", "--ckpt", run, "--seeds", "0,3,7", "--space", space, "--steps", 4, "--strip", 5,
+        r = invoke("interpolate", "--ckpt", run, "--seeds", "0,3,7", "--space", space, "--steps", 4, "--strip", 2,
                    "--out", out, "--no-progress")
         assert r.exit_code == 0, r.output
         gif = Image.open(out / f"interpolate-{space}-0_3_7.gif")
@@ -230,7 +232,9 @@ def test_interpolation_ends_are_the_generated_seeds(run: Path, tmp_path: Path):
         assert np.abs(frames[2].astype(int) - gen[0]).mean() > 0.5  # between seeds: a new image
         strip = png(out / f"interpolate-{space}-0_3_7.png")
         assert strip.shape == (64, 5 * 64 + 4 * PAD)
-        assert np.array_equal(cell(strip, 0, 0), gen[0]) and np.array_equal(cell(strip, 0, 4), gen[7])
+        # Frames 0, 2, 4, 6, 8: the seeds at 0, 4 and 8.
+        assert np.array_equal(cell(strip, 0, 0), gen[0]) and np.array_equal(cell(strip, 0, 2), gen[3])
+        assert np.array_equal(cell(strip, 0, 4), gen[7]) and np.array_equal(cell(strip, 0, 1), frames[2])
 
 
 def test_project_recovers_a_generated_image_and_generate_ws_renders_it(run: Path, tmp_path: Path):

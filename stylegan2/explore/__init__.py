@@ -11,7 +11,7 @@ are thin commands over them (stylegan2/cli_explore.py).
 from .common import ExploreError, publish, seed_ws, synthesize
 from .embed import COMPILE_NOTE, Embedding, embed, umap_2d, write_embedding
 from .interpolation import (SPACES, frame_times, interpolation_frames, interpolation_ws, save_gif, save_strip,
-                            slerp, write_interpolation)
+                            slerp, strip_indices, write_interpolation)
 from .labels import LABEL_FIELDS, dataset_labels, split_labels
 from .lpips import LPIPS_FILE, LPIPS_URL, LPIPS_WEIGHTS_ENV, lpips_features, lpips_weights_path
 from .mixing import STYLE_GROUPS, mix_ws, mixing_grid, parse_styles, style_groups, write_mixing, ws_resolutions
@@ -22,6 +22,6 @@ __all__ = [
     "Projection", "SPACES", "STYLE_GROUPS", "dataset_labels", "embed", "frame_times", "interpolation_frames",
     "interpolation_ws", "lpips_features", "lpips_weights_path", "mix_ws", "mixing_grid", "noise_regularization",
     "parse_styles", "project", "publish", "read_target", "save_gif", "save_strip", "seed_ws", "slerp",
-    "split_labels", "style_groups", "synthesize", "umap_2d", "write_embedding", "write_interpolation",
+    "split_labels", "strip_indices", "style_groups", "synthesize", "umap_2d", "write_embedding", "write_interpolation",
     "write_mixing", "write_projection", "ws_resolutions",
 ]

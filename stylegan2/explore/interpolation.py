@@ -3,7 +3,7 @@ straight line through its middle leaves it), linear in W (the space the mapping 
 flat, Karras et al. 2019 section 4).
 
     frames = interpolation_frames(G, [0, 5, 9], space="w", steps=60, loop=False)  # [121, C, R, R]
-    save_strip(frames, "strip.png", count=10); save_gif(frames, "interp.gif", fps=20)
+    save_strip(frames, "strip.png", strip_indices(3, 60, False, 4)); save_gif(frames, "interp.gif", fps=20)
 """
 from __future__ import annotations
 
@@ -89,18 +89,20 @@ def interpolation_frames(G: nn.Module, seeds: Sequence[int], *, space: str = "w"
     return synthesize(G, ws, noise_mode=noise_mode, batch=batch)
 
 
-def strip_indices(num_frames: int, count: int) -> list[int]:
-    """`count` frame indices evenly spaced over [0, num_frames - 1], first and last included."""
-    count = max(1, min(count, num_frames))
-    if count == 1:
-        return [0]
-    return sorted({round(i * (num_frames - 1) / (count - 1)) for i in range(count)})
+def strip_indices(num_keys: int, steps: int, loop: bool, per_segment: int) -> list[int]:
+    """Frame indices for a strip: every seed's frame and `per_segment` - 1 evenly spaced frames
+    between consecutive seeds (fewer when a segment has fewer frames)."""
+    per = max(1, min(per_segment, steps))
+    segments = num_keys if loop else num_keys - 1
+    idx = [s * steps + round(j * steps / per) for s in range(segments) for j in range(per)]
+    if not loop:
+        idx.append(segments * steps)
+    return sorted(set(idx))
 
 
-def save_strip(frames: torch.Tensor, path: str | Path, count: int = 10) -> Path:
-    """One row of `count` evenly spaced frames (first and last included) as a PNG."""
-    idx = strip_indices(len(frames), count)
-    return save_grid(frames[idx], path, cols=len(idx))
+def save_strip(frames: torch.Tensor, path: str | Path, indices: Sequence[int]) -> Path:
+    """One row of the chosen frames (strip_indices) as a PNG."""
+    return save_grid(frames[list(indices)], path, cols=len(indices))
 
 
 def gif_scale(resolution: int) -> int:
@@ -128,9 +130,9 @@ def save_gif(frames: torch.Tensor, path: str | Path, fps: float = 20) -> Path:
     return fileio.atomic_write(path, write)
 
 
-def write_interpolation(frames: torch.Tensor, folder: str | Path, *, strip_count: int = 10, fps: float = 20,
+def write_interpolation(frames: torch.Tensor, folder: str | Path, strip: Sequence[int], *, fps: float = 20,
                         stem: str = "interpolation") -> dict[str, Path]:
-    """<stem>.png (a strip of strip_count frames) and <stem>.gif (every frame) in `folder`, both
-    or neither."""
-    return publish(folder, {f"{stem}.png": lambda p: save_strip(frames, p, strip_count),
+    """<stem>.png (a strip of the frames `strip` indexes, see strip_indices) and <stem>.gif
+    (every frame) in `folder`, both or neither."""
+    return publish(folder, {f"{stem}.png": lambda p: save_strip(frames, p, strip),
                             f"{stem}.gif": lambda p: save_gif(frames, p, fps)})
