@@ -4,6 +4,7 @@ be checked against an independent computation (slerp, layer groups, noise penalt
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
 from pathlib import Path
@@ -391,3 +392,26 @@ def test_lpips_from_a_local_torchscript_file_enters_the_loss(run: Path, tmp_path
     bad.write_bytes(b"junk")
     with pytest.raises(ExploreError, match="not NVlabs' TorchScript VGG16"):
         lpips_features(bad)
+
+
+def test_conditional_model_fakes_carry_their_class_and_mix_takes_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    embed_module = importlib.import_module("stylegan2.explore.embed")  # the package's `embed` is the function
+    adni = write_adni(tmp_path / "AD_NC", 3, seed=2)
+    cfg, _ = make_config("tiny", {"data": str(adni), "cond": True})
+    ds = open_dataset(str(adni), cfg.resolution, cfg.channels, cache_dir=str(tmp_path / "cache"), progress=False)
+    run_dir = tmp_path / "00000-AD_NC-tiny"
+    checkpoint.save_checkpoint(state.setup_run(cfg, ds, torch.device("cpu")), run_dir)
+    r = invoke("mix", "--ckpt", run_dir, "--rows", "0", "--cols", "1", "--out", tmp_path / "m", "--no-progress")
+    one_line_error(r, "--class", "conditional")
+    r = invoke("mix", "--ckpt", run_dir, "--rows", "0", "--cols", "1", "--class", "NC", "--out", tmp_path / "m",
+               "--no-progress")
+    assert r.exit_code == 0, r.output
+    # The embedding itself is UMAP's (tested once above); here a projection stands in for it.
+    monkeypatch.setattr(embed_module, "umap_2d", lambda x, **kw: np.asarray(x, dtype=np.float64)[:, :2])
+    G = checkpoint.load_generator(run_dir)
+    net = embed_module.FeatureNetwork("first pixels", 2, lambda x: x.flatten(1)[:, :2], torch.device("cpu"))
+    e = embed_module.embed(G, ds, net, n=10, labels=dataset_labels(ds, str(adni), "class")[1],
+                           class_names=ds.label_names, seed=3)
+    _, _, classes = embed_module.generate_for_embedding(G, 10, seed=3)
+    fake_labels = [lab for lab, src in zip(e.label, e.source) if src == "generated"]
+    assert fake_labels == [ds.label_names[k] for k in classes] and len(set(fake_labels)) == 2
