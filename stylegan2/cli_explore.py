@@ -147,7 +147,8 @@ def mix(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bool, 
         raise click.BadParameter(str(e).removeprefix("styles: "), param_hint="--styles") from None
     c = _class(ck, G, class_, dev)
     folder = _out_folder(out, ck, f"mix-{_stem(ck)}")
-    grid = mixing_grid(G, row_seeds, col_seeds, layers, c=c, truncation_psi=trunc, noise_mode=noise_mode)
+    grid = mixing_grid(G, row_seeds, col_seeds, layers, c=c, truncation_psi=trunc, noise_mode=noise_mode,
+                       progress=progress)
     name = f"mix-{styles.replace(',', '_')}.png"
     path = _explore_errors(lambda: write_mixing(grid, len(col_seeds), folder, name))
     click.echo(f"mixed layers {','.join(map(str, layers))} of {len(col_seeds)} column seeds into {len(row_seeds)} "
@@ -175,11 +176,12 @@ def interpolate(ckpt: Path, out: Optional[Path], device: Optional[str], progress
     c = _class(ck, G, class_, dev)
     folder = _out_folder(out, ck, f"interpolate-{_stem(ck)}")
     frames = interpolation_frames(G, seed_list, space=space, steps=steps, loop=loop, c=c, truncation_psi=trunc,
-                                  noise_mode=noise_mode)
+                                  noise_mode=noise_mode, progress=progress)
     stem = f"interpolate-{space}-" + "_".join(map(str, seed_list[:8])) + ("-loop" if loop else "")
     strip = strip_indices(len(seed_list), steps, loop, strip_count)
     files = _explore_errors(lambda: write_interpolation(frames, folder, strip, fps=fps, stem=stem))
-    click.echo(f"{len(frames)} frames through seeds {seeds} in {space}; wrote " + " and ".join(map(str, files.values())))
+    click.echo(f"{len(frames)} frames through seeds {seeds} in {space}; wrote "
+               + " and ".join(map(str, files.values())))
 
 
 @click.command()
@@ -203,13 +205,16 @@ def interpolate(ckpt: Path, out: Optional[Path], device: Optional[str], progress
 @click.option("--class", "class_", default=None, help="The target's class (conditional models).")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0)
 def project(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bool, target: Optional[Path],
-            real_index: Optional[int], data: Optional[str], steps: int, w_plus: bool, fit_noise: bool, lr: float, pixel_weight: float, feature_weight: float, use_lpips: bool,
-            lpips_weights: Optional[Path], class_: Optional[str], seed: int) -> None:
+            real_index: Optional[int], data: Optional[str], steps: int, w_plus: bool, fit_noise: bool, lr: float,
+            pixel_weight: float, feature_weight: float, use_lpips: bool, lpips_weights: Optional[Path],
+            class_: Optional[str], seed: int) -> None:
     """Fit a latent (W or W+, optionally noise) so the generator draws a real slice."""
     if (target is None) == (real_index is None):
         raise click.UsageError("give the slice to fit: --target FILE or --real INDEX (one of them)")
     if data is not None and real_index is None:
         raise click.UsageError("--data names the dataset --real indexes; with --target it does not apply")
+    if pixel_weight == 0 and feature_weight == 0 and not use_lpips:
+        raise click.UsageError("nothing to fit: --pixel-weight and --feature-weight are 0 and --lpips is off")
     dev = _cli()._device(device)
     ck = _checkpoint(ckpt, need_d=feature_weight > 0)
     G = load_generator(ck, device=dev)

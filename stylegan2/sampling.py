@@ -326,7 +326,8 @@ def load_ws(path: str | os.PathLike, num_ws: int, w_dim: int) -> torch.Tensor:
     try:
         arr = np.load(p, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:  # not a .npy, or an object array (pickle refused)
-        raise ValueError(f"{p}: not a readable .npy array ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(f"{p}: not a readable .npy array ({type(e).__name__}: {first})") from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
         raise ValueError(f"{p}: expected a numeric array, got {getattr(arr, 'dtype', type(arr).__name__)}")
     ws = torch.from_numpy(np.asarray(arr, dtype=np.float32))

@@ -262,7 +262,6 @@ def test_project_recovers_a_generated_image_and_generate_ws_renders_it(run: Path
     other = np.asarray(synthesize(G, seed_ws(G, [12]))[0, 0].clamp(-1, 1))
     start = np.asarray(synthesize(G, G.w_avg.expand(1, G.num_ws, -1))[0, 0].clamp(-1, 1))  # where the search begins
     dist = ((got - tgt) ** 2).mean()
-    print(f"projection: mse {dist:.4g}, from start {((start - tgt) ** 2).mean():.4g}, other seed {((other - tgt) ** 2).mean():.4g}")
     assert dist < 0.1 * ((other - tgt) ** 2).mean() and dist < 0.2 * ((start - tgt) ** 2).mean()
     # The loss falls on average (the log has one value per step).
     losses = [float(x) for x in r.output.split("loss ")[1].split(",")[0].split(" -> ")]

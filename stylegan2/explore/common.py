@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from .. import fileio
 from ..sampling import seed_latents
@@ -41,7 +42,8 @@ def seed_ws(G: nn.Module, seeds: Sequence[int], c: Optional[torch.Tensor] = None
 
 
 @torch.no_grad()
-def synthesize(G: nn.Module, ws: torch.Tensor, *, noise_mode: str = "const", batch: int = 1) -> torch.Tensor:
+def synthesize(G: nn.Module, ws: torch.Tensor, *, noise_mode: str = "const", batch: int = 1,
+               progress: bool = False) -> torch.Tensor:
     """ws [N, num_ws, w_dim] -> images float32 [N, C, R, R] on the CPU, `batch` at a time. The
     default, one at a time, makes each image independent of its neighbours to the bit (equal
     ws give equal pixels); larger batches are faster and differ only in rounding.
@@ -51,8 +53,9 @@ def synthesize(G: nn.Module, ws: torch.Tensor, *, noise_mode: str = "const", bat
     """
     dev = model_device(G)
     force_fp32 = dev.type != "cuda"
+    starts = tqdm(range(0, len(ws), batch), desc="synthesis", unit="batch", disable=not progress, leave=False)
     out = [G.synthesis(ws[i:i + batch].to(dev), noise_mode=noise_mode, force_fp32=force_fp32).float().cpu()
-           for i in range(0, len(ws), batch)]
+           for i in starts]
     return torch.cat(out)
 
 

@@ -166,8 +166,9 @@ def plot_embedding(e: Embedding, path: Path, title: str = "") -> None:
     src = np.asarray(e.source)
     lab = np.asarray(e.label, dtype=object)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
-    for ax, xy, sources, heading in ((axes[0], e.xy, (REAL, GENERATED), f"image features ({e.params['feature_network']})"),
-                                     (axes[1], e.w_xy, (GENERATED,), "W latents of the generated images")):
+    panels = ((axes[0], e.xy, (REAL, GENERATED), f"image features ({e.params['feature_network']})"),
+              (axes[1], e.w_xy, (GENERATED,), "W latents of the generated images"))
+    for ax, xy, sources, heading in panels:
         for s, marker in ((REAL, "o"), (GENERATED, "^")):
             if s not in sources:
                 continue

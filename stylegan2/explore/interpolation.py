@@ -82,11 +82,11 @@ def interpolation_ws(G: nn.Module, seeds: Sequence[int], *, space: str = "w", st
 
 def interpolation_frames(G: nn.Module, seeds: Sequence[int], *, space: str = "w", steps: int = 60,
                          loop: bool = False, c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0,
-                         noise_mode: str = "const", batch: int = 1) -> torch.Tensor:
+                         noise_mode: str = "const", batch: int = 1, progress: bool = False) -> torch.Tensor:
     """Images float32 [F, C, R, R] of interpolation_ws's frames (on the CPU), one at a time by
     default so a key frame is exactly `generate --batch 1`'s image of its seed."""
     ws = interpolation_ws(G, seeds, space=space, steps=steps, loop=loop, c=c, truncation_psi=truncation_psi)
-    return synthesize(G, ws, noise_mode=noise_mode, batch=batch)
+    return synthesize(G, ws, noise_mode=noise_mode, batch=batch, progress=progress)
 
 
 def strip_indices(num_keys: int, steps: int, loop: bool, per_segment: int) -> list[int]:

@@ -88,7 +88,7 @@ def mix_ws(row_ws: torch.Tensor, col_ws: torch.Tensor, layers: Sequence[int]) ->
 
 def mixing_grid(G: nn.Module, rows: Sequence[int], cols: Sequence[int], layers: Sequence[int], *,
                 c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0, noise_mode: str = "const",
-                batch: int = 1) -> torch.Tensor:
+                batch: int = 1, progress: bool = False) -> torch.Tensor:
     """The style-mixing grid as images float32 [(len(rows) + 1) * (len(cols) + 1), C, R, R],
     row-major with len(cols) + 1 columns: a black corner, the column seeds' images along the top,
     the row seeds' images down the left, and each cell mixed as mix_ws says. Every image goes
@@ -103,7 +103,7 @@ def mixing_grid(G: nn.Module, rows: Sequence[int], cols: Sequence[int], layers: 
     row_ws = seed_ws(G, rows, c, truncation_psi=truncation_psi)
     col_ws = seed_ws(G, cols, c, truncation_psi=truncation_psi)
     all_ws = torch.cat([col_ws, row_ws, mix_ws(row_ws, col_ws, layers)])
-    images = synthesize(G, all_ws, noise_mode=noise_mode, batch=batch)
+    images = synthesize(G, all_ws, noise_mode=noise_mode, batch=batch, progress=progress)
     n_cols, n_rows = len(cols), len(rows)
     top, left, cells = images[:n_cols], images[n_cols:n_cols + n_rows], images[n_cols + n_rows:]
     corner = torch.full_like(images[:1], -1.0)
