@@ -414,3 +414,28 @@ def test_conditional_model_fakes_carry_their_class_and_mix_takes_one(tmp_path: P
     _, _, classes = embed_module.generate_for_embedding(G, 10, seed=3)
     fake_labels = [lab for lab, src in zip(e.label, e.source) if src == "generated"]
     assert fake_labels == [ds.label_names[k] for k in classes] and len(set(fake_labels)) == 2
+
+
+def test_load_ws_accepts_w_and_w_plus_and_refuses_the_rest(tmp_path: Path):
+    from stylegan2.sampling import load_ws
+    g = np.random.default_rng(0)
+    for num_ws, w_dim in ((6, 32), (8, 5)):
+        plus = g.standard_normal((3, num_ws, w_dim)).astype(np.float32)
+        np.save(tmp_path / "plus.npy", plus)
+        assert torch.equal(load_ws(tmp_path / "plus.npy", num_ws, w_dim), torch.from_numpy(plus))
+        w = g.standard_normal((2, w_dim))
+        np.save(tmp_path / "w.npy", w)
+        got = load_ws(tmp_path / "w.npy", num_ws, w_dim)
+        assert got.shape == (2, num_ws, w_dim)
+        assert all(torch.equal(got[:, k], torch.from_numpy(w).float()) for k in range(num_ws))
+        np.save(tmp_path / "one.npy", w[0])
+        assert load_ws(tmp_path / "one.npy", num_ws, w_dim).shape == (1, num_ws, w_dim)
+    bad = {"shape.npy": np.zeros((2, 7, 32)), "nan.npy": np.full((1, 6, 32), np.nan),
+           "objects.npy": np.array([{"w": 1}], dtype=object)}
+    for name, arr in bad.items():
+        np.save(tmp_path / name, arr, allow_pickle=True)
+        with pytest.raises(ValueError, match=name):
+            load_ws(tmp_path / name, 6, 32)
+    (tmp_path / "text.npy").write_text("not numpy")
+    with pytest.raises(ValueError, match="not a readable .npy"):
+        load_ws(tmp_path / "text.npy", 6, 32)
