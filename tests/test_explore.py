@@ -316,6 +316,11 @@ def test_embed_writes_one_row_per_image_with_label_and_source(run: Path, tmp_pat
     img = Image.open(out / "embed.png")
     assert img.size[0] > 600 and np.asarray(img.convert("L")).std() > 5
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    # Deterministic for a seed (UMAP is compiled by now, so these calls are quick).
+    from stylegan2.explore import umap_2d
+    x = np.random.default_rng(0).standard_normal((40, 6))
+    a, b = umap_2d(x, n_neighbors=5, min_dist=0.1, seed=3), umap_2d(x, n_neighbors=5, min_dist=0.1, seed=3)
+    assert np.array_equal(a, b) and not np.array_equal(a, umap_2d(x, n_neighbors=5, min_dist=0.1, seed=4))
 
 
 def test_bad_input_is_one_line_before_work_and_leaves_nothing(run: Path, tmp_path: Path):
