@@ -66,24 +66,27 @@ def umap_2d(x: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int) -> n
 
 
 @torch.no_grad()
-def generate_for_embedding(G: nn.Module, n: int, *, seed: int = 0, batch: int = 32, truncation_psi: float = 1.0,
+def generate_for_embedding(G: nn.Module, n: int, *, net: Optional[FeatureNetwork] = None, seed: int = 0,
+                           batch: int = 32, truncation_psi: float = 1.0,
                            progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, Optional[np.ndarray]]:
-    """n fakes of seeds seed..seed+n-1: (images float32 [n, C, R, R] on the CPU, w [n, w_dim],
-    class index per fake for a conditional G (drawn uniformly by a generator seeded with `seed`),
-    else None)."""
+    """n fakes of seeds seed..seed+n-1: (images float32 [n, C, R, R] on the CPU, or with `net`
+    their features float64 [n, dim], each batch's images dropped once seen, so 2000 fakes at
+    256x256 never sit in memory together; w [n, w_dim]; the class index per fake for a
+    conditional G (drawn uniformly by a generator seeded with `seed`), else None)."""
     dev = model_device(G)
     seeds = list(range(seed, seed + n))
     classes = None
     if G.c_dim > 0:
         classes = torch.randint(0, G.c_dim, (n,), generator=torch.Generator().manual_seed(seed)).numpy()
     images, ws = [], []
-    for i in tqdm(range(0, n, batch), desc="generate", unit="batch", disable=not progress, leave=False):
+    for i in tqdm(range(0, n, batch), desc="generated images", unit="batch", disable=not progress, leave=False):
         z = seed_latents(seeds[i:i + batch], G.z_dim, dev)
         c = None
         if classes is not None:
             c = torch.nn.functional.one_hot(torch.from_numpy(classes[i:i + batch]), G.c_dim).float().to(dev)
         w = G.mapping(z, c, truncation_psi=truncation_psi)
-        images.append(G.synthesis(w, noise_mode="const", force_fp32=dev.type != "cuda").float().cpu())
+        img = G.synthesis(w, noise_mode="const", force_fp32=dev.type != "cuda")
+        images.append(img.float().cpu() if net is None else net(img).double().cpu())
         ws.append(w[:, 0].float().cpu())
     return torch.cat(images), torch.cat(ws), classes
 
@@ -109,9 +112,9 @@ def embed(G: nn.Module, dataset: Any, net: FeatureNetwork, *, n: int = 2000, lab
     real_idx = np.sort(rng.choice(len(dataset), size=n_real, replace=False))
     real = torch.from_numpy(dataset.images[real_idx])
     real_feats = extract_features(net, real, batch=batch, progress=progress, desc="real features")
-    fakes, w, classes = generate_for_embedding(G, n, seed=seed, batch=batch, truncation_psi=truncation_psi,
-                                               progress=progress)
-    fake_feats = extract_features(net, fakes, batch=batch, progress=progress, desc="generated features")
+    fake_feats, w, classes = generate_for_embedding(G, n, net=net, seed=seed, batch=batch,
+                                                    truncation_psi=truncation_psi, progress=progress)
+    fake_feats = fake_feats.numpy()
     xy = umap_2d(np.concatenate([real_feats, fake_feats]), n_neighbors=n_neighbors, min_dist=min_dist, seed=seed)
     w_xy = np.full((n_real + n, 2), np.nan)
     w_xy[n_real:] = umap_2d(w.numpy(), n_neighbors=n_neighbors, min_dist=min_dist, seed=seed)
