@@ -101,7 +101,8 @@ def _common(command: Any) -> Any:
                      help="Checkpoint file, or a run directory (its newest checkpoint); NVlabs pickles and "
                           "rosinality .pt files are converted in memory."),
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     show_default="<run>/<command>-<checkpoint>", help="Output folder."),
+                     show_default="<run>/<command>-<checkpoint> (project: <run>/project-<target>)",
+                     help="Output folder."),
         click.option("--device", default=None, show_default="cuda if available, else cpu"),
         click.option("--progress/--no-progress", default=True),
     ]):
@@ -194,7 +195,8 @@ def interpolate(ckpt: Path, out: Optional[Path], device: Optional[str], progress
 @click.option("--steps", type=click.IntRange(1, 100000), default=1000, help="Optimisation steps.")
 @click.option("--w-plus", is_flag=True, help="Fit one w per layer (W+) instead of one w for all (W).")
 @click.option("--noise/--no-noise", "fit_noise", default=False,
-              help="Also fit the noise maps (regularised as NVlabs do); generate --ws then uses the stored noise.")
+              help="Also fit the noise maps (regularised as in the paper; saved to projected_noise.npz). "
+                   "generate --ws draws with the model's own noise, so it then redraws the projection only roughly.")
 @click.option("--lr", type=_Finite(0, 10, min_open=True), default=0.1, help="Peak learning rate (Adam).")
 @click.option("--pixel-weight", type=_Finite(0), default=1.0, help="Weight of the mean squared pixel distance.")
 @click.option("--feature-weight", type=_Finite(0), default=1.0,
