@@ -125,6 +125,7 @@ setup(
         "matplotlib",
         "nibabel",
         "nilearn>=0.8.1",  # only for the MNI152 template file it ships; never imported at run time
+        "umap-learn",  # the embed command (imported only there: numba compiles it on first use)
     ],
     extras_require={
         # pytorch-fid: the FID Inception-v3 feature network (its weights are a separate local file).

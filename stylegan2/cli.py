@@ -364,6 +364,8 @@ def _load_ckpt_option(path: Path, quiet: bool = False) -> dict[str, Any]:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for seedNNNN.png files and grid.png.")
 @click.option("--seeds", default=None, show_default="0..n-1", help="Seeds, e.g. '0-7,12'.")
+@click.option("--ws", "ws_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Render saved latents instead of seeds (.npy [N, num_ws, w_dim] or [N, w_dim], e.g. project's).")
 @click.option("--n", "count", type=click.IntRange(1, 100000), default=16, help="Number of images when --seeds is not given.")
 @click.option("--trunc", type=FiniteFloatRange(0, 2), default=1.0, help="Truncation psi (1: off).")
 @click.option("--class", "class_", default=None, help="Class label name or index (conditional models).")
@@ -376,10 +378,13 @@ def _load_ckpt_option(path: Path, quiet: bool = False) -> dict[str, Any]:
                    "compile: torch.compile the generator. Same images either way.")
 @click.option("--channels-last/--no-channels-last", default=False, help="NHWC activations in the generator.")
 @click.option("--progress/--no-progress", default=True)
-def generate(ckpt: Path, out: Path, seeds: str | None, count: int, trunc: float, class_: str | None,
-             noise_mode: str, batch: int, raw: bool, device: str | None, speedup: str, channels_last: bool,
-             progress: bool) -> None:
-    """Generate images from a checkpoint: one PNG per seed and a grid."""
+def generate(ckpt: Path, out: Path, seeds: str | None, ws_file: Path | None, count: int, trunc: float,
+             class_: str | None, noise_mode: str, batch: int, raw: bool, device: str | None, speedup: str,
+             channels_last: bool, progress: bool) -> None:
+    """Generate images from a checkpoint: one PNG per seed (or per saved latent, --ws) and a grid."""
+    if ws_file is not None:
+        render_saved_ws(ckpt, out, ws_file, seeds, class_, trunc, noise_mode, batch, raw, device, progress)
+        return
     try:
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(count))
     except ValueError as e:
@@ -727,6 +732,9 @@ def cache(list_: bool, clear: bool, kinds: tuple[str, ...], unused_days: float |
 def _files(n: int) -> str:
     return f"{n} file" if n == 1 else f"{n} files"
 
+
+from .cli_explore import add_explore_commands, render_saved_ws  # noqa: E402  (embed, mix, interpolate, project, generate --ws)
+add_explore_commands(main)
 
 if __name__ == "__main__":
     main()

@@ -308,3 +308,60 @@ def generate_images(sampler: Sampler, seeds: Sequence[int], out: str | os.PathLi
                 kept += len(grid_images[-1])
     grid = save_grid(torch.cat(grid_images), out / "grid.png")
     return Generated(out=out, count=len(seeds), grid=grid, grid_count=kept)
+
+
+# --------------------------------------------------------------------------------------------
+# Saved latents to files.
+
+def load_ws(path: str | os.PathLike, num_ws: int, w_dim: int) -> torch.Tensor:
+    """A saved latent (.npy) as ws float32 [N, num_ws, w_dim].
+
+    Accepted shapes: [N, num_ws, w_dim] (W+, what `project` writes), [N, w_dim] or [w_dim] (one
+    w per image, used by every layer). Raises ValueError (one line naming the file) for anything
+    else: a file numpy cannot read, another shape, or non-finite values.
+    """
+    import numpy as np
+
+    p = Path(path)
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:  # not a .npy, or an object array (pickle refused)
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(f"{p}: not a readable .npy array ({type(e).__name__}: {first})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+        raise ValueError(f"{p}: expected a numeric array, got {getattr(arr, 'dtype', type(arr).__name__)}")
+    ws = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+    if ws.ndim == 1:
+        ws = ws[None]
+    if ws.ndim == 2 and ws.shape[1] == w_dim:
+        ws = ws[:, None, :].expand(-1, num_ws, -1)
+    if ws.ndim != 3 or ws.shape[1:] != (num_ws, w_dim) or ws.shape[0] < 1:
+        raise ValueError(f"{p}: shape {list(arr.shape)} is not a latent of this generator: expected "
+                         f"[N, {num_ws}, {w_dim}] (W+), [N, {w_dim}] or [{w_dim}] (W)")
+    if not bool(torch.isfinite(ws).all()):
+        raise ValueError(f"{p}: holds NaN or Inf values")
+    return ws.contiguous()
+
+
+def generate_from_ws(G: nn.Module, ws: torch.Tensor, out: str | os.PathLike, *, noise_mode: str = "const",
+                     batch: int = 16, progress: bool = False, grid_max: int = GRID_MAX) -> Generated:
+    """wsNNNN.png in `out` (created) for each latent of ws [N, num_ws, w_dim] (see load_ws), and
+    grid.png of the first `grid_max`. G runs its synthesis half only, in float32 on a CPU.
+    Raises fileio.WriteError when a file cannot be written."""
+    if noise_mode not in NOISE_MODES:
+        raise ValueError(f"noise_mode: must be one of {', '.join(NOISE_MODES)}, got {noise_mode!r}")
+    out = Path(out)
+    fileio.make_dirs(out)
+    device = next(iter(G.parameters())).device
+    grid_images: list[torch.Tensor] = []
+    kept = 0
+    with torch.no_grad(), PngWriter() as writer:
+        for i in tqdm(range(0, len(ws), batch), desc="generate", unit="batch", disable=not progress):
+            img = G.synthesis(ws[i:i + batch].to(device), noise_mode=noise_mode, force_fp32=device.type != "cuda")
+            for j, im in enumerate(to_uint8(img)):
+                writer.submit(im, out / f"ws{i + j:04d}.png")
+            if kept < grid_max:
+                grid_images.append(img[:grid_max - kept].float().cpu())
+                kept += len(grid_images[-1])
+    grid = save_grid(torch.cat(grid_images), out / "grid.png")
+    return Generated(out=out, count=len(ws), grid=grid, grid_count=kept)
