@@ -128,7 +128,7 @@ def _stem(ck: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------------------
 
-@click.command()
+@click.command(short_help="Style-mixing grid of row and column seeds.")
 @_common
 @click.option("--rows", required=True, help="Row seeds (left column), e.g. '0-3': every style not taken from a column.")
 @click.option("--cols", required=True, help="Column seeds (top row), e.g. '10-15': the --styles layers.")
@@ -156,7 +156,7 @@ def mix(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bool, 
                f"row seeds; wrote {path}")
 
 
-@click.command()
+@click.command(short_help="Interpolate between seeds: PNG strip and GIF.")
 @_common
 @click.option("--seeds", required=True, help="Seeds to pass through in order, at least 2, e.g. '0,5,9'.")
 @click.option("--space", type=click.Choice(SPACES), default="z", help="z: spherical interpolation; w: linear.")
@@ -185,7 +185,7 @@ def interpolate(ckpt: Path, out: Optional[Path], device: Optional[str], progress
                + " and ".join(map(str, files.values())))
 
 
-@click.command()
+@click.command(short_help="Fit a latent that reproduces a real slice.")
 @_common
 @click.option("--target", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The slice to fit: a PNG of the model's size and channels (grayscale for 1 channel).")
@@ -246,7 +246,7 @@ def project(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bo
                f"renders the latent)")
 
 
-@click.command()
+@click.command(short_help="UMAP of real and generated images.")
 @_common
 @click.option("--data", default=None, show_default="the checkpoint's dataset", help="The real images.")
 @click.option("--n", "count", type=click.IntRange(2, 1_000_000), default=2000,
