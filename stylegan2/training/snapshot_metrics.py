@@ -4,7 +4,8 @@
     train(cfg, run_dir, dataset, metrics=sm)
 
 At each snapshot the run's G_ema makes `num_fakes` images (fake i from seed i, as the `metrics`
-command draws them, so a snapshot's numbers can be reproduced from its checkpoint) and the
+command draws them, and noise from the global generator seeded alike, so a snapshot's numbers
+can be reproduced from its checkpoint with SnapshotMetrics.measure) and the
 metrics library compares them with the reference set's features, computed once before training
 and cached per dataset and network. The numbers join the snapshot's stats row ("Metrics/fid",
 "Metrics/kid", "Metrics/precision", "Metrics/recall"); metrics.jsonl keeps every full result
@@ -66,6 +67,9 @@ class SnapshotMetrics:
         real = self.prepare()
         device = next(G.parameters()).device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            # The per-layer noise comes from the global generator: seeded, a snapshot's numbers
+            # depend only on its weights (measure() of its checkpoint gives them again).
+            torch.manual_seed(self.seed)
             fakes = fake_batches(G, self.num_fakes, batch=self.batch, seed=self.seed)
             return compute_metrics(fakes, real, self.net, self.names, k=PR_K, seed=self.seed, batch=self.batch)
 

@@ -71,7 +71,9 @@ def open_tensorboard(run_dir: str | Path, enabled: bool, resumed_at: Optional[in
     stopped, and about to be written again) are hidden, as the stats files drop those rows."""
     if not enabled or not available():
         return TensorBoardLog(None)
-    # Imported here: torch.utils.tensorboard imports the tensorboard package, which is optional.
-    from torch.utils.tensorboard import SummaryWriter
+    try:  # here: torch.utils.tensorboard imports the tensorboard package, which is optional
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # installed but unusable (e.g. a protobuf it cannot work with): train without it
+        return TensorBoardLog(None)
     purge = None if resumed_at is None else resumed_at + 1
     return TensorBoardLog(SummaryWriter(log_dir=str(Path(run_dir) / FOLDER), purge_step=purge))
