@@ -238,7 +238,8 @@ def _train_feature_net(opts: dict[str, Any]) -> FeatureNetwork:
             why = (f"no FID Inception weights at {inception_weights_path()}" if _pytorch_fid_installed()
                    else "pytorch-fid is not installed")
             click.echo(f"note: {why}, so --metrics use the fixed random feature network 'random' (numbers "
-                       "compare across snapshots and runs, not with Inception FIDs); the README says how to get Inception")
+                       "compare across snapshots and runs, not with Inception FIDs); the README says how to get "
+                       "Inception")
     try:
         return get_feature_network(name, device=_device(opts["device"]), inception_weights=opts["inception_weights"])
     except FeatureNetworkError as e:
@@ -247,8 +248,12 @@ def _train_feature_net(opts: dict[str, Any]) -> FeatureNetwork:
 
 def _with_split(cfg: TrainConfig, split: str) -> TrainConfig:
     """The config with its --split made concrete for the data (see stylegan2.data.splits)."""
+    try:  # an empty or unusable folder is a --data problem, said as the dataset loader says it
+        layout = None if is_builtin(cfg.data) else data.detect_layout(Path(cfg.data).expanduser())
+    except DatasetError as e:
+        raise click.ClickException(f"cannot use --data {cfg.data}: {e}") from e
     try:
-        chosen = data.resolve_split(cfg.data, None if split == "all" else split)
+        chosen = data.choose_split(layout, None if split == "all" else split)
     except DatasetError as e:
         raise click.BadParameter(str(e), param_hint="--split") from None
     cfg.split = chosen

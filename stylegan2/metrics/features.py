@@ -241,7 +241,8 @@ def get_feature_network(name: str, ckpt: str | os.PathLike | dict[str, Any] | No
     """A feature network by name: 'discriminator' (needs `ckpt`: a checkpoint file, run folder or
     loaded checkpoint dict), 'inception' (weights from `inception_weights`,
     $STYLEGAN2_INCEPTION_WEIGHTS or torch.hub's cache; see inception_network), 'random[:SEED]'
-    (a fixed random conv net, see random_net.py) or 'torchscript:PATH'. Raises FeatureNetworkError (one line) when it cannot be made."""
+    (a fixed random conv net, see random_net.py) or 'torchscript:PATH'. Raises FeatureNetworkError
+    (one line) when it cannot be made."""
     device = torch.device(device)
     if name == "discriminator":
         if ckpt is None:
