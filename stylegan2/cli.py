@@ -4,7 +4,7 @@
     python -m stylegan2 train --data /data/oasis --preset gpu256 --kimg 5000
     python -m stylegan2 train --resume runs/00003-mni152-cpu-small --kimg 20
     python -m stylegan2 generate --ckpt runs/00003-mni152-cpu-small --seeds 0-7,12 --out out/
-    python -m stylegan2 info --ckpt runs/00003-mni152-cpu-small/checkpoints/ckpt-000006.pt
+    python -m stylegan2 info --ckpt runs/00003-mni152-cpu-small/checkpoints/ckpt-000006016.pt
     python -m stylegan2 metrics --ckpt runs/00003-mni152-cpu-small --metrics fid,kid,pr --n 10000
     python -m stylegan2 audit --ckpt runs/00003-mni152-cpu-small --n 5000
     python -m stylegan2 convert stylegan2-ffhq-256.pkl ffhq-gray.pt --channels 1
