@@ -374,3 +374,18 @@ def test_a_run_with_old_names_resumes_and_continues_with_new_ones(tmp_path):
     assert [p.name for _, p in ckpt_io.list_checkpoints(tmp_path / "r")] == \
         ["ckpt-000000.008.pt", "ckpt-000000.016.pt", "ckpt-000000024.pt"]
     assert ckpt_io.find_checkpoint(tmp_path / "r").name == "ckpt-000000024.pt"
+
+
+def test_a_resumed_run_hides_the_tensorboard_events_it_writes_again(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ds = ImageDataset(blobs(6, 10), source="blobs (6)")
+    run_train(tiny(kimg=0.024, snap_kimg=0.008, tick_kimg=0.008), tmp_path / "r", ds, tensorboard=True)
+    ck = ckpt_io.load_checkpoint(tmp_path / "r" / "checkpoints" / ckpt_io.ckpt_name(8))
+    run_train(tiny(kimg=0.024, snap_kimg=0.008, tick_kimg=0.008), tmp_path / "r", ds, resume=ck, tensorboard=True)
+    acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    rows = StatsWriter(tmp_path / "r").rows()
+    # One value per step, the resumed run's (as in the stats files), not both runs' 16 and 24.
+    assert [(e.step, e.value) for e in acc.Scalars("Loss/G/main")] == \
+        [(r["nimg"], pytest.approx(r["Loss/G/main"], rel=1e-6)) for r in rows]
+    assert [r["nimg"] for r in rows] == [8, 16, 24]
