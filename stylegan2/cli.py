@@ -256,7 +256,7 @@ def _with_split(cfg: TrainConfig, split: str) -> TrainConfig:
         chosen = data.choose_split(layout, None if split == "all" else split)
     except DatasetError as e:
         raise click.BadParameter(str(e), param_hint="--split") from None
-    cfg.split = chosen
+    cfg.data_split = chosen
     return cfg
 
 
@@ -265,7 +265,7 @@ def _snapshot_metrics(cfg: TrainConfig, dataset: Any, names: list[str], net: Fea
     """What train --metrics measures against: the held-out split where there is one, its features
     computed (or read from the cache) now."""
     try:
-        ref = reference_set(cfg.data, cfg.resolution, cfg.channels, cfg.split, training=dataset,
+        ref = reference_set(cfg.data, cfg.resolution, cfg.channels, cfg.data_split, training=dataset,
                             progress=opts["progress"])
     except DatasetError as e:
         raise click.ClickException(f"cannot open the reference set of --data {cfg.data}: {e}") from None
@@ -379,7 +379,7 @@ def _kimg_option(opts: dict[str, Any]) -> float | None:
 def _open_data(cfg: TrainConfig, progress: bool) -> Any:
     try:
         return data.open_dataset(cfg.data, cfg.resolution, cfg.channels, max_images=cfg.max_images,
-                                 progress=progress, split=cfg.split)
+                                 progress=progress, split=cfg.data_split)
     except DatasetError as e:
         raise click.ClickException(f"cannot use --data {cfg.data}: {e}") from e
 
@@ -575,7 +575,7 @@ def _ckpt_data(ck: dict[str, Any], spec: str | None, progress: bool, held_out: b
             raise
         raise click.ClickException(f"the checkpoint's dataset {spec} is gone: name one with --data") from None
     m = ck["model_config"]
-    split = None if given else ck["config"].get("split")
+    split = None if given else ck["config"].get("data_split")
     try:
         if held_out and not given:
             ref = reference_set(spec, m["resolution"], m["channels"], split,

@@ -270,7 +270,7 @@ def test_train_uses_the_training_split_and_metrics_the_held_out_one(tmp_path, la
     assert r.exit_code == 0, r.output
     assert f"reference: {reference}" in r.output and "(train split)" in r.output
     run = next(out.iterdir())
-    assert json.loads((run / "config.json").read_text())["train"]["split"] == "train"
+    assert json.loads((run / "config.json").read_text())["train"]["data_split"] == "train"
     assert ckpt_io.load_checkpoint(run)["dataset"]["num_images"] == (6 if layout == "oasis" else 5)
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["results"][0]["reference"] == reference
