@@ -130,7 +130,9 @@ setup(
     extras_require={
         # pytorch-fid: the FID Inception-v3 feature network (its weights are a separate local file).
         "metrics": ["pytorch-fid>=0.3"],
-        "test": ["pytest>=7", "scipy", "pytorch-fid>=0.3"],
+        # tensorboard: train also writes TensorBoard events (torch.utils.tensorboard needs it).
+        "tensorboard": ["tensorboard>=2.10"],
+        "test": ["pytest>=7", "scipy", "pytorch-fid>=0.3", "tensorboard>=2.10"],
     },
     entry_points={"console_scripts": ["stylegan2=stylegan2.cli:main"]},
     zip_safe=False,

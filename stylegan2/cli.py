@@ -4,7 +4,7 @@
     python -m stylegan2 train --data /data/oasis --preset gpu256 --kimg 5000
     python -m stylegan2 train --resume runs/00003-mni152-cpu-small --kimg 20
     python -m stylegan2 generate --ckpt runs/00003-mni152-cpu-small --seeds 0-7,12 --out out/
-    python -m stylegan2 info --ckpt runs/00003-mni152-cpu-small/checkpoints/ckpt-000006.pt
+    python -m stylegan2 info --ckpt runs/00003-mni152-cpu-small/checkpoints/ckpt-000006016.pt
     python -m stylegan2 metrics --ckpt runs/00003-mni152-cpu-small --metrics fid,kid,pr --n 10000
     python -m stylegan2 audit --ckpt runs/00003-mni152-cpu-small --n 5000
     python -m stylegan2 convert stylegan2-ffhq-256.pkl ffhq-gray.pt --channels 1
@@ -33,7 +33,7 @@ from .data import (BUILTIN, KINDS, DatasetError, clear_cache, datasets_dir, form
 from .images import parse_seeds
 from .metrics import (INCEPTION_FILE, INCEPTION_WEIGHTS_ENV, METRICS, FeatureNetwork, FeatureNetworkError,
                       audit_memorization, compute_metrics, fake_batches, generator_from_checkpoint,
-                      get_feature_network, inception_weights_path, real_features)
+                      get_feature_network, inception_weights_path, real_features, reference_set)
 from .networks import count_parameters
 from .sampling import SPEEDUPS, Sampler, class_vector, generate_images
 from .torch_settings import torch_settings
@@ -47,13 +47,15 @@ from .training.run_dir import dataset_name, new_run_dir
 from .training import distributed
 from .training.distributed import DEFAULT_TIMEOUT_S, CollectiveError
 from .training.signals import StopRequest
+from .training.snapshot_metrics import SnapshotMetrics
+from .training.tensorboard import available as tensorboard_available
 from .training.state import condition_dim, model_config_dict
 
 
 # Options that change what the networks are or what data they see: fixed by a checkpoint when
 # resuming. The others (how long, how often, where, with how many threads) may change.
 _MODEL_OPTIONS = ("preset", "resolution", "batch", "cond", "mirror", "gamma", "lr", "loss", "seed",
-                  "precision", "channels", "max_images")
+                  "precision", "channels", "max_images", "split")
 _RUNTIME_FIELDS = {"kimg": "kimg", "snap": "snap_kimg", "tick": "tick_kimg", "threads": "threads",
                    "device": "device", "channels_last": "channels_last", "batch_gpu": "batch_gpu"}
 
@@ -136,13 +138,31 @@ def main() -> None:
                    "(its network sizes; --channels / --resolution adapt them).")
 @click.option("--dist-timeout", type=FiniteFloatRange(0, min_open=True), default=DEFAULT_TIMEOUT_S,
               help="Under torchrun: seconds a rank waits in a collective before the job fails.")
-@click.option("--keep", type=click.IntRange(0), default=0, help="Keep only the newest N checkpoints (0: all).")
+@click.option("--split", type=click.Choice(["auto", "all", "train", "validate", "test"]), default="auto",
+              help="Split of OASIS/ADNI to train on; auto: train, keeping the others for --metrics.")
+@click.option("--minutes", type=FiniteFloatRange(0, 1e7, min_open=True), default=None,
+              help="Wall-time budget: end with a snapshot in time (no image limit unless --kimg).")
+@click.option("--metrics", "metric_names", default=None, help=f"Measure at snapshots, comma-separated from "
+              f"{', '.join(METRICS)}; best FID kept as checkpoints/best.pt.")
+@click.option("--metrics-n", type=click.IntRange(4, 1_000_000), default=5000, help="Fakes per snapshot for --metrics.")
+@click.option("--feature-net", default=None, show_default="inception if its weights are here, else random",
+              help="For --metrics: 'inception', 'random[:SEED]' or 'torchscript:PATH'.")
+@click.option("--inception-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              show_default=f"${INCEPTION_WEIGHTS_ENV}, else torch.hub's cache", help=f"The file {INCEPTION_FILE}.")
+@click.option("--tensorboard/--no-tensorboard", default=None, show_default="on when tensorboard is installed",
+              help="Also write TensorBoard events into <run>/tensorboard.")
+@click.option("--keep", type=click.IntRange(0), default=0,
+              help="Keep only the newest N checkpoints (0: all); best.pt is always kept.")
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
 @click.pass_context
 def train(ctx: click.Context, **opts: Any) -> None:
     """Train a StyleGAN2 (defaults: the built-in mni152 data, preset auto)."""
     _quiet_unless_rank0()
+    # The metrics and their feature network before anything is loaded: a missing Inception file
+    # is one line now, not a traceback at the first snapshot.
+    metric_names = _train_metric_names(opts)
+    net = _train_feature_net(opts) if metric_names else None
     ckpt = init = None
     if opts["resume"] is not None:
         if opts["init_from"] is not None:
@@ -158,6 +178,8 @@ def train(ctx: click.Context, **opts: Any) -> None:
     # Under torchrun: join the process group; only rank 0 prints and writes from here on.
     world = _start_world(opts, cfg)
     _check_data_path(cfg.data)
+    if run_dir is None:  # a resumed run keeps the split of its checkpoint
+        cfg = _with_split(cfg, opts["split"])
     click.echo(why)
     if opts["dry_run"]:
         click.echo(cfg.to_json())
@@ -184,6 +206,9 @@ def train(ctx: click.Context, **opts: Any) -> None:
         if bad:
             raise click.UsageError(f"--init-from {opts['init_from']}: its networks differ from this run's: "
                                    f"{'; '.join(bad)}")
+    snap_metrics = None
+    if metric_names and world.is_main:  # reference features (cached) before a run directory exists
+        snap_metrics = _snapshot_metrics(cfg, dataset, metric_names, net, opts)
     if run_dir is None and world.is_main:
         try:
             run_dir = new_run_dir(opts["out"], f"{dataset_name(cfg.data)}-{cfg.preset}")
@@ -194,7 +219,7 @@ def train(ctx: click.Context, **opts: Any) -> None:
     click.echo(f"run directory: {run_dir}")
     # Held until the outputs are listed: a second Ctrl-C stays ignored after the loop returned.
     with StopRequest() as stop:
-        result = _run_training(cfg, run_dir, dataset, ckpt, opts, stop, init)
+        result = _run_training(cfg, run_dir, dataset, ckpt, opts, stop, init, snap_metrics)
         _print_outputs(result)
     distributed.shutdown()
     if result.stop_signal is not None:
@@ -221,6 +246,78 @@ def _quiet_unless_rank0() -> None:
     if distributed.launched_by_torchrun() and os.environ["RANK"] != "0":
         sys.stdout = open(os.devnull, "w")
         warnings.simplefilter("ignore")
+
+
+def _train_metric_names(opts: dict[str, Any]) -> list[str]:
+    if opts["metric_names"] is None:
+        return []
+    names = [m.strip() for m in opts["metric_names"].split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown metric(s) {', '.join(unknown) or '(none given)'}: choose from "
+                                 f"{', '.join(METRICS)}", param_hint="--metrics")
+    return names
+
+
+def _train_feature_net(opts: dict[str, Any]) -> FeatureNetwork:
+    """--feature-net for train --metrics: one network for the whole run, so snapshots compare.
+    Default: Inception when its weights are here, else the fixed random network, with a note."""
+    name = opts["feature_net"]
+    if name == "discriminator":
+        raise click.BadParameter("the discriminator changes at every step, so its features would not compare "
+                                 "across snapshots: use 'inception', 'random' or 'torchscript:PATH'",
+                                 param_hint="--feature-net")
+    if name is None:
+        if opts["inception_weights"] is not None or (_pytorch_fid_installed() and inception_weights_path().is_file()):
+            name = "inception"
+        else:
+            name = "random"
+            why = (f"no FID Inception weights at {inception_weights_path()}" if _pytorch_fid_installed()
+                   else "pytorch-fid is not installed")
+            click.echo(f"note: {why}, so --metrics use the fixed random feature network 'random' (numbers "
+                       "compare across snapshots and runs, not with Inception FIDs); the README says how to get "
+                       "Inception")
+    try:
+        return get_feature_network(name, device=_device(opts["device"]), inception_weights=opts["inception_weights"])
+    except FeatureNetworkError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _with_split(cfg: TrainConfig, split: str) -> TrainConfig:
+    """The config with its --split made concrete for the data (see stylegan2.data.splits)."""
+    try:  # an empty or unusable folder is a --data problem, said as the dataset loader says it
+        layout = None if is_builtin(cfg.data) else data.detect_layout(Path(cfg.data).expanduser())
+    except DatasetError as e:
+        raise click.ClickException(f"cannot use --data {cfg.data}: {e}") from e
+    try:
+        chosen = data.choose_split(layout, None if split == "all" else split)
+    except DatasetError as e:
+        raise click.BadParameter(str(e), param_hint="--split") from None
+    cfg.data_split = chosen
+    return cfg
+
+
+def _snapshot_metrics(cfg: TrainConfig, dataset: Any, names: list[str], net: FeatureNetwork,
+                      opts: dict[str, Any]) -> SnapshotMetrics:
+    """What train --metrics measures against: the held-out split where there is one, its features
+    computed (or read from the cache) now."""
+    try:
+        ref = reference_set(cfg.data, cfg.resolution, cfg.channels, cfg.data_split, training=dataset,
+                            progress=opts["progress"])
+    except DatasetError as e:
+        raise click.ClickException(f"cannot open the reference set of --data {cfg.data}: {e}") from None
+    need = 4 if "pr" in names else 2  # precision/recall's k = 3 neighbours, FID's covariance
+    if len(ref.dataset) < need:
+        raise click.ClickException(f"the reference set {ref.name} has {len(ref.dataset)} images; "
+                                   f"{', '.join(names)} need at least {need}")
+    click.echo(f"metrics: {', '.join(names)} of {opts['metrics_n']} fakes at each snapshot, {net.name} features, "
+               f"reference: {ref.name}")
+    sm = SnapshotMetrics(names, opts["metrics_n"], net, ref.dataset, ref.name, batch=min(cfg.batch * 2, 64))
+    try:
+        sm.prepare(progress=opts["progress"])
+    except fileio.WriteError as e:  # the real-feature cache
+        raise click.ClickException(str(e)) from None
+    return sm
 
 
 def _check_out(folder: Path, keep: bool, option: str = "--out") -> None:
@@ -270,7 +367,7 @@ def _fresh_config(opts: dict[str, Any], source: dict[str, Any]) -> tuple[TrainCo
     preset, and equals the options where both say something (load_init adapted to them)."""
     overrides = dict(data=opts["data"] or BUILTIN, resolution=opts["resolution"], batch=opts["batch"],
                      batch_gpu=opts["batch_gpu"],
-                     kimg=opts["kimg"], snap_kimg=opts["snap"], tick_kimg=opts["tick"], cond=opts["cond"],
+                     kimg=_kimg_option(opts), snap_kimg=opts["snap"], tick_kimg=opts["tick"], cond=opts["cond"],
                      mirror=opts["mirror"], gamma=opts["gamma"], lr=opts["lr"], loss=opts["loss"],
                      precision=opts["precision"], max_images=opts["max_images"], seed=opts["seed"],
                      threads=opts["threads"], device=opts["device"], channels_last=opts["channels_last"],
@@ -298,6 +395,7 @@ def _resume_config(ctx: click.Context, opts: dict[str, Any], ckpt: dict[str, Any
     for opt, fieldname in _RUNTIME_FIELDS.items():
         if opts[opt] is not None:
             values[fieldname] = opts[opt]
+    values["kimg"] = _kimg_option(opts) or values["kimg"]
     if opts["data"] is not None:
         values["data"] = opts["data"]
     try:
@@ -310,19 +408,31 @@ def _resume_config(ctx: click.Context, opts: dict[str, Any], ckpt: dict[str, Any
     return cfg, run_dir, f"resuming {path} at {kimg:.3f} kimg (preset {cfg.preset}), until {cfg.kimg:g} kimg"
 
 
+def _kimg_option(opts: dict[str, Any]) -> float | None:
+    """--kimg; with --minutes and no --kimg, no image limit (the budget ends the run)."""
+    if opts["kimg"] is None and opts["minutes"] is not None:
+        return MAX_KIMG
+    return opts["kimg"]
+
+
 def _open_data(cfg: TrainConfig, progress: bool, mmap: bool = False) -> Any:
     try:
         return data.open_dataset(cfg.data, cfg.resolution, cfg.channels, max_images=cfg.max_images,
-                                 progress=progress, mmap=mmap)
+                                 progress=progress, mmap=mmap, split=cfg.data_split)
     except DatasetError as e:
         raise click.ClickException(f"cannot use --data {cfg.data}: {e}") from e
 
 
 def _run_training(cfg: TrainConfig, run_dir: Path, dataset: Any, ckpt: dict[str, Any] | None,
-                  opts: dict[str, Any], stop: Any = None, init: Any = None) -> Any:
+                  opts: dict[str, Any], stop: Any = None, init: Any = None, metrics: Any = None) -> Any:
+    tensorboard = tensorboard_available() if opts["tensorboard"] is None else opts["tensorboard"]
+    if opts["tensorboard"] and not tensorboard_available():
+        click.echo("note: --tensorboard needs the tensorboard package (pip install -e \".[tensorboard]\"); "
+                   "training without it, the stats files have everything")
     try:
         return train_loop(cfg, run_dir, dataset, resume=ckpt, allow_data_change=opts["allow_data_change"],
-                          progress=opts["progress"], keep=opts["keep"], log=click.echo, stop=stop, init=init)
+                          progress=opts["progress"], keep=opts["keep"], log=click.echo, stop=stop, init=init,
+                          metrics=metrics, minutes=opts["minutes"], tensorboard=tensorboard)
     except (TrainingDiverged, ResumeError, TrainingWriteError, fileio.WriteError, CollectiveError) as e:
         raise click.ClickException(str(e)) from None
     except ValueError as e:  # a configuration the networks or the loss refuse
@@ -331,13 +441,19 @@ def _run_training(cfg: TrainConfig, run_dir: Path, dataset: Any, ckpt: dict[str,
 
 def _print_outputs(result: Any) -> None:
     verb = "finished" if result.status == "done" else "stopped"
-    click.echo(f"\n{verb} at {result.cur_nimg / 1000:.3f} kimg. Outputs in {result.run_dir}:")
+    why = " (time budget reached)" if result.ended_by == "minutes" else ""
+    click.echo(f"\n{verb} at {result.cur_nimg / 1000:.3f} kimg{why}. Outputs in {result.run_dir}:")
     labels = [("config", "resolved config"), ("stats_jsonl", "stats (JSONL)"), ("stats_csv", "stats (CSV)"),
               ("losses", "loss plot (G and D)"), ("loss_G", "loss plot (G)"), ("loss_D", "loss plot (D)"),
-              ("reals", "training images"), ("fakes", "latest fake grid"), ("checkpoint", "latest checkpoint")]
+              ("reals", "training images"), ("fakes", "latest fake grid"), ("metrics", "metrics (JSONL)"),
+              ("tensorboard", "TensorBoard events"), ("checkpoint", "latest checkpoint"),
+              ("best", "best checkpoint (FID)")]
     for key, label in labels:
         if key in result.files:
             click.echo(f"  {label:22s} {result.files[key]}")
+    if result.best is not None:
+        click.echo(f"  best FID {result.best['fid']:.4g} at {result.best['kimg']:.3f} kimg ({result.best['network']} "
+                   f"features, reference {result.best['reference']})")
 
 
 def _load_ckpt_option(path: Path, quiet: bool = False) -> dict[str, Any]:
@@ -490,9 +606,10 @@ def _pytorch_fid_installed() -> bool:
     return importlib.util.find_spec("pytorch_fid") is not None
 
 
-def _ckpt_data(ck: dict[str, Any], spec: str | None, progress: bool) -> Any:
-    """--data, else the dataset the checkpoint was trained on, decoded at the model's resolution
-    and channels (and max_images, as training saw it)."""
+def _ckpt_data(ck: dict[str, Any], spec: str | None, progress: bool, held_out: bool = False) -> tuple[Any, str]:
+    """(dataset, how reports name it): --data, else the dataset the checkpoint was trained on,
+    decoded at the model's resolution and channels (its split and max_images, as training saw
+    it; with `held_out`, the split training did not use where the data has one)."""
     given = spec is not None
     spec = spec if given else ck["config"]["data"]
     try:
@@ -502,14 +619,23 @@ def _ckpt_data(ck: dict[str, Any], spec: str | None, progress: bool) -> Any:
             raise
         raise click.ClickException(f"the checkpoint's dataset {spec} is gone: name one with --data") from None
     m = ck["model_config"]
+    split = None if given else ck["config"].get("data_split")
     try:
-        ds = data.open_dataset(spec, m["resolution"], m["channels"],
-                               max_images=None if given else ck["config"].get("max_images"), progress=progress)
+        if held_out and not given:
+            ref = reference_set(spec, m["resolution"], m["channels"], split,
+                                max_images=ck["config"].get("max_images"), progress=progress)
+            if ref.held_out:
+                return ref.dataset, ref.name
+            ds = ref.dataset
+        else:
+            ds = data.open_dataset(spec, m["resolution"], m["channels"], split=split,
+                                   max_images=None if given else ck["config"].get("max_images"), progress=progress)
     except DatasetError as e:
         raise click.ClickException(f"cannot use --data {spec}: {e}") from e
     if not given and ds.fingerprint() != ck["dataset"]["fingerprint"]:
         click.echo(f"note: {spec} has changed since training (its fingerprint differs from the checkpoint's)")
-    return ds
+    name = str(ds.source) if given else ref.name if held_out else data.describe_split(spec, split, len(ds))
+    return ds, name
 
 
 def _run_folder(ck: dict[str, Any]) -> Path:
@@ -540,7 +666,7 @@ def _evaluation_options(command: Any) -> Any:
     the batch, the device and the progress bar."""
     for option in reversed([
         click.option("--feature-net", default=None, show_default="inception if its weights are here, else discriminator",
-                     help="'discriminator', 'inception' or 'torchscript:PATH'."),
+                     help="'discriminator', 'inception', 'random[:SEED]' or 'torchscript:PATH'."),
         click.option("--inception-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      show_default=f"${INCEPTION_WEIGHTS_ENV}, else torch.hub's cache", help=f"The file {INCEPTION_FILE}."),
         click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, help="Fake i uses the latent of seed+i."),
@@ -580,12 +706,13 @@ def metrics(ckpt: Path, metric_names: str, data: str | None, count: int, feature
     folder = out if out is not None else _run_folder(ck)
     # keep=False for --out: a run that fails later leaves no empty folder (the run folder exists).
     _check_out(folder, keep=out is None)
-    dataset = _ckpt_data(ck, data, progress)
+    dataset, reference = _ckpt_data(ck, data, progress, held_out=True)
     few = _too_few(names, len(dataset), f"the real set {dataset.source}")
     if few:
         raise click.ClickException(few)
+    click.echo(f"reference: {reference}")
     try:
-        real = real_features(dataset, net, batch=batch, progress=progress)
+        real = real_features(dataset, net, batch=batch, progress=progress, reference=reference)
         G = generator_from_checkpoint(ck, device=dev)
         # The bar wraps the generator here, where the count is known (the library sees only an
         # iterator); each batch is generated and passed through the network before the next.
@@ -599,6 +726,7 @@ def metrics(ckpt: Path, metric_names: str, data: str | None, count: int, feature
     for r in results:
         click.echo(str(r))
     doc = {"checkpoint": ck["path"], "kimg": ck["progress"]["cur_nimg"] / 1000, "data": str(dataset.source),
+           "reference": reference,
            "feature_network": net.name, "feature_network_key": net.key, "num_fake": count, "seed": seed,
            "results": [r.to_dict() for r in results]}
     path = folder / f"metrics-{Path(ck['path']).stem}.json"
@@ -627,7 +755,7 @@ def audit(ckpt: Path, count: int, data: str | None, feature_net: str | None, inc
     folder = out if out is not None else _run_folder(ck) / f"audit-{Path(ck['path']).stem}"
     # keep=False: a run that fails later (a dataset that will not load) leaves no empty folder.
     _check_out(folder, keep=False)
-    dataset = _ckpt_data(ck, data, progress)
+    dataset, _ = _ckpt_data(ck, data, progress)
     if len(dataset) < 2:  # the threshold is a distance between two distinct real images
         raise click.ClickException(f"the audit needs at least 2 training images; {dataset.source} has {len(dataset)}")
     G = generator_from_checkpoint(ck, device=dev)

@@ -95,7 +95,7 @@ def test_export_to_nvlabs_names(tmp_path):
     assert r.exit_code == 2 and "--channels and --resolution apply to --to ours" in r.output
     # Ours back out, from a run directory (its newest checkpoint).
     run = tmp_path / "run"
-    assert invoke("convert", src, run / "checkpoints" / "ckpt-000000.000.pt").exit_code == 0
+    assert invoke("convert", src, run / "checkpoints" / "ckpt-000000000.pt").exit_code == 0
     r = invoke("convert", run, tmp_path / "back.pt", "--to", "nvlabs-state-dict")
     assert r.exit_code == 0, r.output
     back = torch.load(tmp_path / "back.pt", weights_only=True)

@@ -199,22 +199,22 @@ def test_checkpoints_with_numpy_and_python_rng_states_still_load_and_resume(trai
 def test_resume_skips_a_truncated_newest_checkpoint_and_removes_stale_temporaries(trained, tmp_path):
     data, run = trained
     run = copy_run(run, tmp_path / "run")
-    newest = run / "checkpoints" / "ckpt-000000.016.pt"
+    newest = run / "checkpoints" / "ckpt-000000016.pt"
     newest.write_bytes(newest.read_bytes()[:30000])
-    stale = [run / "checkpoints" / ".ckpt-000000.024.pt.k2j4h5g_.tmp", run / ".stats.csv.a8d7f6s5.tmp"]
+    stale = [run / "checkpoints" / ".ckpt-000000024.pt.k2j4h5g_.tmp", run / ".stats.csv.a8d7f6s5.tmp"]
     for p in stale:
         p.write_bytes(b"half written")
     r = invoke("train", "--resume", run, "--data", data, "--kimg", "0.012", "--keep", "1", "--threads", "1",
                "--no-progress")
     assert r.exit_code == 0, r.output
     assert f"skipped {newest}: not a readable checkpoint: truncated" in r.output
-    assert "resuming " + str(run / "checkpoints" / "ckpt-000000.008.pt") in r.output
+    assert "resuming " + str(run / "checkpoints" / "ckpt-000000008.pt") in r.output
     assert "removed 2 temporary file(s)" in r.output
     assert not any(p.exists() for p in stale)
     assert "finished at 0.012 kimg" in r.output
     # --keep 1 kept the checkpoint just written, although the broken one is newer by name.
     assert [n for n, _ in ckpt_io.list_checkpoints(run)] == [12, 16]
-    ckpt_io.load_checkpoint(run / "checkpoints" / "ckpt-000000.012.pt")
+    ckpt_io.load_checkpoint(run / "checkpoints" / "ckpt-000000012.pt")
     # Every checkpoint broken: one line, naming the newest and why.
     for _, p in ckpt_io.list_checkpoints(run):
         p.write_bytes(b"")
@@ -334,7 +334,7 @@ def test_a_real_full_disk(tmp_path):
         r = invoke("train", "--data", data, "--out", small, "--kimg", "0.016", "--snap", "0.008", *FAST)
         assert r.exit_code == 1, r.output
         error = r.output.strip().splitlines()[-1]
-        assert error.startswith("Error: cannot write ") and "ckpt-000000.008.pt" in error, error
+        assert error.startswith("Error: cannot write ") and "ckpt-000000008.pt" in error, error
         assert "[ENOSPC]" in error and "no checkpoint was written yet" in error
         assert _leftover_temporaries(small) == []
     finally:

@@ -292,14 +292,33 @@ def test_load_checkpoint_errors(tmp_path):
 def test_checkpoint_names_sort_by_progress(tmp_path):
     d = tmp_path / "checkpoints"
     d.mkdir()
-    for nimg in (64, 1000, 2032, 12000, 999):
+    for nimg in (64, 1000, 2032, 12000, 999, 736):
         (d / ckpt_io.ckpt_name(nimg)).write_bytes(b"")
     (d / "notes.txt").write_bytes(b"")
-    assert ckpt_io.ckpt_name(2032) == "ckpt-000002.pt" and ckpt_io.ckpt_name(64) == "ckpt-000000.064.pt"
-    assert [n for n, _ in ckpt_io.list_checkpoints(tmp_path)] == [64, 999, 1000, 2000, 12000]
-    assert ckpt_io.find_checkpoint(tmp_path).name == "ckpt-000012.pt"
+    (d / "best.pt").write_bytes(b"")
+    assert ckpt_io.ckpt_name(2032) == "ckpt-000002032.pt" and ckpt_io.ckpt_name(64) == "ckpt-000000064.pt"
+    assert ckpt_io.ckpt_name(25_000_000) == "ckpt-025000000.pt"  # gpu256's 25000 kimg still 9 digits
+    names = sorted(p.name for p in d.glob("ckpt-*.pt"))
+    # Plain name order is training order: no fractions, fixed width.
+    assert [ckpt_io.name_nimg(n) for n in names] == [64, 736, 999, 1000, 2032, 12000]
+    assert [n for n, _ in ckpt_io.list_checkpoints(tmp_path)] == [64, 736, 999, 1000, 2032, 12000]
+    assert ckpt_io.find_checkpoint(tmp_path).name == "ckpt-000012000.pt"
     ckpt_io.prune_checkpoints(tmp_path, keep=2)
-    assert [n for n, _ in ckpt_io.list_checkpoints(tmp_path)] == [2000, 12000]
+    assert [n for n, _ in ckpt_io.list_checkpoints(tmp_path)] == [2032, 12000]
+    assert (d / "best.pt").exists()
+
+
+def test_checkpoint_names_of_earlier_versions_are_still_found_and_ordered(tmp_path):
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    # Earlier versions: whole kimg from 1 kimg on, kimg.images below; mixed with new names, as a
+    # run of an earlier version resumed by this one leaves them.
+    for name in ("ckpt-000000.736.pt", "ckpt-000002.pt", "ckpt-000000.064.pt", "ckpt-000003500.pt", "ckpt-000010.pt"):
+        (d / name).write_bytes(b"")
+    assert [(n, p.name) for n, p in ckpt_io.list_checkpoints(tmp_path)] == [
+        (64, "ckpt-000000.064.pt"), (736, "ckpt-000000.736.pt"), (2000, "ckpt-000002.pt"),
+        (3500, "ckpt-000003500.pt"), (10000, "ckpt-000010.pt")]
+    assert ckpt_io.name_nimg("best.pt") is None and ckpt_io.name_nimg("ckpt-12.pt") is None
 
 
 def test_resume_on_other_data_is_refused(tmp_path, gen):
@@ -337,7 +356,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     with pytest.raises(loop.TrainingDiverged) as err:
         _run(cfg, tmp_path / "r", ds)
     msg = str(err.value)
-    assert "Loss/D/main" in msg and "nan" in msg and "ckpt-000000.016.pt" in msg
+    assert "Loss/D/main" in msg and "nan" in msg and "ckpt-000000016.pt" in msg
     found = ckpt_io.list_checkpoints(tmp_path / "r")
     assert [n for n, _ in found] == [16]
     ck = ckpt_io.load_checkpoint(found[-1][1])

@@ -15,6 +15,7 @@ from .cache import (CACHE_ENV, CacheEntry, clear_cache, datasets_dir, default_ca
 from .detect import BUILTIN, KINDS, LAYOUTS, detect_layout, is_builtin
 from .mni152 import DEFAULT_COUNT as MNI152_DEFAULT_COUNT
 from .opener import open_dataset
+from .splits import choose_split, dataset_splits, describe_split, held_out_split, resolve_split
 
 __all__ = [
     "BUILTIN",
@@ -26,8 +27,12 @@ __all__ = [
     "KINDS",
     "LAYOUTS",
     "MNI152_DEFAULT_COUNT",
+    "choose_split",
     "clear_cache",
     "datasets_dir",
+    "dataset_splits",
+    "describe_split",
+    "held_out_split",
     "default_cache_dir",
     "detect_layout",
     "format_entries",
@@ -35,4 +40,5 @@ __all__ = [
     "is_builtin",
     "list_cache",
     "open_dataset",
+    "resolve_split",
 ]

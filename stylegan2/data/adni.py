@@ -21,9 +21,18 @@ LABEL_NAMES = ["AD", "NC"]
 SPLITS = ("train", "test")
 
 
-def adni_class_dirs(root: Path) -> list[tuple[Path, int]]:
-    """(folder, label) pairs of `root`: root/{train,test}/{AD,NC}, or root/{AD,NC} directly."""
-    parents = [p for p in (find_child(root, s) for s in SPLITS) if p is not None] or [root]
+def adni_splits(root: Path) -> tuple[str, ...]:
+    """The split folders (train, test) present under an ADNI root; () for root/{AD,NC}."""
+    return tuple(s for s in SPLITS if find_child(root, s) is not None)
+
+
+def adni_class_dirs(root: Path, splits: Optional[tuple[str, ...]] = None) -> list[tuple[Path, int]]:
+    """(folder, label) pairs of `root`: root/{train,test}/{AD,NC} (only the `splits` named, when
+    given), or root/{AD,NC} directly."""
+    chosen = SPLITS if splits is None else splits
+    parents = [p for p in (find_child(root, s) for s in SPLITS if s in chosen) if p is not None]
+    if splits is None:
+        parents = parents or [root]
     found = []
     for parent in parents:
         for label, name in enumerate(LABEL_NAMES):
@@ -47,17 +56,18 @@ def find_adni_root(path: Path) -> Optional[Path]:
     return None
 
 
-def list_adni(root: Path) -> ImageListing:
-    """The image files of ADNI AD_NC at `root`, by split, class folder and name, labeled
-    0 = AD, 1 = NC; DatasetError if there are none."""
+def list_adni(root: Path, splits: Optional[tuple[str, ...]] = None) -> ImageListing:
+    """The image files of ADNI AD_NC at `root` (all splits, or those named in `splits`), by
+    split, class folder and name, labeled 0 = AD, 1 = NC; DatasetError if there are none."""
     files: list[Path] = []
     labels: list[int] = []
-    for d, label in adni_class_dirs(root):
+    for d, label in adni_class_dirs(root, splits):
         found = [p for p in walk_files(d) if is_image_file(p)]
         files.extend(found)
         labels.extend([label] * len(found))
     if not files:
         raise DatasetError(f"ADNI layout at {root} has no images: expected "
                            "{train,test}/{AD,NC}/*.jpeg")
-    return ImageListing(root, files, title="ADNI AD_NC at", noun="ADNI slice", labels=labels,
+    title = "ADNI AD_NC at" if splits is None else f"ADNI AD_NC ({'+'.join(splits)} split) at"
+    return ImageListing(root, files, title=title, noun="ADNI slice", labels=labels,
                         label_names=list(LABEL_NAMES))

@@ -7,7 +7,8 @@
         keras_png_slices_seg_train/   segmentation masks             <- NEVER used
         keras_png_slices_seg_validate/, keras_png_slices_seg_test/   <- NEVER used
 
-All three image splits are training data for a GAN. The `_seg_` folders hold label masks whose
+By default all three image splits are read; `splits` picks some (training on "train" keeps
+"validate" for the metrics' held-out reference, see splits.py). The `_seg_` folders hold label masks whose
 images would silently poison a generator, so only the three exact image-folder names are read.
 """
 from __future__ import annotations
@@ -39,17 +40,25 @@ def find_oasis_root(path: Path) -> Optional[Path]:
     return None
 
 
-def list_oasis(root: Path) -> ImageListing:
-    """The image files of the three image splits under `root`, in split order (train, validate,
-    test), unlabeled; DatasetError if there are none."""
+def oasis_splits(root: Path) -> tuple[str, ...]:
+    """The image splits present under an OASIS root, in SPLITS order."""
+    return tuple(s for s, name in zip(SPLITS, SPLIT_DIRS) if (root / name).is_dir())
+
+
+def list_oasis(root: Path, splits: Optional[tuple[str, ...]] = None) -> ImageListing:
+    """The image files of the image splits under `root` (all three, or those named in `splits`),
+    in split order (train, validate, test), unlabeled; DatasetError if there are none."""
+    chosen = SPLITS if splits is None else splits
     files: list[Path] = []
-    for name in SPLIT_DIRS:
+    for s, name in zip(SPLITS, SPLIT_DIRS):
         split = root / name
-        if split.is_dir():
+        if s in chosen and split.is_dir():
             files.extend(p for p in walk_files(split) if is_image_file(p))
     if not files:
         raise DatasetError(
             f"OASIS layout at {root} has no images: expected PNG files in "
-            + ", ".join(SPLIT_DIRS)
+            + ", ".join(n for s, n in zip(SPLITS, SPLIT_DIRS) if s in chosen)
         )
-    return ImageListing(root, files, title="OASIS keras_png_slices_data at", noun="OASIS slice")
+    title = "OASIS keras_png_slices_data at" if splits is None else \
+        f"OASIS keras_png_slices_data ({'+'.join(splits)} split) at"
+    return ImageListing(root, files, title=title, noun="OASIS slice")

@@ -15,9 +15,11 @@ from .imageops import FIT_MODES
 from .mni152 import DEFAULT_COUNT, GENERATOR_VERSION, WarpStrength, build_mni152, template_path
 from .nifti import list_nifti_files, open_nifti
 from .oasis import list_oasis
+from .splits import choose_split
 
 # The image-folder layouts: each lists its files (and labels), `open_listing` decodes them.
-LISTERS: dict[str, Callable[[Path], ImageListing]] = {
+# oasis and adni also take the splits to list.
+LISTERS: dict[str, Callable[..., ImageListing]] = {
     "oasis": list_oasis,
     "adni": list_adni,
     "folder": list_image_folder,
@@ -49,6 +51,7 @@ def open_dataset(
     progress: bool = True,
     fit: str = "pad",
     mmap: bool = False,
+    split: Optional[str] = None,
 ) -> ImageDataset:
     """Opens a dataset and decodes it into memory as uint8 [N, channels, resolution, resolution].
 
@@ -67,6 +70,9 @@ def open_dataset(
     fit: how non-square images become square: "pad" (centred on black) or "crop" (centre).
     mmap: a dataset found in the cache has its images memory-mapped read-only from the cache
         file, not read into this process's memory (training ranks of one machine share them).
+    split: None reads every split of a layout that has them (OASIS train/validate/test, ADNI
+        train/test); "auto" the training split where there are others to hold out; a split's
+        name that split only (DatasetError if there is none of that name). See splits.py.
 
     Raises DatasetError (a ValueError) naming the path if it does not exist, is empty or holds
     nothing readable; ValueError for bad arguments. Unreadable files are skipped, counted in
@@ -74,6 +80,7 @@ def open_dataset(
     """
     _check_args(spec, resolution, channels, max_images, fit)
     if is_builtin(spec):
+        choose_split(None, split)  # the built-in set has no splits: naming one is an error
         count = max_images or DEFAULT_COUNT
         tpl = template_path()
         params: dict[str, Any] = dict(resolution=resolution, channels=channels, count=count, seed=seed,
@@ -89,12 +96,18 @@ def open_dataset(
     params = dict(root=str(root.resolve()), resolution=resolution, channels=channels,
                   max_images=max_images, seed=seed if max_images is not None else None)
     options = dict(seed=seed, max_images=max_images, progress=progress)
+    chosen = choose_split(layout, split)  # before decoding: a split NIfTI volumes lack is an error
     if layout.kind == "nifti":
         volumes = list_nifti_files(root)
         return cached_dataset("nifti", params, volumes,
                               lambda: open_nifti(root, resolution, channels, files=volumes, **options),
                               cache_dir=cache_dir, mmap=mmap)
-    listing = LISTERS[layout.kind](root)
+    if chosen is None:
+        listing = LISTERS[layout.kind](root)
+    else:  # only oasis and adni have splits (choose_split refused the others)
+        listing = LISTERS[layout.kind](root, (chosen,))
+        # In the key only when set, so the slots of whole datasets keep the names they had.
+        params["split"] = chosen
     return cached_dataset(layout.kind, {**params, "fit": fit}, listing.files,
                           lambda: open_listing(listing, resolution, channels, fit=fit, **options),
                           cache_dir=cache_dir, mmap=mmap)

@@ -240,8 +240,9 @@ def get_feature_network(name: str, ckpt: str | os.PathLike | dict[str, Any] | No
                         check_hash: bool = True) -> FeatureNetwork:
     """A feature network by name: 'discriminator' (needs `ckpt`: a checkpoint file, run folder or
     loaded checkpoint dict), 'inception' (weights from `inception_weights`,
-    $STYLEGAN2_INCEPTION_WEIGHTS or torch.hub's cache; see inception_network) or
-    'torchscript:PATH'. Raises FeatureNetworkError (one line) when it cannot be made."""
+    $STYLEGAN2_INCEPTION_WEIGHTS or torch.hub's cache; see inception_network), 'random[:SEED]'
+    (a fixed random conv net, see random_net.py) or 'torchscript:PATH'. Raises FeatureNetworkError
+    (one line) when it cannot be made."""
     device = torch.device(device)
     if name == "discriminator":
         if ckpt is None:
@@ -251,5 +252,11 @@ def get_feature_network(name: str, ckpt: str | os.PathLike | dict[str, Any] | No
         return inception_network(device, inception_weights, check_hash=check_hash)
     if name.startswith("torchscript:"):
         return torchscript_network(name[len("torchscript:"):], device)
-    raise FeatureNetworkError(f"unknown feature network {name!r}: use 'discriminator', 'inception' or "
-                              f"'torchscript:PATH'")
+    if name == "random" or name.startswith("random:"):
+        seed = name[len("random:"):] if ":" in name else "0"
+        if not seed.isdigit():
+            raise FeatureNetworkError(f"feature network {name!r}: the seed after 'random:' must be a whole number")
+        from .random_net import random_network  # here: random_net imports FeatureNetwork from this module
+        return random_network(int(seed), device)
+    raise FeatureNetworkError(f"unknown feature network {name!r}: use 'discriminator', 'inception', "
+                              f"'random[:SEED]' or 'torchscript:PATH'")

@@ -38,7 +38,14 @@ from .state import Run, model_config_dict
 
 FORMAT = "stylegan2-brain-mri"
 VERSION = 1
-_NAME = re.compile(r"^ckpt-(\d{6})(?:\.(\d{3}))?\.pt$")
+# Checkpoints are named by the images shown, 9 digits ("ckpt-000002032.pt"), so names sort as
+# training went and never carry a fraction. Earlier versions wrote whole kimg ("ckpt-000002.pt",
+# any count from 2000 to 2999) or kimg with images below 1 kimg ("ckpt-000000.736.pt"); those are
+# still found, and ordered by the count their name gives.
+_NAME = re.compile(r"^ckpt-(\d{9,})\.pt$")
+_OLD_NAME = re.compile(r"^ckpt-(\d{6})(?:\.(\d{3}))?\.pt$")
+TAG_DIGITS = 9
+BEST = "best.pt"  # the checkpoint with the lowest FID so far (train --metrics fid), beside the latest
 CHECKPOINTS = "checkpoints"  # the folder of a run directory that holds its checkpoints
 
 
@@ -57,11 +64,20 @@ class CheckpointError(RuntimeError):
 
 
 def ckpt_tag(cur_nimg: int) -> str:
-    """File-name tag for a point in training: whole kimg from 1 kimg on ("000004" for 4000 to
-    4999 images, as StyleGAN tools name snapshots), images below that ("000000.064" for 64), so
-    short test runs still get one file per snapshot."""
-    kimg, rest = divmod(int(cur_nimg), 1000)
-    return f"{kimg:06d}" if kimg > 0 else f"{kimg:06d}.{rest:03d}"
+    """File-name tag for a point in training: the number of real images shown, 9 digits
+    ("000002032" for 2032 images, 2.032 kimg), so every snapshot gets its own name, names sort
+    in training order up to a million kimg, and a run stopped mid-way needs no fraction."""
+    return f"{int(cur_nimg):0{TAG_DIGITS}d}"
+
+
+def name_nimg(name: str) -> int | None:
+    """The image count a checkpoint file name gives (this version's or an earlier one's), or
+    None for a name that is not a numbered checkpoint (best.pt, a temporary file)."""
+    if m := _NAME.match(name):
+        return int(m.group(1))
+    if m := _OLD_NAME.match(name):
+        return int(m.group(1)) * 1000 + int(m.group(2) or 0)
+    return None
 
 
 def ckpt_name(cur_nimg: int) -> str:
@@ -74,8 +90,9 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     found = []
     if d.is_dir():
         for p in d.iterdir():
-            if m := _NAME.match(p.name):
-                found.append((int(m.group(1)) * 1000 + int(m.group(2) or 0), p))
+            nimg = name_nimg(p.name)
+            if nimg is not None:
+                found.append((nimg, p))
     return sorted(found)
 
 

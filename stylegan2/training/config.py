@@ -35,6 +35,7 @@ class TrainConfig(PlainDict):
     cond: bool = False              # condition G and D on the dataset's labels
     mirror: bool = False            # random x-flips of the real images
     max_images: int | None = None   # use at most this many images of the dataset
+    data_split: str | None = None   # the dataset split trained on (None: all; see data/splits.py)
     # Model (turned into stylegan2's ModelConfig by model_kwargs()).
     z_dim: int = 128
     w_dim: int = 128

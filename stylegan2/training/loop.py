@@ -4,7 +4,9 @@
 
 Losses stay on the device; they are read only at tick boundaries (`tick_kimg`),
 where progress is shown, stats are written and a NaN/Inf stops the run. Snapshots (`snap_kimg`,
-the end, a signal) write a checkpoint, a fixed-latent grid and the loss plots.
+the end, a signal) write a checkpoint, a fixed-latent grid and the loss plots, and, when asked,
+measure metrics (snapshot_metrics.py, keeping checkpoints/best.pt) and log to TensorBoard
+(tensorboard.py). A wall-time budget (`minutes`) ends a run like reaching kimg does.
 
 All randomness comes from the global torch RNG (latents, noise, style mixing) and the feeder's own
 generator (data order, flips, fake labels); both are saved in checkpoints, and snapshots draw
@@ -36,8 +38,11 @@ from .init_from import apply_init
 from .phases import train_step
 from .plots import plot_losses
 from .signals import StopRequest
+from .snapshot_metrics import (BestTracker, SnapshotMetrics, append_results, best_path, stats_values, summary,
+                               truncate_results)
 from .state import Run, pick_device, pick_threads, setup_run
 from .stats import StatsAccumulator, StatsWriter, non_finite
+from .tensorboard import TensorBoardLog, open_tensorboard
 
 __all__ = ["ResumeError", "TrainResult", "TrainingDiverged", "TrainingWriteError", "train"]
 
@@ -61,6 +66,19 @@ class TrainResult:
     checkpoint: Path | None
     files: dict[str, Path] = field(default_factory=dict)
     stop_signal: int | None = None  # the signal that stopped the run (exit status 128 + it)
+    ended_by: str = "kimg"          # "kimg" | "minutes" (the time budget) | "signal"
+    best: dict[str, Any] | None = None  # train --metrics fid: the record of checkpoints/best.pt
+
+
+@dataclass
+class _Extras:
+    """The optional parts of a run: metrics at snapshots, TensorBoard, a wall-time budget."""
+
+    metrics: SnapshotMetrics | None = None
+    best: BestTracker | None = None
+    tb: TensorBoardLog = field(default_factory=TensorBoardLog)
+    deadline: float | None = None   # time.perf_counter() by which the run must have ended
+    budget_s: float | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,15 +91,25 @@ def _crossed(prev: int, cur: int, every_nimg: int) -> bool:
 def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[str, Any] | None = None,
           allow_data_change: bool = False, progress: bool = True, keep: int = 0,
           log: Callable[[str], None] = print, stop: StopRequest | None = None,
-          init: Converted | None = None) -> TrainResult:
+          init: Converted | None = None, metrics: SnapshotMetrics | None = None,
+          minutes: float | None = None, tensorboard: bool = False) -> TrainResult:
     """Train into `run_dir` (created if needed) until cfg.kimg, a signal, or divergence.
 
     dataset: an ImageDataset (uint8 images [N, C, R, R]). resume: a loaded checkpoint dict (its
     config must match `cfg` except for kimg and the bookkeeping fields). init: weights a fresh
-    run starts from (init_from.load_init; ValueError if its networks differ from cfg's). Raises TrainingDiverged
+    run starts from (init_from.load_init; ValueError if its networks differ from cfg's).
+    metrics: measured at every snapshot (see snapshot_metrics.py). minutes: a wall-time budget
+    from this call on; the run ends with a snapshot in time for it (status "done", ended_by
+    "minutes") unless kimg comes first. tensorboard: also write events (when the package is
+    installed; see tensorboard.py). Raises TrainingDiverged
     on a NaN/Inf loss, ResumeError for a checkpoint of another dataset or model,
     TrainingWriteError when a file cannot be written (the last good checkpoint stays usable).
     """
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise ValueError(f"minutes must be a positive number, got {minutes!r}")
+    extras = _Extras(metrics=metrics, budget_s=None if minutes is None else minutes * 60)
+    if extras.budget_s is not None:
+        extras.deadline = time.perf_counter() + extras.budget_s
     run_dir = Path(run_dir)
     # Under torchrun only rank 0 prints and writes files (distributed.py); every rank trains.
     world = distributed.current()
@@ -101,12 +129,14 @@ def train(cfg: TrainConfig, run_dir: str | Path, dataset: Any, *, resume: dict[s
     # Thread count and cuDNN autotuning (same shapes every step) hold for this run only: a
     # notebook that trains gets its own settings back.
     with torch_settings(threads=threads, cudnn_benchmark=True if device.type == "cuda" else None):
-        return _train(cfg, run_dir, dataset, device, resume, allow_data_change, progress, keep, log, stop, init)
+        return _train(cfg, run_dir, dataset, device, resume, allow_data_change, progress, keep, log, stop, init,
+                      extras, tensorboard)
 
 
 def _train(cfg: TrainConfig, run_dir: Path, dataset: Any, device: torch.device, resume: dict[str, Any] | None,
            allow_data_change: bool, progress: bool, keep: int, log: Callable[[str], None],
-           stop: StopRequest | None, init: Converted | None = None) -> TrainResult:
+           stop: StopRequest | None, init: Converted | None = None, extras: _Extras | None = None,
+           tensorboard: bool = False) -> TrainResult:
     """train() with the process settings in place."""
     if resume is not None and init is not None:
         raise ValueError("resume continues a run, init starts one from other weights: give one of them")
@@ -134,35 +164,48 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Any, device: torch.device, 
     run.last_checkpoint = distributed.broadcast_object(run.last_checkpoint)
     distributed.broadcast_tensors(_shared_state(run), "copying rank 0's networks to every rank")
     main = run_world().is_main
+    extras = extras or _Extras()
     try:
         if resume is not None and main:
             stats.truncate_after(run.cur_nimg)
+        if main and extras.metrics is not None:  # measured and kept by rank 0 only
+            extras.metrics.prepare(progress)  # a no-op when the caller prepared them already
+            extras.best = BestTracker(run_dir, extras.metrics.net.key, run.cur_nimg, log)
+            if resume is not None:
+                truncate_results(run_dir, run.cur_nimg)
+        extras.tb = open_tensorboard(run_dir, tensorboard and main,
+                                     resumed_at=run.cur_nimg if resume is not None else None)
+        if extras.tb.enabled:
+            files["tensorboard"] = run_dir / "tensorboard"
         grid_z, grid_c = grid_latents(run)
         if main:
             _write_config(run, files["config"])
             files["reals"] = save_reals(run, dataset, run_dir / "reals.png")
         if resume is None and main:
             save_grid(render(run.G_ema, grid_z, grid_c, cfg.batch), run_dir / "fakes_init.png")
-        return _loop(run, run_dir, grid_z, grid_c, stats, files, keep, progress, log, stop)
+        return _loop(run, run_dir, grid_z, grid_c, stats, files, keep, progress, log, stop, extras)
     except fileio.WriteError as e:
         kept = (f"the last good checkpoint is {run.last_checkpoint}" if run.last_checkpoint
                 else "no checkpoint was written yet")
         raise TrainingWriteError(f"{e}; training stopped at {run.cur_nimg / 1000:.3f} kimg, {kept}") from None
+    finally:
+        extras.tb.close()
 
 
 def _loop(run: Run, run_dir: Path, grid_z: torch.Tensor, grid_c: torch.Tensor, stats: StatsWriter,
           files: dict[str, Path], keep: int, progress: bool, log: Callable[[str], None],
-          stop: StopRequest | None) -> TrainResult:
-    """Steps, ticks and snapshots until kimg or a stop; the body of train()."""
+          stop: StopRequest | None, extras: _Extras | None = None) -> TrainResult:
+    """Steps, ticks and snapshots until kimg, the time budget or a stop; the body of train()."""
     cfg = run.cfg
+    extras = extras or _Extras()
     total_nimg = int(math.ceil(cfg.kimg * 1000))
     tick_nimg = max(1, int(round(cfg.tick_kimg * 1000)))
     snap_nimg = max(1, int(round(cfg.snap_kimg * 1000)))
     acc = StatsAccumulator()
     tick_start = (time.perf_counter(), run.cur_nimg)
-    bar = tqdm(total=total_nimg, initial=min(run.cur_nimg, total_nimg), unit="img", unit_scale=True,
-               disable=not progress, dynamic_ncols=True, desc="train")
-    status = "done"
+    bar = _progress_bar(run, total_nimg, extras, progress)
+    status, ended_by = "done", "kimg"
+    snap_s = 0.0  # how long the last snapshot took: the budget keeps time for the final one
     try:
         with (stop or StopRequest()) as stop:
             while run.cur_nimg < total_nimg:
@@ -172,29 +215,53 @@ def _loop(run: Run, run_dir: Path, grid_z: torch.Tensor, grid_c: torch.Tensor, s
                         and stop.requested is None:  # all ranks stop after the same step
                     stop.request("stop requested on another rank")
                 done = run.cur_nimg >= total_nimg
+                if extras.deadline is not None:
+                    out_of_time = not done and time.perf_counter() + snap_s >= extras.deadline
+                    if run_world().active:  # every rank ends after the same step, or one would wait forever
+                        out_of_time = distributed.any_across(out_of_time)
+                    if out_of_time:
+                        done, ended_by = True, "minutes"
                 snap = done or stop.requested is not None or _crossed(prev, run.cur_nimg, snap_nimg)
                 if snap or _crossed(prev, run.cur_nimg, tick_nimg):
-                    tick_start = _end_tick(run, acc, stats, bar, tick_start)
+                    tick_start = _end_tick(run, acc, stats, bar, tick_start, extras)
                 if snap:
                     t0 = time.perf_counter()
-                    _snapshot(run, run_dir, grid_z, grid_c, stats, keep, files)
+                    _snapshot(run, run_dir, grid_z, grid_c, stats, keep, files, extras, bar.write if progress else log)
                     # Snapshot time counts in the run's total but not in the next tick's img/s.
-                    run.elapsed_s += time.perf_counter() - t0
+                    snap_s = time.perf_counter() - t0
+                    run.elapsed_s += snap_s
                     tick_start = (time.perf_counter(), run.cur_nimg)
-                if stop.requested is not None and not done:
-                    status = "stopped"
+                if done:
+                    break
+                if stop.requested is not None:
+                    status, ended_by = "stopped", "signal"
                     break
     finally:
         bar.close()  # before any message, so it does not land on the bar's line
     if status == "stopped":
         log(f"{stop.requested}: saved {run.last_checkpoint} at {run.cur_nimg / 1000:.3f} kimg; "
             f"continue with --resume {run_dir}")
+    elif ended_by == "minutes":
+        log(f"time budget of {extras.budget_s / 60:g} min reached at {run.cur_nimg / 1000:.3f} kimg; "
+            f"continue with --resume {run_dir}")
     if run.last_checkpoint is None:  # kimg already reached when resuming: still leave a complete directory
-        _snapshot(run, run_dir, grid_z, grid_c, stats, keep, files)
+        _snapshot(run, run_dir, grid_z, grid_c, stats, keep, files, extras, log)
     files["checkpoint"] = run.last_checkpoint
+    if extras.best is not None and extras.best.best is not None:
+        files["best"] = best_path(run_dir)
     return TrainResult(run_dir=run_dir, cur_nimg=run.cur_nimg, status=status, checkpoint=run.last_checkpoint,
-                       files=files,
-                       stop_signal=stop.signum if status == "stopped" else None)
+                       files=files, stop_signal=stop.signum if status == "stopped" else None,
+                       ended_by=ended_by, best=extras.best.best if extras.best is not None else None)
+
+
+def _progress_bar(run: Run, total_nimg: int, extras: _Extras, progress: bool) -> Any:
+    """Images shown out of kimg; with a time budget, seconds out of the budget instead, so the
+    bar shows the time left (the postfix still says kimg)."""
+    if extras.budget_s is not None:
+        return tqdm(total=round(extras.budget_s), unit="s", disable=not progress, dynamic_ncols=True,
+                    desc="train", bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s{postfix}")
+    return tqdm(total=total_nimg, initial=min(run.cur_nimg, total_nimg), unit="img", unit_scale=True,
+                disable=not progress, dynamic_ncols=True, desc="train")
 
 
 def _write_config(run: Run, path: Path) -> None:
@@ -205,7 +272,7 @@ def _write_config(run: Run, path: Path) -> None:
 
 
 def _end_tick(run: Run, acc: StatsAccumulator, stats: StatsWriter, bar: Any,
-              tick_start: tuple[float, int]) -> tuple[float, int]:
+              tick_start: tuple[float, int], extras: _Extras | None = None) -> tuple[float, int]:
     """Read the tick's losses (the only host sync), stop on NaN/Inf, write a stats row."""
     values = acc.reduce(distributed.mean_across if run_world().active else None)  # means over ranks too
     now = time.perf_counter()
@@ -228,10 +295,17 @@ def _end_tick(run: Run, acc: StatsAccumulator, stats: StatsWriter, bar: Any,
         row["gpu_mem_gb"] = distributed.max_across(torch.cuda.max_memory_allocated(run.device) / 2**30)
         torch.cuda.reset_peak_memory_stats(run.device)
     row.update(values)
+    extras = extras or _Extras()
     if run_world().is_main:
         stats.append(row)
-    bar.update(min(run.cur_nimg, bar.total) - bar.n)
+        extras.tb.tick(row, run.cur_nimg)
     post = f"kimg {row['kimg']:.2f}"
+    if extras.deadline is not None:
+        left = max(0.0, extras.deadline - now)
+        bar.update(min(round(extras.budget_s - left), bar.total) - bar.n)
+        post += f" left {int(left // 60)}:{int(left % 60):02d}"
+    else:
+        bar.update(min(run.cur_nimg, bar.total) - bar.n)
     for key, short in (("Loss/G/main", "G"), ("Loss/D/main", "D"), ("Loss/D/reg", "R1"), ("Loss/G/reg", "PL")):
         if key in values:
             post += f" {short} {values[key]:.3f}"
@@ -240,8 +314,11 @@ def _end_tick(run: Run, acc: StatsAccumulator, stats: StatsWriter, bar: Any,
 
 
 def _snapshot(run: Run, run_dir: Path, grid_z: torch.Tensor, grid_c: torch.Tensor,
-              stats: StatsWriter, keep: int, files: dict[str, Path]) -> Path:
-    """Checkpoint, fixed-latent grid and plots, after checking the weights are still finite."""
+              stats: StatsWriter, keep: int, files: dict[str, Path], extras: _Extras | None = None,
+              say: Callable[[str], None] = print) -> Path:
+    """Checkpoint, fixed-latent grid, metrics (with best.pt) and plots, after checking the weights
+    are still finite. `say` prints a line without breaking the progress bar."""
+    extras = extras or _Extras()
     for name, module in (("G", run.G), ("D", run.D), ("G_ema", run.G_ema)):
         finite = torch.stack([p.detach().isfinite().all() for p in module.parameters()]).all()
         if not bool(finite):
@@ -258,7 +335,19 @@ def _snapshot(run: Run, run_dir: Path, grid_z: torch.Tensor, grid_c: torch.Tenso
     path = save_checkpoint(run, run_dir, keep)
     run.last_checkpoint = path  # before the grid and plots: their failure must name this one
     tag = ckpt_io.ckpt_tag(run.cur_nimg)
-    files["fakes"] = save_grid(render(run.G_ema, grid_z, grid_c, run.cfg.batch), run_dir / f"fakes_{tag}.png")
+    fakes = render(run.G_ema, grid_z, grid_c, run.cfg.batch)
+    files["fakes"] = save_grid(fakes, run_dir / f"fakes_{tag}.png")
+    values: dict[str, float] = {}
+    if extras.metrics is not None:
+        results = extras.metrics.measure(run.G_ema)
+        values = stats_values(results)
+        best = extras.best.update(run, results) if extras.best is not None else None
+        if best is not None:
+            files["best"] = best
+        files["metrics"] = append_results(run_dir, run.cur_nimg, results, best is not None)
+        stats.add_to_last(run.cur_nimg, values)
+        say(f"kimg {run.cur_nimg / 1000:.3f}: {summary(results)}{' (best so far)' if best is not None else ''}")
+    extras.tb.snapshot(run.cur_nimg, fakes, values)
     rows = stats.rows()
     if rows:
         files["loss_G"], files["loss_D"], files["losses"] = plot_losses(rows, run_dir)

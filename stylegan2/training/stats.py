@@ -96,6 +96,18 @@ class StatsWriter:
         fileio.append_text(self.jsonl, json.dumps(row) + "\n")
         self._write_csv(self.rows())
 
+    def add_to_last(self, nimg: int, values: dict[str, Any]) -> None:
+        """Merge `values` (a snapshot's metrics) into the row of the tick that ended at `nimg`,
+        or append a row of their own when there is none (a run resumed at its end)."""
+        if not values:
+            return
+        rows = self.rows()
+        if rows and rows[-1].get("nimg") == nimg:
+            rows[-1].update(values)
+            self._rewrite(rows)
+        else:
+            self.append({"kimg": nimg / 1000, "nimg": nimg, **values})
+
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         fileio.atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in rows))
         self._write_csv(rows)
