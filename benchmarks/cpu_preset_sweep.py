@@ -152,7 +152,8 @@ def _reals32() -> torch.Tensor:
 
 
 def _label(spec: str) -> tuple[str, Path]:
-    """'NAME=PATH' or PATH (a run folder, its newest checkpoint; or a checkpoint file)."""
+    """'NAME=PATH' or PATH (a run folder, its newest checkpoint; or a checkpoint file). NAME may
+    be CANDIDATE@KIMG, a checkpoint of that candidate's run."""
     name, _, path = spec.rpartition("=")
     return (name or Path(path).name), Path(path)
 
@@ -192,11 +193,12 @@ def cmd_score(a: argparse.Namespace) -> None:
     from stylegan2.metrics.features import discriminator_network, extract_features
     torch.set_num_threads(1)
     reals = _reals32()
+    reals = reals[torch.randperm(len(reals), generator=torch.Generator().manual_seed(0))[:a.n_reals]]
     dnet = discriminator_network(a.ref, torch.device("cpu"))
     pix = lambda x: F.avg_pool2d(x, 2).flatten(1).numpy().astype(np.float64)
     feat = lambda x: extract_features(dnet, ((x[i:i + 256] * 0.5 + 0.5) for i in range(0, len(x), 256)))
     r_pix, r_d = pix(reals), np.asarray(feat(reals))
-    r_var = _pairwise(reals[torch.randperm(len(reals), generator=torch.Generator().manual_seed(0))])
+    r_var = _pairwise(reals)
     r_ring, r_in = _rim(reals)
     scores = json.loads(Path(a.out).read_text()) if Path(a.out).exists() else {}
     scores["_reals"] = {"variety_abs": r_var, "ring": r_ring, "interior": r_in, "ref": str(a.ref),
@@ -207,10 +209,10 @@ def cmd_score(a: argparse.Namespace) -> None:
         fk = _fakes(rd, a.n)
         ring, inner = _rim(fk)
         kimg = load_checkpoint(rd)["progress"]["cur_nimg"] / 1000
-        s = {"kimg": kimg, "ips": speed.get(name),
+        s = {"kimg": kimg, "ips": speed.get(name.split("@")[0]),
              "fid_pix": _fid(r_pix, pix(fk)), "fid_d": _fid(r_d, np.asarray(feat(fk))),
              "variety": _pairwise(fk) / r_var, "rim": (ring / inner) / (r_ring / r_in), "ring": ring, "interior": inner,
-             "variety_t07": _pairwise(_fakes(rd, 500, 0.7)) / r_var}
+             "variety_t07": _pairwise(_fakes(rd, 200, 0.7)) / r_var}
         scores[name] = s
         print(f"{name:14s} " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                             for k, v in s.items()), flush=True)
@@ -253,7 +255,7 @@ def cmd_table(a: argparse.Namespace) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for n in a.names or [k for k in scores if not k.startswith("_")]:
         s = scores[n]
-        over = ", ".join(f"{k}={v}" for k, v in CANDIDATES.get(n, {}).items()) or "-"
+        over = ", ".join(f"{k}={v}" for k, v in CANDIDATES.get(n.split("@")[0], {}).items()) or "-"
         ips = f"{s['ips']:.1f}" if s.get("ips") else "-"
         print(f"| {n} | {over} | {ips} | {s['kimg']} | {s['fid_pix']:.1f} | {s['fid_d']:.2f} | "
               f"{s['variety']:.2f} | {s['variety_t07']:.2f} | {s['rim']:.2f} |")
@@ -279,7 +281,8 @@ def main() -> None:
     c = sub.add_parser("score")
     c.add_argument("runs", nargs="+", help="run folders or checkpoints, as PATH or NAME=PATH")
     c.add_argument("--ref", required=True, help="the run whose discriminator gives fid_d's features")
-    c.add_argument("--n", type=int, default=2000)
+    c.add_argument("--n", type=int, default=1000, help="fakes per run")
+    c.add_argument("--n-reals", type=int, default=2000, help="reals (a seeded random subset)")
     c.add_argument("--speed", help="speed.json, for the img/s column")
     c.add_argument("--out", required=True)
     h = sub.add_parser("sheet")
