@@ -91,12 +91,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         resolution=128, z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=512,
         batch=32, kimg=10000.0, precision="fp16", tick_kimg=4.0, snap_kimg=100.0,
     ),
-    # A CPU run of about ten minutes on 2 cores: 17-18 img/s on one thread of this project's 2-core
-    # machine, so 10 kimg in 10 minutes. Its grids show blobs at 2 kimg, noisy head-shaped ovals
-    # at 4-6 kimg and smooth brain outlines with a bright rim and darker interior at 10 kimg.
+    # A CPU run of about ten minutes on 2 cores (one thread), chosen at equal wall time by
+    # benchmarks/cpu_preset_sweep.py (docs/cpu-preset-sweep.md). Half the channels of the earlier
+    # preset (base 1024, max 64: 32 channels at 32x32, 64 below) and no path-length penalty make
+    # ~3x the images per second (about 60 img/s vs 20 scaled to one uncontended thread: 2.6x and
+    # 3.4x in two side-by-side measurements), so ten minutes reach 30 kimg instead of 10. At 3
+    # minutes its grid showed head-shaped ovals where the old preset's showed blobs; at 30 kimg it
+    # shows brain slices with a midline and no bright rim (the old 10-kimg grid: rings). lr 0.005
+    # gave speckled grids and worse FIDs at equal kimg; batch 16 costs 17% of the img/s on a net
+    # this small; 64x64 runs at 0.64x. Snapshots every 3 kimg: ten grids in a run.
     "cpu-small": dict(
-        resolution=32, z_dim=128, w_dim=128, mapping_layers=2, channel_base=2048, channel_max=128,
-        batch=32, kimg=10.0, precision="fp32", tick_kimg=0.256, snap_kimg=2.0,
+        resolution=32, z_dim=128, w_dim=128, mapping_layers=2, channel_base=1024, channel_max=64,
+        batch=32, kimg=30.0, precision="fp32", pl_weight=0.0, pl_interval=0,
+        tick_kimg=0.512, snap_kimg=3.0,
     ),
     # Unit-test size: under 0.1 s a step on a CPU.
     "tiny": dict(
