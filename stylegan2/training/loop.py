@@ -103,6 +103,8 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Any, device: torch.device, 
     log(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
                                else f", {torch.get_num_threads()} thread(s)"))
     run = setup_run(cfg, dataset, device)
+    if run.aug.kind != "none":  # once per run; names what is skipped (colour on 1 channel) and why
+        log(f"augmentation: {run.aug.describe()}")
     if init is not None:
         apply_init(run, init)
         log(f"networks initialised from {init.report.source}")
