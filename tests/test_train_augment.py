@@ -4,6 +4,7 @@ old checkpoints without it, and p = 0 being the identity bit for bit inside the 
 itself (transforms, gradcheck, the controller's rate) is tested in test_augment.py."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -380,6 +381,19 @@ def test_checkpoint_without_augment_entry_still_resumes(tmp_path, gen):
         train(resolve(TrainConfig.from_dict(dict(ada["config"], kimg=0.016))), tmp_path / "old", ds, resume=ada)
 
 
+@pytest.fixture(scope="module")
+def ada_checkpoint(tmp_path_factory) -> dict:
+    """The raw checkpoint of a two-step ADA run (trained once for the tests that damage it)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res, _ = train(tiny(kimg=0.008, aug="ada"), tmp_path_factory.mktemp("ada") / "r",
+                       blobs(torch.Generator().manual_seed(16), 8))
+    finally:
+        torch.set_num_threads(old)
+    return torch.load(res.checkpoint, weights_only=True)
+
+
 @pytest.mark.parametrize("damage, words", [
     (lambda ck: ck["augment"].update(kind="diffaugment"), "state of kind 'diffaugment'"),
     (lambda ck: ck["augment"].pop("controller"), "missing ADA's controller"),
@@ -387,11 +401,35 @@ def test_checkpoint_without_augment_entry_still_resumes(tmp_path, gen):
     (lambda ck: ck["augment"]["controller"].update(rt=[0.5]), "'rt' is not a one-element"),
     (lambda ck: ck["augment"]["controller"].update(count=-1), "'count' is -1"),
 ])
-def test_damaged_augment_state_is_named(tmp_path, gen, damage, words):
-    res, _ = train(tiny(kimg=0.008, aug="ada"), tmp_path / "r", blobs(gen, 8))
-    ck = torch.load(res.checkpoint, weights_only=True)
+def test_damaged_augment_state_is_named(tmp_path, ada_checkpoint, damage, words):
+    ck = copy.deepcopy(ada_checkpoint)
     damage(ck)
-    torch.save(ck, res.checkpoint)
+    path = tmp_path / "ckpt-000000.008.pt"
+    torch.save(ck, path)
     with pytest.raises(ckpt_io.CheckpointError) as err:
-        ckpt_io.load_checkpoint(res.checkpoint)
+        ckpt_io.load_checkpoint(path)
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["ada", "fixed", "diffaugment"])
+def test_augmented_steps_never_wait_for_the_gpu(gen, kind):
+    """Augmentation in every phase, ADA's accumulate/step and the Aug/* stats stay on the device:
+    with sync debug mode 'error', anything that makes the host wait for the GPU raises."""
+    extra = dict(ada=dict(ada_kimg=0.05), fixed=dict(aug_p=0.8), diffaugment={})[kind]
+    cfg = tiny(aug=kind, device="cuda", **extra)  # R1 every 3, path length every 2, ADA every 4
+    run = state.setup_run(cfg, blobs(gen, 12), torch.device("cuda"))
+    acc = StatsAccumulator()
+    for _ in range(8):  # warm-up: kernel loading and self-checks, cuDNN autotuning, Adam state
+        train_step(run, acc)
+    acc.reduce()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(8):
+            train_step(run, acc)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    values = acc.reduce()  # the tick boundary: the one read-back
+    assert all(math.isfinite(v) for v in values.values())
+    assert ("Aug/p" in values) == (kind != "diffaugment")
