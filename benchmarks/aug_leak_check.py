@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ps = [ck["config"].get("aug_p") or 0.0 for ck in ckpts]
     p_ref = max(max(ps), 0.8)
     aug = make_augment("fixed", num_channels=reals.shape[1], p=p_ref)
-    results[f"reals augmented at p={p_ref:g}"] = leak_score(aug(reals, generator=torch.Generator().manual_seed(args.seed)), reals)
+    augmented = aug(reals, generator=torch.Generator().manual_seed(args.seed))
+    results[f"reals augmented at p={p_ref:g}"] = leak_score(augmented, reals)
     for ck, path in tqdm(list(zip(ckpts, args.runs)), desc="fakes", unit="run"):
         cfg = ck["config"]
         kind = cfg.get("aug", "none")
