@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data, fileio
+from .augment import KINDS as AUG_KINDS
 from .convert import ConversionError, RefusedPickle, convert as convert_checkpoint, export_nvlabs, load_as_checkpoint
 from .data import (BUILTIN, KINDS, DatasetError, clear_cache, datasets_dir, format_entries, format_size,
                    is_builtin, list_cache)
@@ -55,7 +56,7 @@ from .training.state import condition_dim, model_config_dict
 # Options that change what the networks are or what data they see: fixed by a checkpoint when
 # resuming. The others (how long, how often, where, with how many threads) may change.
 _MODEL_OPTIONS = ("preset", "resolution", "batch", "cond", "mirror", "gamma", "lr", "loss", "seed",
-                  "precision", "channels", "max_images", "split")
+                  "precision", "channels", "max_images", "split", "aug", "aug_p", "target", "ada_kimg")
 _RUNTIME_FIELDS = {"kimg": "kimg", "snap": "snap_kimg", "tick": "tick_kimg", "threads": "threads",
                    "device": "device", "channels_last": "channels_last", "batch_gpu": "batch_gpu"}
 
@@ -125,6 +126,15 @@ def main() -> None:
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None, show_default="1")
 @click.option("--max-images", type=click.IntRange(1), default=None, help="Use at most this many images.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None, show_default="0")
+@click.option("--aug", type=click.Choice(AUG_KINDS), default=None, show_default="ada on gpu presets, else none",
+              help="Augment every image D sees: ada (p adapted to D's overfitting), diffaugment, "
+                   "fixed (p from --aug-p) or none.")
+@click.option("--aug-p", type=FiniteFloatRange(0, 1), default=None,
+              help="Fix the augmentation probability p (implies --aug fixed).")
+@click.option("--target", type=FiniteFloatRange(0, 1), default=None, show_default="0.6",
+              help="ADA: the r_t = E[sign D(real)] that p steers toward.")
+@click.option("--ada-kimg", type=FiniteFloatRange(0, MAX_KIMG, min_open=True), default=None, show_default="500",
+              help="ADA: kimg for p to go from 0 to 1 at the fastest.")
 @click.option("--threads", type=click.IntRange(1, 512), default=None, show_default="all cores but one on a CPU",
               help="CPU threads (torch.set_num_threads); on a busy 2-core machine 1 beats 2.")
 @click.option("--device", default=None, show_default="cuda if available, else cpu")
@@ -373,16 +383,32 @@ def _fresh_config(opts: dict[str, Any], source: dict[str, Any]) -> tuple[TrainCo
                      threads=opts["threads"], device=opts["device"], channels_last=opts["channels_last"],
                      channels=int(opts["channels"]) if opts["channels"] else None)
     overrides.update(source)
+    overrides.update(_aug_overrides(opts))
     if opts["init_from"] is not None:
         overrides["extra"] = {"init_from": str(opts["init_from"])}
     try:
         cfg, why = make_config(opts["preset"], overrides, _cuda_available())
     except ValueError as e:
         raise click.UsageError(str(e)) from e
+    for name in ("target", "ada_kimg"):
+        if opts[name] is not None and cfg.aug != "ada":
+            raise click.UsageError(f"--{name.replace('_', '-')} tunes ADA; this run uses --aug {cfg.aug}")
     cfg.extra["command"] = " ".join(["python -m stylegan2", *sys.argv[1:]])
     if opts["init_from"] is not None:
         why += f"; network sizes ({', '.join(source)}) from {opts['init_from']}"
     return cfg, why
+
+
+def _aug_overrides(opts: dict[str, Any]) -> dict[str, Any]:
+    """The augmentation fields the options set: --aug-p alone means --aug fixed."""
+    kind, p = opts["aug"], opts["aug_p"]
+    if p is not None and kind is None:
+        kind = "fixed"
+    if p is not None and kind != "fixed":
+        raise click.UsageError(f"--aug-p fixes p: give it alone or with --aug fixed, not with --aug {kind}")
+    if kind == "fixed" and p is None:
+        raise click.UsageError("--aug fixed needs the probability: --aug-p P (0 to 1)")
+    return dict(aug=kind, aug_p=p, ada_target=opts["target"], ada_kimg=opts["ada_kimg"])
 
 
 def _resume_config(ctx: click.Context, opts: dict[str, Any], ckpt: dict[str, Any]) -> tuple[TrainConfig, Path, str]:

@@ -214,7 +214,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         if rank == 1:
             _forbid_writes()
         data = tmp_p / "pngs"
-        _train("--data", data, "--out", tmp_p / "a2")
+        _train("--data", data, "--out", tmp_p / "a2", "--aug", "ada")
         _train("--data", data, "--out", tmp_p / "b2", "--batch-gpu", 2, "--channels-last", "--precision", "bf16")
         _train("--data", data, "--resume", tmp_p / "h")
         result["scenarios"] = "done"
@@ -258,7 +258,7 @@ def _assert_same_weights(a: dict, b: dict, tol: float) -> None:
     for key in ("G", "D", "G_ema"):
         for name, t in a[key].items():
             if t.is_floating_point():
-                torch.testing.assert_close(b[key][name], t, rtol=tol, atol=tol, msg=f"{key}.{name}")
+                torch.testing.assert_close(b[key][name], t, rtol=tol, atol=tol, msg=lambda m: f"{key}.{name}: {m}")
     torch.testing.assert_close(b["loss"]["pl_mean"], a["loss"]["pl_mean"], rtol=tol, atol=tol)
 
 
@@ -283,7 +283,7 @@ def test_two_ranks_train_like_one_resume_across_world_sizes_and_fail_on_a_hang(t
     half = ckpt_io.ckpt_name(16)
 
     # One process, the same global batch split in rounds as the ranks will split it.
-    _train("--data", data, "--out", tmp_path / "a1", "--batch-gpu", 4)
+    _train("--data", data, "--out", tmp_path / "a1", "--batch-gpu", 4, "--aug", "ada")
     _train("--data", data, "--out", tmp_path / "b1", "--batch-gpu", 2, "--channels-last", "--precision", "bf16")
     a1 = _only_dir(tmp_path / "a1")
     _resume_copy(a1, half, tmp_path / "h")  # a 1-rank checkpoint, for 2 ranks to resume
@@ -310,11 +310,17 @@ def test_two_ranks_train_like_one_resume_across_world_sizes_and_fail_on_a_hang(t
         assert r["grad_sum"] and r["broadcast"] == [1.0, 1.0, 1.0] and r["differ"] == ["differs"]
         assert r["any"] is True and r["max"] == 1.0
 
-    # 2 ranks x 4 images == 1 rank x 2 rounds x 4 images; 2 ranks x 2 rounds x 2 == 1 x 4 x 2
+    # 2 ranks x 4 images == 1 rank x 2 rounds x 4 images (with ADA); 2 ranks x 2 rounds x 2 == 1 x 4 x 2
     # (bf16 layers, channels_last): equal up to the order the float gradients are summed in.
     a2, b1, b2 = _only_dir(tmp_path / "a2"), _only_dir(tmp_path / "b1"), _only_dir(tmp_path / "b2")
     _assert_same_weights(_final(a1), _final(a2), 1e-6)
     _assert_same_weights(_final(b1), _final(b2), 1e-4)
+    # ADA (augmenting every image D saw in a1 and a2): its one adjustment (4 steps) measured r_t over
+    # both ranks' real logits, so r_t and p equal the one-process run's exactly; one rank's half
+    # of the logits would give another r_t.
+    ada1, ada2 = (_final(r)["augment"]["controller"] for r in (a1, a2))
+    assert ada1["adjustments"] == ada2["adjustments"] == 1
+    assert float(ada1["rt"]) == float(ada2["rt"]) and float(ada1["p"]) == float(ada2["p"])
     # Only rank 0 wrote (rank 1's writers raise): each run directory has one set of files.
     assert sorted(p.name for p in (a2 / "checkpoints").iterdir()) == [half, ckpt_io.ckpt_name(32)]
     assert {"config.json", "stats.jsonl", "reals.png", "fakes_init.png"} <= {p.name for p in a2.iterdir()}

@@ -12,7 +12,7 @@ fixed-size adjustments add up exactly and a resumed run continues bit for bit.
 """
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
@@ -55,6 +55,9 @@ class AdaController:
         self._count = 0  # logits accumulated since the last adjustment
         self._steps = 0  # steps since the last adjustment
         self._nimg = 0  # images since the last adjustment
+        # Under torchrun: an in-place sum over ranks of a float64 tensor (training/distributed.py
+        # sets it). Called only at an adjustment, so the steps between need no collective.
+        self.reduce_sum: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self.adjustments = 0  # adjustments made (host)
 
     def to(self, device: Union[torch.device, str]) -> "AdaController":
@@ -83,7 +86,11 @@ class AdaController:
         if self._steps < self.interval:
             return
         if self._count > 0:  # nothing to measure (no real pass) means no evidence to move p
-            rt = self._sign_sum / self._count
+            sign_sum, count = self._sign_sum, self._count
+            if self.reduce_sum is not None:  # every rank's logits, so p moves alike on all of them
+                both = torch.stack([sign_sum, torch.full_like(sign_sum, float(count))])
+                sign_sum, count = self.reduce_sum(both).unbind()
+            rt = sign_sum / count
             adjust = torch.sign(rt - self.target) * (self._nimg * self.speed)
             self.p = torch.clamp(self.p + adjust, 0.0, 1.0)
             self.rt = rt

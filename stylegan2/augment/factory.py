@@ -30,9 +30,12 @@ class Augment:
     def __init__(
         self, kind: str, pipeline: Union[AdaPipeline, DiffAugment, None] = None,
         controller: Optional[AdaController] = None, p: float = 0.0,
+        device: Union[torch.device, str] = "cpu",
     ) -> None:
         self.kind, self.pipeline, self.controller = kind, pipeline, controller
         self._fixed_p = float(p)  # 'fixed' only
+        # Where 'fixed' reports its p: the stats accumulator stacks every value on one device.
+        self.device = torch.device(device)
 
     @property
     def p(self) -> Union[torch.Tensor, float, None]:
@@ -82,7 +85,8 @@ class Augment:
         if self.controller is not None:
             return self.controller.stats()
         if self.kind == "fixed":
-            return {"Aug/p": torch.tensor(self._fixed_p)}
+            # A fill on the training device: no host-to-device copy per step.
+            return {"Aug/p": torch.full([], self._fixed_p, device=self.device)}
         return {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -138,6 +142,6 @@ def make_augment(
     if kind == "fixed":
         if p is None or not 0 <= p <= 1:
             raise ValueError(f"--aug fixed needs a p in [0, 1] (--aug-p), got {p!r}")
-        return Augment("fixed", pipeline, p=p)
+        return Augment("fixed", pipeline, p=p, device=device)
     controller = AdaController(target=target, interval=interval, ada_kimg=ada_kimg, p=p or 0.0, device=device)
     return Augment("ada", pipeline, controller)

@@ -14,6 +14,9 @@ A checkpoint is a plain dict of tensors, dicts, lists, ints, floats and strings,
     split                {"world_size", "batch_gpu", "chunk_rng"}: the RNG stream of every chunk
                          of the batch (split.py; absent in older files)
     dataset              {"fingerprint", "source", "num_images", "label_names"}
+    augment              Augment.state_dict(): {"kind"} and, for ADA, its p and accumulators
+                         (absent from checkpoints written before augmentation: they resume as
+                         "none", which is what their config says)
 """
 from __future__ import annotations
 
@@ -382,6 +385,8 @@ def _check_contents(ck: dict[str, Any]) -> None:
         raise ValueError(f"rng.feeder: a permutation of {len(feeder['perm'])} images at position "
                          f"{feeder['pos']} does not fit n = {feeder['n']}")
 
+    _check_augment(ck.get("augment"), cfg.aug)
+
     # The path-length running mean (StyleGAN2Loss.state_dict), which resuming restores.
     if not torch.is_tensor(ck["loss"].get("pl_mean")) or ck["loss"]["pl_mean"].numel() != 1:
         raise ValueError("loss: 'pl_mean' is missing or not a one-element tensor")
@@ -396,6 +401,29 @@ def _check_contents(ck: dict[str, Any]) -> None:
     _check_state_dict("D", ck["D"], d_ref)
     _check_optimizer("opt_G", ck["opt_G"], [p.shape for p in G.parameters()])
     _check_optimizer("opt_D", ck["opt_D"], [p.shape for p in D.parameters()])
+
+
+def _check_augment(aug: Any, kind: str) -> None:
+    """The augmentation state (absent in checkpoints from before it existed): of the config's
+    kind, and for ADA a p in [0, 1] and the accumulators resuming restores."""
+    if aug is None:
+        return
+    if not isinstance(aug, dict) or aug.get("kind") != kind:
+        got = aug.get("kind") if isinstance(aug, dict) else type(aug).__name__
+        raise ValueError(f"augment: state of kind {got!r}, the stored config says aug {kind!r}")
+    if kind != "ada":
+        return
+    ctrl = aug.get("controller")
+    if not isinstance(ctrl, dict):
+        raise ValueError("augment: missing ADA's controller state")
+    for key in ("p", "rt", "sign_sum"):
+        v = ctrl.get(key)
+        if not torch.is_tensor(v) or v.numel() != 1 or not v.is_floating_point():
+            raise ValueError(f"augment.controller: '{key}' is not a one-element float tensor")
+    if not 0.0 <= float(ctrl["p"]) <= 1.0:
+        raise ValueError(f"augment.controller: p = {float(ctrl['p'])} is outside [0, 1]")
+    _check_fields("augment.controller", ctrl, {"count": _nonneg_int, "steps": _nonneg_int, "nimg": _nonneg_int},
+                  "a non-negative int")
 
 
 def validate_checkpoint(ckpt: Any, path: str | os.PathLike = "checkpoint") -> None:
@@ -441,7 +469,7 @@ def checkpoint_dict(run: Run) -> dict[str, Any]:
         config=run.cfg.to_dict(), model_config=dict(run.model_cfg),
         progress={"cur_nimg": run.cur_nimg, "step": run.step, "tick": run.tick,
                   "elapsed_s": float(run.elapsed_s)},
-        rng=rng, dataset=dict(run.dataset_info),
+        rng=rng, dataset=dict(run.dataset_info), augment=run.aug.state_dict(),
         # Every chunk's RNG stream, for a resume on any number of ranks (split.py); gathered from
         # the ranks by the loop before rank 0 writes.
         **({"split": run.split.state_dict()} if run.split is not None else {}))
@@ -471,6 +499,11 @@ def restore_run(run: Run, ckpt: dict[str, Any], allow_data_change: bool = False)
     run.opt_G.load_state_dict(ckpt["opt_G"])
     run.opt_D.load_state_dict(ckpt["opt_D"])
     run.loss.load_state_dict(ckpt["loss"])
+    if "augment" in ckpt:
+        run.aug.load_state_dict(ckpt["augment"])
+    elif run.aug.kind != "none":
+        # Starting ADA's p from scratch is the silent loss this guards against.
+        raise ResumeError(f"the checkpoint holds no augmentation state, this run uses --aug {run.aug.kind}")
     p = ckpt["progress"]
     run.cur_nimg, run.step, run.tick = int(p["cur_nimg"]), int(p["step"]), int(p["tick"])
     run.elapsed_s = float(p["elapsed_s"])

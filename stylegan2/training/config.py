@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..augment.factory import KINDS as AUG_KINDS
 from ..data.detect import BUILTIN
 from ..networks.config import DEFAULT_MBSTD_GROUP, precision_defaults
 from ..networks.config import PRECISIONS as _DTYPES
@@ -63,6 +64,12 @@ class TrainConfig(PlainDict):
     style_mixing: float = 0.9
     ema_kimg: float | None = None   # G_ema half-life in kimg; None: batch * 10 / 32
     ema_rampup: float | None = 0.05  # half-life at most this fraction of the images seen so far
+    # Augmentation of every image D sees (stylegan2.augment). Absent from configs saved before
+    # it existed, which therefore load as "none".
+    aug: str = "none"               # "ada" | "diffaugment" | "fixed" | "none"
+    aug_p: float | None = None      # fixed: the p (required); ada: the initial p (None: 0)
+    ada_target: float = 0.6         # ADA: the r_t = E[sign(D(real))] that p steers toward
+    ada_kimg: float = 500.0         # ADA: kimg for p to go from 0 to 1 at the fastest
     # Bookkeeping.
     tick_kimg: float = 0.5          # read losses, update progress and stats this often
     snap_kimg: float = 2.0          # checkpoint + fake grid + plots this often
@@ -84,12 +91,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # it easily and the larger batch keeps the GPU busier; gamma and EMA follow the batch.
     "gpu256": dict(
         resolution=256, z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=512,
-        batch=32, kimg=25000.0, precision="fp16", tick_kimg=4.0, snap_kimg=100.0,
+        batch=32, kimg=25000.0, precision="fp16", tick_kimg=4.0, snap_kimg=100.0, aug="ada",
     ),
     # The same recipe at 128x128 (a quicker GPU run).
     "gpu128": dict(
         resolution=128, z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=512,
-        batch=32, kimg=10000.0, precision="fp16", tick_kimg=4.0, snap_kimg=100.0,
+        batch=32, kimg=10000.0, precision="fp16", tick_kimg=4.0, snap_kimg=100.0, aug="ada",
     ),
     # A CPU run of about ten minutes on 2 cores (one thread), chosen at equal wall time by
     # benchmarks/cpu_preset_sweep.py (docs/cpu-preset-sweep.md). Half the channels of the earlier
@@ -148,6 +155,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     wanted = DEFAULT_MBSTD_GROUP if c.mbstd_group is None else max(1, c.mbstd_group)
     c.mbstd_group = mbstd_group_size(c.batch, wanted)
     c.num_fp16_res, c.conv_clamp = precision_defaults(c.precision, c.num_fp16_res, c.conv_clamp)
+    if c.aug == "ada" and c.aug_p is None:
+        c.aug_p = 0.0  # ADA starts un-augmented and lets D's overfitting raise p
     return c
 
 
@@ -155,7 +164,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 # range comparisons, and then `kimg = inf` overflows the loop's counters and `gamma = inf` diverges.
 _FLOATS = {"kimg": False, "lr": False, "beta1": False, "beta2": False, "eps": False, "gamma": True,
            "pl_weight": False, "style_mixing": False, "ema_kimg": True, "ema_rampup": True,
-           "tick_kimg": False, "snap_kimg": False, "conv_clamp": True}
+           "tick_kimg": False, "snap_kimg": False, "conv_clamp": True, "aug_p": True, "ada_target": False,
+           "ada_kimg": False}
 # Upper limits where a larger value can only be a typo (and would overflow image counters).
 MAX_KIMG = 1e9
 
@@ -201,3 +211,19 @@ def _check(c: TrainConfig) -> None:
         raise ValueError(f"style_mixing: must lie in [0, 1], got {c.style_mixing}")
     if c.pl_weight < 0:
         raise ValueError(f"pl_weight: must be >= 0, got {c.pl_weight}")
+    _check_aug(c)
+
+
+def _check_aug(c: TrainConfig) -> None:
+    if c.aug not in AUG_KINDS:
+        raise ValueError(f"aug: must be one of {AUG_KINDS}, got {c.aug!r}")
+    if c.aug_p is not None and not 0.0 <= c.aug_p <= 1.0:
+        raise ValueError(f"aug_p: must lie in [0, 1], got {c.aug_p}")
+    if c.aug == "fixed" and c.aug_p is None:
+        raise ValueError("aug_p: aug 'fixed' needs the probability p (--aug-p)")
+    if c.aug in ("diffaugment", "none") and c.aug_p is not None:
+        raise ValueError(f"aug_p: aug {c.aug!r} has no probability p, got {c.aug_p}")
+    if not 0.0 <= c.ada_target <= 1.0:
+        raise ValueError(f"ada_target: must lie in [0, 1], got {c.ada_target}")
+    if not 0.0 < c.ada_kimg <= MAX_KIMG:
+        raise ValueError(f"ada_kimg: must be positive and at most {MAX_KIMG:g}, got {c.ada_kimg}")

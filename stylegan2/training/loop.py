@@ -145,6 +145,8 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Any, device: torch.device, 
         + (f" on each of {run_world().size} ranks" if run_world().active else ""))
     run = setup_run(cfg, dataset, device)
     log(_split_line(run))
+    if run.aug.kind != "none":  # once per run; names what is skipped (colour on 1 channel) and why
+        log(f"augmentation: {run.aug.describe()}")
     if init is not None:
         apply_init(run, init)
         log(f"networks initialised from {init.report.source}")
@@ -391,6 +393,8 @@ def _check_ranks_agree(run: Run) -> None:
     named.update({f"G.{k}": v for k, v in run.G.named_buffers() if k.endswith("w_avg")})
     if torch.is_tensor(getattr(run.loss, "pl_mean", None)):
         named["pl_mean"] = run.loss.pl_mean
+    if run.aug.controller is not None:
+        named["ada_p"] = run.aug.controller.p
     differ = distributed.sync_tensors(named, "checking the ranks hold the same G_ema")
     if differ:
         if run_world().is_main:
@@ -398,3 +402,6 @@ def _check_ranks_agree(run: Run) -> None:
                           f"{' ...' if len(differ) > 4 else ''}; continuing from rank 0's values",
                           RuntimeWarning, stacklevel=2)
         distributed.broadcast_tensors(_shared_state(run), "copying rank 0's networks to every rank")
+        if "ada_p" in differ:  # float64, so not through the float32 buckets above
+            ctrl = run.aug.controller
+            ctrl.p = distributed.broadcast_object(ctrl.p.cpu(), "copying rank 0's ADA p").to(ctrl.p.device)

@@ -19,13 +19,18 @@ Each phase freezes the network it does not train: g_* build their graph with D's
 not requiring grad (so G's loss leaves D's .grad alone), d_* run G under no_grad. Nothing
 here reads a value back to the host: the per-term statistics go to `self.stats` as detached
 device tensors, for the loop to read at tick boundaries.
+
+Augmentation (stylegan2.augment, issue 16): every image D sees, real or generated, in every
+phase, first goes through `self.augment` (None: none). R1 is taken with respect to the real
+images before augmentation, through it (the pipeline is twice differentiable), as in
+StyleGAN2-ADA; d_main hands D's real logits to `augment.accumulate` for ADA's r_t.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -161,11 +166,16 @@ class StyleGAN2Loss:
     or None when unconditional; real_img [batch_size, channels, R, R] float in [-1, 1].
     State: `pl_mean` (a 0-d tensor on G's device); save and restore it with state_dict() /
     load_state_dict() to resume exactly.
+    augment: applied to every image before D (a stylegan2.augment.Augment, or any callable
+    images -> images; an `accumulate(real_logits)` method, when it has one, gets D's real logits
+    of each d_main). None: D sees the images as they are.
     """
 
-    def __init__(self, G: nn.Module, D: nn.Module, cfg: Optional[LossConfig] = None) -> None:
+    def __init__(self, G: nn.Module, D: nn.Module, cfg: Optional[LossConfig] = None,
+                 augment: Optional[Any] = None) -> None:
         self.G, self.D = G, D
         self.cfg = cfg if cfg is not None else LossConfig()
+        self.augment = augment
         device = next(G.parameters()).device
         self.pl_mean = torch.zeros([], device=device)
         self.stats: dict[str, torch.Tensor] = {}
@@ -200,6 +210,12 @@ class StyleGAN2Loss:
             ws = torch.where(take2[None, :, None], ws2, ws)
         return self.G.synthesis(ws), ws
 
+    def run_D(self, img: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
+        """D's logits for images, augmented first when there is an augmentation."""
+        if self.augment is not None:
+            img = self.augment(img)
+        return self.D(img, c)
+
     def _stat(self, name: str, value: torch.Tensor) -> None:
         self.stats[name] = value.detach().float().mean()
 
@@ -209,7 +225,7 @@ class StyleGAN2Loss:
         """Generator loss: mean softplus(-D(G(z))) (logistic) or -mean D(G(z)) (wgan-gp)."""
         with frozen(self.D):
             img, _ = self.run_G(z, c)
-            logits = self.D(img, c)
+            logits = self.run_D(img, c)
         self._stat("scores/fake", logits)
         if self.cfg.kind == "logistic":
             loss = F.softplus(-logits).mean()
@@ -256,8 +272,11 @@ class StyleGAN2Loss:
         """
         with torch.no_grad():
             fake_img, _ = self.run_G(z, c, update_emas=True)
-        fake_logits = self.D(fake_img, c)
-        real_logits = self.D(real_img.detach(), real_c)
+        fake_logits = self.run_D(fake_img, c)
+        real_logits = self.run_D(real_img.detach(), real_c)
+        accumulate = getattr(self.augment, "accumulate", None)
+        if accumulate is not None:
+            accumulate(real_logits.detach())  # ADA's overfitting heuristic r_t
         self._stat("scores/fake", fake_logits)
         self._stat("scores/real", real_logits)
         if self.cfg.kind == "logistic":
@@ -283,8 +302,9 @@ class StyleGAN2Loss:
         """
         interval = self.cfg.d_reg_interval
         if self.cfg.kind == "logistic":
+            # The gradient is taken at the un-augmented reals, through the augmentation.
             x = real_img.detach().requires_grad_(True)
-            logits = self.D(x, real_c)
+            logits = self.run_D(x, real_c)
             penalty = r1_penalty(logits, x)
             loss = penalty.mean() * (self.cfg.r1_gamma / 2 * interval)
             self._stat("r1/penalty", penalty)
@@ -294,7 +314,7 @@ class StyleGAN2Loss:
                 z = torch.randn([n, self.G.z_dim], device=real_img.device)
             with torch.no_grad():
                 fake_img, _ = self.run_G(z, c if c is not None else real_c)
-            penalty = gradient_penalty(self.D, real_img, fake_img, real_c)
+            penalty = gradient_penalty(self.run_D, real_img, fake_img, real_c)
             loss = penalty.mean() * (self.cfg.wgan_gp_lambda * interval)
             self._stat("gp/penalty", penalty)
         self._stat("D/reg", loss)
@@ -302,7 +322,7 @@ class StyleGAN2Loss:
 
 
 def gradient_penalty(
-    D: nn.Module,
+    D: Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor],
     real_img: torch.Tensor,
     fake_img: torch.Tensor,
     c: Optional[torch.Tensor] = None,
@@ -311,6 +331,7 @@ def gradient_penalty(
     """WGAN-GP's per-sample penalty (|grad_x D(x_hat)|_2 - 1)^2 (Gulrajani et al. 2017).
 
     Args:
+        D: (images, c) -> logits: the discriminator, or one that augments the images first.
         real_img, fake_img: [batch_size, channels, height, width].
         c: the condition for D, or None.
         eps: interpolation weights [batch_size, 1, 1, 1] in [0, 1]; None draws U(0, 1).

@@ -5,6 +5,10 @@ main every step, D R1 every `r1_interval` steps, then the G_ema update. The loss
 lazy penalty by its interval; the optimizers carry Adam's lazy-regularization correction (see
 state.make_optimizer). Nothing here reads a value back to the host: losses and the loss object's
 per-term stats go into a StatsAccumulator as device tensors.
+
+The loss augments every image D sees (run.aug, see losses.py); the step ends by advancing the
+augmentation (ADA adjusts p every few steps, on the device) and adding Aug/p and Aug/rt to the
+stats.
 """
 from __future__ import annotations
 
@@ -147,5 +151,7 @@ def train_step(run: Run, acc: StatsAccumulator) -> None:
     if r1_on and cfg.r1_interval > 1 and run.step % cfg.r1_interval == 0:
         phase_d_reg(run, acc, real, real_c)
     update_ema(run)
+    run.aug.step(cfg.batch)
+    acc.add_all("", run.aug.stats())
     run.cur_nimg += cfg.batch
     run.step += 1

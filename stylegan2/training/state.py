@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..augment import Augment, make_augment
 from ..networks import Discriminator, Generator, ModelConfig, use_channels_last
 from . import distributed
 from .config import TrainConfig
@@ -43,6 +44,8 @@ class Run:
     elapsed_s: float = 0.0
     last_checkpoint: Path | None = None  # newest checkpoint written (or resumed from)
     split: Any = None  # split.Split: the batch over ranks and rounds, and their RNG streams
+    # The augmentation of every image D sees; the loss applies it, the step advances it.
+    aug: Augment = field(default_factory=lambda: make_augment("none"))
 
 
 def model_config_dict(cfg: TrainConfig, c_dim: int) -> dict[str, Any]:
@@ -79,6 +82,19 @@ def make_optimizer(module: torch.nn.Module, cfg: TrainConfig, interval: int) -> 
     # the CPU keeps the default implementation, whose results the resume tests pin down.
     on_gpu = bool(params) and all(p.is_cuda for p in params)
     return torch.optim.Adam(params, lr=lr, betas=betas, eps=cfg.eps, fused=True if on_gpu else None)
+
+
+def build_augment(cfg: TrainConfig, device: torch.device) -> Augment:
+    """The augmentation cfg.aug asks for (ADA's p on `device`, where D's logits are)."""
+    if cfg.aug in ("none", "diffaugment"):
+        return make_augment(cfg.aug, num_channels=cfg.channels, device=device)
+    aug = make_augment(cfg.aug, num_channels=cfg.channels, p=cfg.aug_p, target=cfg.ada_target,
+                       ada_kimg=cfg.ada_kimg, device=device)
+    if aug.controller is not None and distributed.current().active:
+        # r_t over every rank's real logits: p then moves alike everywhere (the loop also copies
+        # and checks it with the networks' shared state).
+        aug.controller.reduce_sum = lambda t: distributed.sum_across_(t, "summing ADA's r_t counts")
+    return aug
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:
@@ -132,7 +148,10 @@ def setup_run(cfg: TrainConfig, dataset: Any, device: torch.device) -> Run:
     # In this process's world (distributed.current(): one process unless torchrun started it).
     split = Split(cfg.batch, cfg.batch_gpu, distributed.current(), device)
     split.start(cfg.seed, 0)
-    return Run(cfg=cfg, device=device, G=G, D=D, G_ema=G_ema, loss=build_loss(G, D, cfg),
+    aug = build_augment(cfg, device)
+    loss = build_loss(G, D, cfg)
+    loss.augment = aug  # after building, so a loss swapped in by a test needs no new argument
+    return Run(cfg=cfg, device=device, G=G, D=D, G_ema=G_ema, loss=loss,
                opt_G=make_optimizer(G, cfg, cfg.pl_interval if cfg.pl_weight > 0 else 0),
                opt_D=make_optimizer(D, cfg, cfg.r1_interval), feeder=feeder, model_cfg=model_cfg,
-               dataset_info=dataset_info(dataset), split=split)
+               dataset_info=dataset_info(dataset), split=split, aug=aug)
