@@ -60,7 +60,7 @@ def main() -> None:
                     for path in (1, 2):
                         if path == 2 and f.shape[-1] != 4:
                             continue
-                        got = kernels.upfirdn2d(x, f, up, up, down, down, *pad, False, 1.5, channels_last, path)
+                        got = kernels.upfirdn2d(x, f, up, up, down, down, *pad, False, 1.5, path)  # layout: x's strides
                         want = upfirdn2d(x.double(), f, up, down, pad, gain=1.5, impl="ref")
                         check(f"upfirdn2d up={up} down={down} path={path}", got, want, dtype)
                         cases += 1
