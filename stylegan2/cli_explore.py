@@ -229,7 +229,7 @@ def project(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bo
     lpips = _explore_errors(lambda: lpips_features(lpips_weights, dev)) if use_lpips else None
     folder = _out_folder(out, ck, f"project-{target.stem if target is not None else f'real{real_index:05d}'}")
     if real_index is not None:
-        dataset = _cli()._ckpt_data(ck, data, progress)  # decoded at the model's size and channels
+        dataset, _ = _cli()._ckpt_data(ck, data, progress)  # decoded at the model's size and channels
         if real_index >= len(dataset):
             raise click.BadParameter(f"{real_index} is past the last image of {dataset.source} ({len(dataset)} images)",
                                      param_hint="--real")
@@ -275,7 +275,7 @@ def embed(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bool
     except FeatureNetworkError as e:
         raise click.ClickException(str(e)) from None
     folder = _out_folder(out, ck, f"embed-{_stem(ck)}")
-    dataset = _cli()._ckpt_data(ck, data, progress)
+    dataset, _ = _cli()._ckpt_data(ck, data, progress)  # (dataset, report name) since the trainmetrics merge
     spec = data if data is not None else ck["config"]["data"]
     max_images = None if data is not None else ck["config"].get("max_images")
     try:
