@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import sys
 import warnings
@@ -28,6 +27,9 @@ from tqdm.auto import tqdm
 
 from . import data, fileio
 from .augment import KINDS as AUG_KINDS
+from .cli_common import (FiniteFloatRange, check_data_path, check_out, checkpoint_data, pick_device,
+                         run_folder)
+from .cli_explore import add_explore_commands, render_saved_ws
 from .convert import ConversionError, RefusedPickle, convert as convert_checkpoint, export_nvlabs, load_as_checkpoint
 from .data import (BUILTIN, KINDS, DatasetError, clear_cache, datasets_dir, format_entries, format_size,
                    is_builtin, list_cache)
@@ -61,19 +63,6 @@ _RUNTIME_FIELDS = {"kimg": "kimg", "snap": "snap_kimg", "tick": "tick_kimg", "th
                    "device": "device", "channels_last": "channels_last", "batch_gpu": "batch_gpu"}
 
 
-class FiniteFloatRange(click.FloatRange):
-    """click.FloatRange that also refuses inf and nan, which pass its comparisons (nan compares
-    false with everything, inf has no upper bound by default) and would reach the training loop
-    as `--kimg inf` or `--gamma nan`. Checked while the command line is parsed, before any folder
-    exists."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = click.FLOAT.convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return super().convert(number, param, ctx)
-
-
 def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
@@ -81,12 +70,6 @@ def _cuda_available() -> bool:
 def _given(ctx: click.Context, name: str) -> bool:
     """Whether the user typed the option (rather than click filling in its default)."""
     return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-
-
-def _check_data_path(spec: str) -> None:
-    if not is_builtin(spec) and not os.path.exists(spec):
-        raise click.BadParameter(f"'{spec}' does not exist (give a dataset folder or file, or '{BUILTIN}' "
-                                 "for the built-in set)", param_hint="--data")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -187,7 +170,7 @@ def train(ctx: click.Context, **opts: Any) -> None:
         run_dir = None
     # Under torchrun: join the process group; only rank 0 prints and writes from here on.
     world = _start_world(opts, cfg)
-    _check_data_path(cfg.data)
+    check_data_path(cfg.data)
     if run_dir is None:  # a resumed run keeps the split of its checkpoint
         cfg = _with_split(cfg, opts["split"])
     click.echo(why)
@@ -201,9 +184,9 @@ def train(ctx: click.Context, **opts: Any) -> None:
     if not world.is_main:
         pass
     elif run_dir is None:
-        _check_out(opts["out"], keep=False)
+        check_out(opts["out"], keep=False)
     else:  # resuming writes into the checkpoint's run directory, whatever --out says
-        _check_out(run_dir, keep=True, option="--resume")
+        check_out(run_dir, keep=True, option="--resume")
 
     # Decoded once (rank 0 first), read back from the cache and shared memory-mapped by the others.
     dataset = distributed.main_first(lambda: _open_data(cfg, opts["progress"] and world.is_main, mmap=world.active))
@@ -288,7 +271,7 @@ def _train_feature_net(opts: dict[str, Any]) -> FeatureNetwork:
                        "compare across snapshots and runs, not with Inception FIDs); the README says how to get "
                        "Inception")
     try:
-        return get_feature_network(name, device=_device(opts["device"]), inception_weights=opts["inception_weights"])
+        return get_feature_network(name, device=pick_device(opts["device"]), inception_weights=opts["inception_weights"])
     except FeatureNetworkError as e:
         raise click.ClickException(str(e)) from None
 
@@ -328,14 +311,6 @@ def _snapshot_metrics(cfg: TrainConfig, dataset: Any, names: list[str], net: Fea
     except fileio.WriteError as e:  # the real-feature cache
         raise click.ClickException(str(e)) from None
     return sm
-
-
-def _check_out(folder: Path, keep: bool, option: str = "--out") -> None:
-    """Fail in one line, naming the option, if files cannot be created in `folder`."""
-    try:
-        fileio.check_writable_dir(folder, keep=keep)
-    except fileio.WriteError as e:
-        raise click.ClickException(f"{option}: {e}") from None
 
 
 def _load_for_resume(path: Path) -> dict[str, Any]:
@@ -540,7 +515,7 @@ def generate(ckpt: Path, out: Path, seeds: str | None, ws_file: Path | None, cou
         raise click.BadParameter(f"{speedup} cannot draw each image's noise from its own seed as eager "
                                  "calls do; use --noise-mode const or none, or --speedup none",
                                  param_hint="--speedup")
-    _check_out(out, keep=False)
+    check_out(out, keep=False)
     ck = _load_ckpt_option(ckpt)
     G = load_generator(ck, raw=raw, device=dev)
     try:
@@ -632,44 +607,6 @@ def _pytorch_fid_installed() -> bool:
     return importlib.util.find_spec("pytorch_fid") is not None
 
 
-def _ckpt_data(ck: dict[str, Any], spec: str | None, progress: bool, held_out: bool = False) -> tuple[Any, str]:
-    """(dataset, how reports name it): --data, else the dataset the checkpoint was trained on,
-    decoded at the model's resolution and channels (its split and max_images, as training saw
-    it; with `held_out`, the split training did not use where the data has one)."""
-    given = spec is not None
-    spec = spec if given else ck["config"]["data"]
-    try:
-        _check_data_path(spec)
-    except click.BadParameter:
-        if given:
-            raise
-        raise click.ClickException(f"the checkpoint's dataset {spec} is gone: name one with --data") from None
-    m = ck["model_config"]
-    split = None if given else ck["config"].get("data_split")
-    try:
-        if held_out and not given:
-            ref = reference_set(spec, m["resolution"], m["channels"], split,
-                                max_images=ck["config"].get("max_images"), progress=progress)
-            if ref.held_out:
-                return ref.dataset, ref.name
-            ds = ref.dataset
-        else:
-            ds = data.open_dataset(spec, m["resolution"], m["channels"], split=split,
-                                   max_images=None if given else ck["config"].get("max_images"), progress=progress)
-    except DatasetError as e:
-        raise click.ClickException(f"cannot use --data {spec}: {e}") from e
-    if not given and ds.fingerprint() != ck["dataset"]["fingerprint"]:
-        click.echo(f"note: {spec} has changed since training (its fingerprint differs from the checkpoint's)")
-    name = str(ds.source) if given else ref.name if held_out else data.describe_split(spec, split, len(ds))
-    return ds, name
-
-
-def _run_folder(ck: dict[str, Any]) -> Path:
-    """The checkpoint's run folder (its own folder for a checkpoint kept elsewhere)."""
-    path = Path(ck["path"])
-    return run_dir_of(path) or path.parent
-
-
 # Precision/recall's neighbourhood size (Kynkaanniemi et al.): each side needs more than this
 # many images, FID's covariance at least 2.
 _PR_K = 3
@@ -678,13 +615,6 @@ _PR_K = 3
 def _too_few(names: list[str], n: int, side: str) -> str | None:
     need = _PR_K + 1 if "pr" in names else 2
     return f"{side}: {n} images, but {', '.join(names)} need at least {need}" if n < need else None
-
-
-def _device(device: str | None) -> torch.device:
-    try:
-        return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as e:  # torch's message for 'gpu0' and the like is one line already
-        raise click.BadParameter(str(e), param_hint="--device") from None
 
 
 def _evaluation_options(command: Any) -> Any:
@@ -727,12 +657,12 @@ def metrics(ckpt: Path, metric_names: str, data: str | None, count: int, feature
         raise click.BadParameter(few, param_hint="--n")
     # Everything that can fail in a second is checked before features take minutes.
     ck = _load_ckpt(ckpt)
-    dev = _device(device)
+    dev = pick_device(device)
     net = _feature_net(feature_net, ck, inception_weights, dev)
-    folder = out if out is not None else _run_folder(ck)
+    folder = out if out is not None else run_folder(ck)
     # keep=False for --out: a run that fails later leaves no empty folder (the run folder exists).
-    _check_out(folder, keep=out is None)
-    dataset, reference = _ckpt_data(ck, data, progress, held_out=True)
+    check_out(folder, keep=out is None)
+    dataset, reference = checkpoint_data(ck, data, progress, held_out=True)
     few = _too_few(names, len(dataset), f"the real set {dataset.source}")
     if few:
         raise click.ClickException(few)
@@ -776,12 +706,12 @@ def audit(ckpt: Path, count: int, data: str | None, feature_net: str | None, inc
           out: Path | None, seed: int, batch: int, device: str | None, progress: bool) -> None:
     """Memorization audit: each fake's nearest training image, by pixels and by features."""
     ck = _load_ckpt(ckpt)
-    dev = _device(device)
+    dev = pick_device(device)
     net = _feature_net(feature_net, ck, inception_weights, dev)
-    folder = out if out is not None else _run_folder(ck) / f"audit-{Path(ck['path']).stem}"
+    folder = out if out is not None else run_folder(ck) / f"audit-{Path(ck['path']).stem}"
     # keep=False: a run that fails later (a dataset that will not load) leaves no empty folder.
-    _check_out(folder, keep=False)
-    dataset, _ = _ckpt_data(ck, data, progress)
+    check_out(folder, keep=False)
+    dataset, _ = checkpoint_data(ck, data, progress)
     if len(dataset) < 2:  # the threshold is a distance between two distinct real images
         raise click.ClickException(f"the audit needs at least 2 training images; {dataset.source} has {len(dataset)}")
     G = generator_from_checkpoint(ck, device=dev)
@@ -836,7 +766,7 @@ def convert(src: Path, dst: Path, allow_partial: bool, channels: str | None, res
                                  "(--to nvlabs-state-dict exports its newest checkpoint)", param_hint="SRC")
     if dst.resolve() == src.resolve():
         raise click.BadParameter("DST is SRC; give another file", param_hint="DST")
-    _check_out(dst.parent, keep=False, option="DST")
+    check_out(dst.parent, keep=False, option="DST")
     try:
         if to == "ours":
             report = convert_checkpoint(src, dst, allow_partial=allow_partial,
@@ -887,8 +817,7 @@ def _files(n: int) -> str:
     return f"{n} file" if n == 1 else f"{n} files"
 
 
-from .cli_explore import add_explore_commands, render_saved_ws  # noqa: E402  (embed, mix, interpolate, project, generate --ws)
-add_explore_commands(main)
+add_explore_commands(main)  # embed, mix, interpolate, project (cli_explore.py)
 
 if __name__ == "__main__":
     main()

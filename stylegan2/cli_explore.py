@@ -19,6 +19,7 @@ import click
 import torch
 
 from . import fileio
+from .cli_common import FiniteFloatRange, check_out, checkpoint_data, pick_device, run_folder
 from .convert import ConversionError, RefusedPickle, load_as_checkpoint
 from .explore import (COMPILE_NOTE, LABEL_FIELDS, SPACES, ExploreError, dataset_labels, embed as embed_images,
                       interpolation_frames, lpips_features, mixing_grid, parse_styles, project as project_image,
@@ -27,23 +28,6 @@ from .images import parse_seeds
 from .metrics import INCEPTION_FILE, INCEPTION_WEIGHTS_ENV, FeatureNetworkError, get_feature_network
 from .sampling import class_vector, generate_from_ws, load_ws
 from .training.checkpoint import CheckpointError, load_discriminator, load_generator
-
-
-class _Finite(click.FloatRange):
-    """A FloatRange that also refuses nan and inf (nan passes every comparison of FloatRange)."""
-
-    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
-        number = click.FLOAT.convert(value, param, ctx)
-        if number != number or number in (float("inf"), float("-inf")):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return super().convert(number, param, ctx)
-
-
-def _cli() -> Any:
-    """cli.py's helpers (output-folder check, device, dataset of a checkpoint), imported when a
-    command runs: cli.py imports this module to register the commands."""
-    from . import cli
-    return cli
 
 
 def _checkpoint(path: Path, need_d: bool) -> dict[str, Any]:
@@ -79,8 +63,8 @@ def _class(ck: dict[str, Any], G: torch.nn.Module, class_: Optional[str], dev: t
 def _out_folder(out: Optional[Path], ck: dict[str, Any], name: str) -> Path:
     """--out, else <run folder>/<name>; checked writable now (a folder it had to create is
     removed again, so a command that fails later leaves nothing)."""
-    folder = out if out is not None else _cli()._run_folder(ck) / name
-    _cli()._check_out(folder, keep=False)
+    folder = out if out is not None else run_folder(ck) / name
+    check_out(folder, keep=False)
     return folder
 
 
@@ -113,7 +97,7 @@ def _common(command: Any) -> Any:
 def _sampling(command: Any) -> Any:
     """--trunc, --class, --noise-mode, --raw: how mix and interpolate draw images (as generate)."""
     for option in reversed([
-        click.option("--trunc", type=_Finite(0, 2), default=1.0, help="Truncation psi (1: off)."),
+        click.option("--trunc", type=FiniteFloatRange(0, 2), default=1.0, help="Truncation psi (1: off)."),
         click.option("--class", "class_", default=None, help="Class label name or index (conditional models)."),
         click.option("--noise-mode", type=click.Choice(["const", "none"]), default="const"),
         click.option("--raw", is_flag=True, help="Use the raw generator instead of its EMA."),
@@ -139,7 +123,7 @@ def mix(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bool, 
         trunc: float, class_: Optional[str], noise_mode: str, raw: bool) -> None:
     """Style-mixing grid: each cell takes --styles from its column seed and the rest from its row seed."""
     row_seeds, col_seeds = _seeds(rows, "--rows"), _seeds(cols, "--cols")
-    dev = _cli()._device(device)
+    dev = pick_device(device)
     ck = _checkpoint(ckpt, need_d=False)
     G = load_generator(ck, raw=raw, device=dev)
     try:
@@ -162,7 +146,7 @@ def mix(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bool, 
 @click.option("--space", type=click.Choice(SPACES), default="z", help="z: spherical interpolation; w: linear.")
 @click.option("--steps", type=click.IntRange(1, 10000), default=60, help="Frames from each seed to the next.")
 @click.option("--loop/--no-loop", default=False, help="Return to the first seed at the end.")
-@click.option("--fps", type=_Finite(1, 50), default=20, help="GIF frame rate.")
+@click.option("--fps", type=FiniteFloatRange(1, 50), default=20, help="GIF frame rate.")
 @click.option("--strip", "strip_count", type=click.IntRange(1, 100), default=4,
               help="PNG strip: frames per seed-to-seed segment (each seed's frame and evenly spaced ones between).")
 @_sampling
@@ -171,7 +155,7 @@ def interpolate(ckpt: Path, out: Optional[Path], device: Optional[str], progress
                 noise_mode: str, raw: bool) -> None:
     """Interpolation between seeds: a PNG strip and an animated GIF."""
     seed_list = _seeds(seeds, "--seeds", at_least=2)
-    dev = _cli()._device(device)
+    dev = pick_device(device)
     ck = _checkpoint(ckpt, need_d=False)
     G = load_generator(ck, raw=raw, device=dev)
     c = _class(ck, G, class_, dev)
@@ -197,9 +181,9 @@ def interpolate(ckpt: Path, out: Optional[Path], device: Optional[str], progress
 @click.option("--noise/--no-noise", "fit_noise", default=False,
               help="Also fit the noise maps (regularised as in the paper; saved to projected_noise.npz). "
                    "generate --ws draws with the model's own noise, so it then redraws the projection only roughly.")
-@click.option("--lr", type=_Finite(0, 10, min_open=True), default=0.1, help="Peak learning rate (Adam).")
-@click.option("--pixel-weight", type=_Finite(0), default=1.0, help="Weight of the mean squared pixel distance.")
-@click.option("--feature-weight", type=_Finite(0), default=1.0,
+@click.option("--lr", type=FiniteFloatRange(0, 10, min_open=True), default=0.1, help="Peak learning rate (Adam).")
+@click.option("--pixel-weight", type=FiniteFloatRange(0), default=1.0, help="Weight of the mean squared pixel distance.")
+@click.option("--feature-weight", type=FiniteFloatRange(0), default=1.0,
               help="Weight of the discriminator's feature distance (0: pixels only).")
 @click.option("--lpips", "use_lpips", is_flag=True, help="Add LPIPS (NVlabs' VGG16 file, local only).")
 @click.option("--lpips-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -217,7 +201,7 @@ def project(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bo
         raise click.UsageError("--data names the dataset --real indexes; with --target it does not apply")
     if pixel_weight == 0 and feature_weight == 0 and not use_lpips:
         raise click.UsageError("nothing to fit: --pixel-weight and --feature-weight are 0 and --lpips is off")
-    dev = _cli()._device(device)
+    dev = pick_device(device)
     ck = _checkpoint(ckpt, need_d=feature_weight > 0)
     G = load_generator(ck, device=dev)
     c = _class(ck, G, class_, dev)
@@ -229,7 +213,7 @@ def project(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bo
     lpips = _explore_errors(lambda: lpips_features(lpips_weights, dev)) if use_lpips else None
     folder = _out_folder(out, ck, f"project-{target.stem if target is not None else f'real{real_index:05d}'}")
     if real_index is not None:
-        dataset, _ = _cli()._ckpt_data(ck, data, progress)  # decoded at the model's size and channels
+        dataset, _ = checkpoint_data(ck, data, progress)  # decoded at the model's size and channels
         if real_index >= len(dataset):
             raise click.BadParameter(f"{real_index} is past the last image of {dataset.source} ({len(dataset)} images)",
                                      param_hint="--real")
@@ -261,21 +245,21 @@ def project(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bo
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0,
               help="Fakes use seeds seed..seed+n-1; also the real subset and UMAP's random state.")
 @click.option("--neighbors", type=click.IntRange(2, 200), default=15, help="UMAP n_neighbors.")
-@click.option("--min-dist", type=_Finite(0, 1), default=0.1, help="UMAP min_dist.")
-@click.option("--trunc", type=_Finite(0, 2), default=1.0, help="Truncation psi of the fakes (1: off).")
+@click.option("--min-dist", type=FiniteFloatRange(0, 1), default=0.1, help="UMAP min_dist.")
+@click.option("--trunc", type=FiniteFloatRange(0, 2), default=1.0, help="Truncation psi of the fakes (1: off).")
 @click.option("--batch", type=click.IntRange(1, 1024), default=32, help="Images per forward pass.")
 def embed(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bool, data: Optional[str], count: int,
           label_field: str, feature_net: str, inception_weights: Optional[Path], seed: int, neighbors: int,
           min_dist: float, trunc: float, batch: int) -> None:
     """UMAP of real and generated images (features) and of the generated W latents, by ground truth."""
-    dev = _cli()._device(device)
+    dev = pick_device(device)
     ck = _checkpoint(ckpt, need_d=feature_net == "discriminator")
     try:
         net = get_feature_network(feature_net, ckpt=ck, device=dev, inception_weights=inception_weights)
     except FeatureNetworkError as e:
         raise click.ClickException(str(e)) from None
     folder = _out_folder(out, ck, f"embed-{_stem(ck)}")
-    dataset, _ = _cli()._ckpt_data(ck, data, progress)  # (dataset, report name) since the trainmetrics merge
+    dataset, _ = checkpoint_data(ck, data, progress)  # (dataset, report name) since the trainmetrics merge
     spec = data if data is not None else ck["config"]["data"]
     max_images = None if data is not None else ck["config"].get("max_images")
     try:
@@ -299,8 +283,8 @@ def render_saved_ws(ckpt: Path, out: Path, ws_file: Path, seeds: Optional[str], 
     and truncation do not apply)."""
     if seeds is not None or class_ is not None or trunc != 1.0:
         raise click.UsageError("--ws renders saved latents: --seeds, --class and --trunc do not apply")
-    dev = _cli()._device(device)
-    _cli()._check_out(out, keep=False)
+    dev = pick_device(device)
+    check_out(out, keep=False)
     G = load_generator(_checkpoint(ckpt, need_d=False), raw=raw, device=dev)
     try:
         ws = load_ws(ws_file, G.num_ws, G.w_dim)
