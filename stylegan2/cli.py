@@ -261,15 +261,9 @@ def _train_feature_net(opts: dict[str, Any]) -> FeatureNetwork:
                                  "across snapshots: use 'inception', 'random' or 'torchscript:PATH'",
                                  param_hint="--feature-net")
     if name is None:
-        if opts["inception_weights"] is not None or (_pytorch_fid_installed() and inception_weights_path().is_file()):
-            name = "inception"
-        else:
-            name = "random"
-            why = (f"no FID Inception weights at {inception_weights_path()}" if _pytorch_fid_installed()
-                   else "pytorch-fid is not installed")
-            click.echo(f"note: {why}, so --metrics use the fixed random feature network 'random' (numbers "
-                       "compare across snapshots and runs, not with Inception FIDs); the README says how to get "
-                       "Inception")
+        name = _default_feature_net(opts["inception_weights"], "random",
+                                    "--metrics use the fixed random feature network 'random' (numbers compare "
+                                    "across snapshots and runs, not with Inception FIDs)")
     try:
         return get_feature_network(name, device=pick_device(opts["device"]), inception_weights=opts["inception_weights"])
     except FeatureNetworkError as e:
@@ -589,18 +583,23 @@ def _feature_net(name: str | None, ck: dict[str, Any], weights: Path | None, dev
     here (the network published numbers use), else the checkpoint's discriminator, with a note:
     its numbers compare only with others measured with the same checkpoint's D."""
     if name is None:
-        if weights is not None or (_pytorch_fid_installed() and inception_weights_path().is_file()):
-            name = "inception"
-        else:
-            name = "discriminator"
-            why = (f"no FID Inception weights at {inception_weights_path()}" if _pytorch_fid_installed()
-                   else "pytorch-fid is not installed")
-            click.echo(f"note: {why}, so features come from the checkpoint's discriminator (numbers compare "
-                       "only with this D); the README says how to get Inception")
+        name = _default_feature_net(weights, "discriminator", "features come from the checkpoint's discriminator "
+                                    "(numbers compare only with this D)")
     try:
         return get_feature_network(name, ckpt=ck, device=dev, inception_weights=weights)
     except FeatureNetworkError as e:
         raise click.ClickException(str(e)) from None
+
+
+def _default_feature_net(weights: Path | None, fallback: str, consequence: str) -> str:
+    """Inception when its weights were named or are where pytorch-fid looks (the network published
+    numbers use), else `fallback`, saying once why and what `consequence` that has."""
+    if weights is not None or (_pytorch_fid_installed() and inception_weights_path().is_file()):
+        return "inception"
+    why = (f"no FID Inception weights at {inception_weights_path()}" if _pytorch_fid_installed()
+           else "pytorch-fid is not installed")
+    click.echo(f"note: {why}, so {consequence}; the README says how to get Inception")
+    return fallback
 
 
 def _pytorch_fid_installed() -> bool:
