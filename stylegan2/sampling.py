@@ -292,22 +292,15 @@ def generate_images(sampler: Sampler, seeds: Sequence[int], out: str | os.PathLi
     fileio.make_dirs(out)
     # Random noise is drawn per image from its seed, so an image does not depend on the batch.
     step = 1 if sampler.noise_mode == "random" else batch
-    grid_images: list[torch.Tensor] = []  # the first grid_max only: 100000 seeds must not all stay in memory
-    kept = 0
-    with torch.no_grad(), PngWriter() as writer:
+    with torch.no_grad(), _ImageSink(out, grid_max) as sink:
         for i in tqdm(range(0, len(seeds), step), desc="generate", unit="batch", disable=not progress):
             chunk = seeds[i:i + step]
             z = seed_latents(chunk, sampler.z_dim, sampler.device)
             if sampler.noise_mode == "random":
                 torch.manual_seed(chunk[0])
             img = sampler(z, None if c is None else c.expand(len(chunk), -1))
-            for s, im in zip(chunk, to_uint8(img)):  # converted on the device, one copy to the host
-                writer.submit(im, out / f"seed{s:04d}.png")
-            if kept < grid_max:
-                grid_images.append(img[:grid_max - kept].float().cpu())
-                kept += len(grid_images[-1])
-    grid = save_grid(torch.cat(grid_images), out / "grid.png")
-    return Generated(out=out, count=len(seeds), grid=grid, grid_count=kept)
+            sink.add(img, [f"seed{s:04d}.png" for s in chunk])
+    return Generated(out=out, count=len(seeds), grid=sink.grid, grid_count=sink.kept)
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,15 +346,37 @@ def generate_from_ws(G: nn.Module, ws: torch.Tensor, out: str | os.PathLike, *, 
     out = Path(out)
     fileio.make_dirs(out)
     device = next(iter(G.parameters())).device
-    grid_images: list[torch.Tensor] = []
-    kept = 0
-    with torch.no_grad(), PngWriter() as writer:
+    with torch.no_grad(), _ImageSink(out, grid_max) as sink:
         for i in tqdm(range(0, len(ws), batch), desc="generate", unit="batch", disable=not progress):
             img = G.synthesis(ws[i:i + batch].to(device), noise_mode=noise_mode, force_fp32=device.type != "cuda")
-            for j, im in enumerate(to_uint8(img)):
-                writer.submit(im, out / f"ws{i + j:04d}.png")
-            if kept < grid_max:
-                grid_images.append(img[:grid_max - kept].float().cpu())
-                kept += len(grid_images[-1])
-    grid = save_grid(torch.cat(grid_images), out / "grid.png")
-    return Generated(out=out, count=len(ws), grid=grid, grid_count=kept)
+            sink.add(img, [f"ws{i + j:04d}.png" for j in range(len(img))])
+    return Generated(out=out, count=len(ws), grid=sink.grid, grid_count=sink.kept)
+
+
+class _ImageSink:
+    """One PNG per image (written by PngWriter's threads) and the first `grid_max` images kept for
+    grid.png, written when the block ends without an error: a run of 100000 images holds only the
+    grid's in memory. Shared by generate_images and generate_from_ws."""
+
+    def __init__(self, out: Path, grid_max: int) -> None:
+        self.out, self.grid_max, self.kept = out, grid_max, 0
+        self.grid: Path | None = None
+        self._grid_images: list[torch.Tensor] = []
+        self._writer = PngWriter()
+
+    def __enter__(self) -> "_ImageSink":
+        self._writer.__enter__()
+        return self
+
+    def add(self, img: torch.Tensor, names: list[str]) -> None:
+        for name, im in zip(names, to_uint8(img)):  # converted on the device, one copy to the host
+            self._writer.submit(im, self.out / name)
+        if self.kept < self.grid_max:
+            self._grid_images.append(img[:self.grid_max - self.kept].float().cpu())
+            self.kept += len(self._grid_images[-1])
+
+    def __exit__(self, *exc: Any) -> Any:
+        result = self._writer.__exit__(*exc)
+        if exc[0] is None:
+            self.grid = save_grid(torch.cat(self._grid_images), self.out / "grid.png")
+        return result
