@@ -21,6 +21,10 @@ an uninterrupted one), so finalists extend their screening runs.
 - rim: (mean intensity of the 2-px ring inside the head's boundary / mean of the interior) of
   the fakes, over the same ratio of the reals (1 = as the reals; above 1 = a bright rim, as the
   old preset's grids had and the reals do not).
+- levels_w1, low_share: how the fakes' mix of slice levels compares with the reals', by the
+  per-image head area (small at the cerebellum and the vertex, large at the ventricles): the
+  Wasserstein distance of the two area distributions, and the share of fakes below the reals'
+  first quartile of area (the reals: 0.25).
 """
 from __future__ import annotations
 
@@ -184,6 +188,24 @@ def _rim(x: torch.Tensor) -> tuple[float, float]:
             float((v * eroded).sum() / eroded.sum().clamp(min=1)))
 
 
+def _head_area(x: torch.Tensor) -> torch.Tensor:
+    """Per-image fraction of the frame inside the head (the mask _rim() uses): small for the
+    cerebellum's lobes and the vertex, large at the ventricles, so its spread tells how many
+    slice levels a sample covers."""
+    return ((x * 0.5 + 0.5) > 0.08).float().mean(dim=[1, 2, 3])
+
+
+def _levels(fakes: torch.Tensor, reals: torch.Tensor) -> tuple[float, float]:
+    """(levels_w1, low_share): the 1-D Wasserstein distance between the fakes' and the reals'
+    head-area distributions (0 = the same mix of slice levels), and the share of fakes whose
+    head area is below the reals' first quartile (the reals' own share is 0.25; a sample without
+    the small lower slices scores near 0)."""
+    f, r = _head_area(fakes).sort().values, _head_area(reals).sort().values
+    q = torch.linspace(0, 1, 1001)
+    w1 = float((torch.quantile(f, q) - torch.quantile(r, q)).abs().mean())
+    return w1, float((f < torch.quantile(r, 0.25)).float().mean())
+
+
 def _fid(a: np.ndarray, b: np.ndarray) -> float:
     from stylegan2.metrics.scores import frechet_distance, gaussian_stats
     return frechet_distance(gaussian_stats(a), gaussian_stats(b))
@@ -209,10 +231,12 @@ def cmd_score(a: argparse.Namespace) -> None:
         fk = _fakes(rd, a.n)
         ring, inner = _rim(fk)
         kimg = load_checkpoint(rd)["progress"]["cur_nimg"] / 1000
+        levels_w1, low_share = _levels(fk, reals)
         s = {"kimg": kimg, "ips": speed.get(name.split("@")[0]),
              "fid_pix": _fid(r_pix, pix(fk)), "fid_d": _fid(r_d, np.asarray(feat(fk))),
              "variety": _pairwise(fk) / r_var, "rim": (ring / inner) / (r_ring / r_in), "ring": ring, "interior": inner,
-             "variety_t07": _pairwise(_fakes(rd, 200, 0.7)) / r_var}
+             "variety_t07": _pairwise(_fakes(rd, 200, 0.7)) / r_var,
+             "levels_w1": levels_w1, "low_share": low_share}
         scores[name] = s
         print(f"{name:14s} " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                             for k, v in s.items()), flush=True)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from . import data, fileio
 from .augment import KINDS as AUG_KINDS
+from .augment import PIPES as AUG_PIPES
 from .cli_common import (FiniteFloatRange, check_data_path, check_out, checkpoint_data, pick_device,
                          run_folder)
 from .cli_explore import add_explore_commands, render_saved_ws
@@ -58,7 +59,8 @@ from .training.state import condition_dim, model_config_dict
 # Options that change what the networks are or what data they see: fixed by a checkpoint when
 # resuming. The others (how long, how often, where, with how many threads) may change.
 _MODEL_OPTIONS = ("preset", "resolution", "batch", "cond", "mirror", "gamma", "lr", "loss", "seed",
-                  "precision", "channels", "max_images", "split", "aug", "aug_p", "target", "ada_kimg")
+                  "precision", "channels", "max_images", "split", "aug", "aug_p", "aug_pipe", "target",
+                  "ada_kimg")
 _RUNTIME_FIELDS = {"kimg": "kimg", "snap": "snap_kimg", "tick": "tick_kimg", "threads": "threads",
                    "device": "device", "channels_last": "channels_last", "batch_gpu": "batch_gpu"}
 
@@ -114,6 +116,9 @@ def main() -> None:
                    "fixed (p from --aug-p) or none.")
 @click.option("--aug-p", type=FiniteFloatRange(0, 1), default=None,
               help="Fix the augmentation probability p (implies --aug fixed).")
+@click.option("--aug-pipe", type=click.Choice(AUG_PIPES), default=None, show_default="bgc",
+              help="ada/fixed: which of ADA's groups run: b(lit: flips, quarter turns, integer shifts), "
+                   "g(eometry: scaling, rotation, fractional shifts), c(olour).")
 @click.option("--target", type=FiniteFloatRange(0, 1), default=None, show_default="0.6",
               help="ADA: the r_t = E[sign D(real)] that p steers toward.")
 @click.option("--ada-kimg", type=FiniteFloatRange(0, MAX_KIMG, min_open=True), default=None, show_default="500",
@@ -377,7 +382,7 @@ def _aug_overrides(opts: dict[str, Any]) -> dict[str, Any]:
         raise click.UsageError(f"--aug-p fixes p: give it alone or with --aug fixed, not with --aug {kind}")
     if kind == "fixed" and p is None:
         raise click.UsageError("--aug fixed needs the probability: --aug-p P (0 to 1)")
-    return dict(aug=kind, aug_p=p, ada_target=opts["target"], ada_kimg=opts["ada_kimg"])
+    return dict(aug=kind, aug_p=p, aug_pipe=opts["aug_pipe"], ada_target=opts["target"], ada_kimg=opts["ada_kimg"])
 
 
 def _resume_config(ctx: click.Context, opts: dict[str, Any], ckpt: dict[str, Any]) -> tuple[TrainConfig, Path, str]:

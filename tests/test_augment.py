@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from stylegan2.augment import (
-    SYM6, AdaController, AdaPipeline, DiffAugment, affine_warp, blit, leak_score, make_augment,
-    make_filter, orientation_stats, same_bits,
+    GROUPS, PIPES, SYM6, AdaController, AdaPipeline, DiffAugment, affine_warp, blit, leak_score, make_augment,
+    make_filter, orientation_stats, pipe_strengths, same_bits,
 )
 from stylegan2.augment import matrices as M
 from stylegan2.augment.warp import filter_delay
@@ -457,3 +457,29 @@ def test_leak_statistics_see_rotation_and_shift():
     shifted = blit(reals, M.translate_inv(consts(8, 4), consts(8, 0)))
     assert leak_score(shifted, reals)["centroid"] == pytest.approx(4 / 32, abs=0.01)
     assert leak_score(reals, reals) == {"centroid": 0.0, "centroid_spread": 0.0, "angle_deg": 0.0}
+
+
+@pytest.mark.parametrize("pipe", PIPES)
+def test_a_pipe_runs_its_groups_with_the_random_numbers_of_the_full_pipeline(pipe):
+    """--aug-pipe: the groups a pipe names draw the same transforms as in 'bgc' (same generator),
+    the others are the identity; so an ablation changes one thing only."""
+    strengths = pipe_strengths(pipe)
+    assert set(strengths) == {k for g, names in GROUPS.items() if g not in pipe for k in names}
+    sizes = (7, 24, 20)
+    full = AdaPipeline(3).sample(*sizes, 0.6, torch.device("cpu"), torch.Generator().manual_seed(11))
+    part = AdaPipeline(3, **strengths).sample(*sizes, 0.6, torch.device("cpu"), torch.Generator().manual_seed(11))
+    eye3, eye4 = torch.eye(3, dtype=torch.float64).expand(7, 3, 3), torch.eye(4, dtype=torch.float64).expand(7, 4, 4)
+    for group, f, p, eye in zip("bgc", full, part, (eye3, eye3, eye4)):
+        assert torch.equal(p, f if group in pipe else eye), group
+    assert not torch.equal(full[0], eye3) and not torch.equal(full[1], eye3) and not torch.equal(full[2], eye4)
+
+
+def test_pipe_names_and_errors():
+    assert pipe_strengths("bgc") == {}
+    assert make_augment("fixed", num_channels=1, p=0.5, pipe="b").describe().startswith("ada b: xflip, rotate90, xint;")
+    assert make_augment("ada", num_channels=1, pipe="gc").pipeline.enabled == (
+        "scale", "rotate", "aniso", "xfrac", "brightness", "contrast")
+    with pytest.raises(ValueError, match="pipeline must be one of"):
+        pipe_strengths("bgcf")
+    with pytest.raises(ValueError, match="takes no p or ADA pipeline settings"):
+        make_augment("diffaugment", pipe="b")

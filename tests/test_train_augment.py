@@ -72,10 +72,10 @@ def test_config_fields_presets_and_derived_p():
 
 def test_config_saved_before_augmentation_loads_as_none():
     d = tiny().to_dict()
-    for k in ("aug", "aug_p", "ada_target", "ada_kimg"):
+    for k in ("aug", "aug_p", "ada_target", "ada_kimg", "aug_pipe"):
         del d[k]
     cfg = resolve(TrainConfig.from_dict(d))
-    assert cfg.aug == "none" and cfg.aug_p is None
+    assert cfg.aug == "none" and cfg.aug_p is None and cfg.aug_pipe == "bgc"
 
 
 @pytest.mark.parametrize("bad, words", [
@@ -88,6 +88,8 @@ def test_config_saved_before_augmentation_loads_as_none():
     (dict(aug="ada", ada_target=-0.1), "ada_target: must lie in [0, 1]"),
     (dict(aug="ada", ada_kimg=0.0), "ada_kimg: must be positive"),
     (dict(aug="ada", ada_kimg=float("inf")), "ada_kimg: must be a finite number"),
+    (dict(aug="ada", aug_pipe="bgcf"), "aug_pipe: must be one of"),
+    (dict(aug="diffaugment", aug_pipe="b"), "aug_pipe: aug 'diffaugment' has no ADA pipeline"),
 ])
 def test_config_rejects_bad_augmentation_settings(bad, words):
     with pytest.raises(ValueError) as err:
@@ -113,7 +115,9 @@ def test_cli_options_reach_the_config(monkeypatch):
     _, cfg = dry_run("--aug", "fixed", "--aug-p", "0")
     assert (cfg["aug"], cfg["aug_p"]) == ("fixed", 0.0)
     _, cfg = dry_run("--aug", "diffaugment")
-    assert cfg["aug"] == "diffaugment"
+    assert cfg["aug"] == "diffaugment" and cfg["aug_pipe"] == "bgc"
+    _, cfg = dry_run("--aug-p", "0.8", "--aug-pipe", "bg")
+    assert (cfg["aug"], cfg["aug_p"], cfg["aug_pipe"]) == ("fixed", 0.8, "bg")
     monkeypatch.setattr(cli, "_cuda_available", lambda: True)
     r = CliRunner().invoke(cli.main, ["train", "--dry-run"])
     assert json.loads(r.output[r.output.index("{"):])["aug"] == "ada"  # the GPU preset's default
@@ -129,6 +133,8 @@ def test_cli_options_reach_the_config(monkeypatch):
     (["--target", "nan", "--aug", "ada"], "'--target'"),
     (["--ada-kimg", "0", "--aug", "ada"], "'--ada-kimg'"),
     (["--aug", "sometimes"], "'--aug'"),
+    (["--aug-pipe", "b"], "aug_pipe: aug 'none' has no ADA pipeline"),
+    (["--aug-pipe", "x", "--aug", "ada"], "'--aug-pipe'"),
 ])
 def test_cli_rejects_bad_combinations_in_one_line(args, words, tmp_path):
     r = CliRunner().invoke(cli.main, ["train", "--dry-run", "--preset", "tiny", "--out", str(tmp_path / "o"), *args])

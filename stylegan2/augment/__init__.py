@@ -9,7 +9,7 @@ Everything here is differentiable any number of times with respect to the images
 the augmentation), runs its resampling through stylegan2_ops.upfirdn2d, and never reads a value
 back from the device inside a training step. See factory.py for how the loop plugs it in.
 """
-from .ada import COLOUR, GEOMETRIC, NEEDS_RGB, AdaPipeline
+from .ada import COLOUR, GEOMETRIC, GROUPS, NEEDS_RGB, PIPES, AdaPipeline, pipe_strengths
 from .controller import AdaController
 from .diffaugment import DiffAugment
 from .factory import KINDS, Augment, make_augment
@@ -17,7 +17,8 @@ from .leak import leak_score, orientation_stats, same_bits
 from .warp import SYM6, affine_warp, blit, make_filter
 
 __all__ = [
-    "COLOUR", "GEOMETRIC", "KINDS", "NEEDS_RGB", "SYM6",
+    "COLOUR", "GEOMETRIC", "GROUPS", "KINDS", "NEEDS_RGB", "PIPES", "SYM6",
     "AdaController", "AdaPipeline", "Augment", "DiffAugment",
-    "affine_warp", "blit", "leak_score", "make_augment", "make_filter", "orientation_stats", "same_bits",
+    "affine_warp", "blit", "leak_score", "make_augment", "make_filter", "orientation_stats", "pipe_strengths",
+    "same_bits",
 ]

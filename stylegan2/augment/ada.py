@@ -40,6 +40,25 @@ from .warp import SYM6, affine_warp, blit, filter_delay, make_filter
 GEOMETRIC = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac")
 COLOUR = ("brightness", "contrast", "lumaflip", "hue", "saturation")
 NEEDS_RGB = ("lumaflip", "hue", "saturation")
+# The paper's three groups, named by the letters of its pipeline names ('bgc' = all three):
+# b = pixel blitting, g = general geometry, c = colour.
+GROUPS = {"b": ("xflip", "rotate90", "xint"), "g": ("scale", "rotate", "aniso", "xfrac"), "c": COLOUR}
+PIPES = ("bgc", "bg", "bc", "gc", "b", "g", "c")
+# Slots of sample()'s random numbers, one row each: a transform's parameters and its gate
+# ('NAME?', the uniform that decides whether it runs). The two rotations have one each.
+_UNIFORM = ("xflip", "xflip?", "rotate90", "rotate90?", "xint_x", "xint_y", "xint?", "scale?", "rotate_a",
+            "rotate_a?", "aniso?", "rotate_b", "rotate_b?", "xfrac?", "brightness?", "contrast?", "lumaflip",
+            "lumaflip?", "hue", "hue?", "saturation?")
+_NORMAL = ("scale", "aniso", "xfrac_x", "xfrac_y", "brightness", "contrast", "saturation")
+
+
+def pipe_strengths(pipe: str) -> dict[str, float]:
+    """The strengths that turn off every transform outside the groups `pipe` names (one of
+    PIPES): e.g. 'bg' -> {'brightness': 0, ...}. Pass them to AdaPipeline. The groups left on
+    keep the paper's strengths, and their random numbers do not change (see sample())."""
+    if pipe not in PIPES:
+        raise ValueError(f"augmentation pipeline must be one of {', '.join(PIPES)}, got {pipe!r}")
+    return {name: 0.0 for group, names in GROUPS.items() if group not in pipe for name in names}
 
 Probability = Union[float, torch.Tensor]
 
@@ -101,7 +120,8 @@ class AdaPipeline:
 
     def describe(self) -> str:
         """One line for logs: what runs and what is skipped, and why."""
-        text = "ada bgc: " + (", ".join(self.enabled) or "nothing")
+        groups = "".join(g for g, names in GROUPS.items() if any(self.strength[k] > 0 for k in names))
+        text = f"ada {groups or 'pipeline'}: " + (", ".join(self.enabled) or "nothing")
         if self.skipped:
             reasons = sorted(set(self.skipped.values()))
             text += f" (skipped: {', '.join(self.skipped)}: {'; '.join(reasons)})"
@@ -127,58 +147,53 @@ class AdaPipeline:
         """
         f64 = torch.float64
         s = self.strength
+        # Every random number of every transform, drawn in two calls whether the transform is
+        # on or not: turning one off (a strength of 0, --aug-pipe) leaves the others' numbers as
+        # they were for the same generator, and the pipeline costs two RNG launches, not 25.
+        u = dict(zip(_UNIFORM, torch.rand([len(_UNIFORM), n], device=device, dtype=f64,
+                                          generator=generator).unbind(0)))
+        g = dict(zip(_NORMAL, torch.randn([len(_NORMAL), n], device=device, dtype=f64,
+                                          generator=generator).unbind(0)))
 
-        def rand() -> torch.Tensor:
-            return torch.rand([n], device=device, dtype=f64, generator=generator)
-
-        def randn() -> torch.Tensor:
-            return torch.randn([n], device=device, dtype=f64, generator=generator)
-
-        def gate(strength: float, prob: Probability | None = None) -> torch.Tensor:
-            # Drawn whether or not the transform is on, so that turning one transform off does
-            # not change the random numbers of the others (for a fixed generator).
-            return rand() < (strength * p if prob is None else prob)
+        def gate(name: str, strength: float, prob: Probability | None = None) -> torch.Tensor:
+            return u[name + "?"] < (strength * p if prob is None else prob)
 
         one, zero = torch.ones([n], device=device, dtype=f64), torch.zeros([n], device=device, dtype=f64)
         blit_inv = M.identity(n, device, f64)
         if s["xflip"] > 0:
-            flip = torch.floor(rand() * 2)
-            flip = torch.where(gate(s["xflip"]), flip, zero)
+            flip = torch.where(gate("xflip", s["xflip"]), torch.floor(u["xflip"] * 2), zero)
             blit_inv = blit_inv @ M.scale_inv(1 - 2 * flip, one)
         if s["rotate90"] > 0:
-            k = torch.floor(rand() * 4)
-            k = torch.where(gate(s["rotate90"]), k, zero)
+            k = torch.where(gate("rotate90", s["rotate90"]), torch.floor(u["rotate90"] * 4), zero)
             blit_inv = blit_inv @ M.quarter_turns_inv(k).to(f64)
         if s["xint"] > 0:
-            tx, ty = (rand() * 2 - 1) * self.xint_max, (rand() * 2 - 1) * self.xint_max
-            on = gate(s["xint"])
+            tx, ty = (u["xint_x"] * 2 - 1) * self.xint_max, (u["xint_y"] * 2 - 1) * self.xint_max
+            on = gate("xint", s["xint"])
             tx, ty = torch.where(on, torch.round(tx * width), zero), torch.where(on, torch.round(ty * height), zero)
             blit_inv = blit_inv @ M.translate_inv(tx, ty)
 
         geom_inv = M.identity(n, device, f64)
         if s["scale"] > 0:
-            sc = torch.exp2(randn() * self.scale_std)
-            sc = torch.where(gate(s["scale"]), sc, one)
+            sc = torch.where(gate("scale", s["scale"]), torch.exp2(g["scale"] * self.scale_std), one)
             geom_inv = geom_inv @ M.scale_inv(sc, sc)
         # A number becomes a fill on the device (as_tensor would copy it over from the host).
         p_dev = p.to(device=device, dtype=f64) if isinstance(p, torch.Tensor) \
             else torch.full([], float(p), dtype=f64, device=device)
         p_rot = 1 - torch.sqrt(torch.clamp(1 - s["rotate"] * p_dev, 0, 1))
         if s["rotate"] > 0:
-            theta = (rand() * 2 - 1) * math.pi * self.rotate_max
-            theta = torch.where(gate(s["rotate"], p_rot), theta, zero)
+            theta = (u["rotate_a"] * 2 - 1) * math.pi * self.rotate_max
+            theta = torch.where(gate("rotate_a", s["rotate"], p_rot), theta, zero)
             geom_inv = geom_inv @ M.rotate_inv(torch.cos(theta), torch.sin(theta))
         if s["aniso"] > 0:
-            sc = torch.exp2(randn() * self.aniso_std)
-            sc = torch.where(gate(s["aniso"]), sc, one)
+            sc = torch.where(gate("aniso", s["aniso"]), torch.exp2(g["aniso"] * self.aniso_std), one)
             geom_inv = geom_inv @ M.scale_inv(sc, 1 / sc)
         if s["rotate"] > 0:
-            theta = (rand() * 2 - 1) * math.pi * self.rotate_max
-            theta = torch.where(gate(s["rotate"], p_rot), theta, zero)
+            theta = (u["rotate_b"] * 2 - 1) * math.pi * self.rotate_max
+            theta = torch.where(gate("rotate_b", s["rotate"], p_rot), theta, zero)
             geom_inv = geom_inv @ M.rotate_inv(torch.cos(theta), torch.sin(theta))
         if s["xfrac"] > 0:
-            tx, ty = randn() * self.xfrac_std, randn() * self.xfrac_std
-            on = gate(s["xfrac"])
+            tx, ty = g["xfrac_x"] * self.xfrac_std, g["xfrac_y"] * self.xfrac_std
+            on = gate("xfrac", s["xfrac"])
             geom_inv = geom_inv @ M.translate_inv(torch.where(on, tx * width, zero), torch.where(on, ty * height, zero))
 
         colour = torch.eye(4, device=device, dtype=f64).expand(n, 4, 4).clone()
@@ -186,22 +201,22 @@ class AdaPipeline:
         luma_outer = torch.outer(luma, luma)  # projection onto the luma axis (in rgb)
         eye4 = torch.eye(4, device=device, dtype=f64)
         if s["brightness"] > 0:
-            b = torch.where(gate(s["brightness"]), randn() * self.brightness_std, zero)
+            b = torch.where(gate("brightness", s["brightness"]), g["brightness"] * self.brightness_std, zero)
             shift = eye4.expand(n, 4, 4).clone()
             shift[:, :3, 3] = b[:, None]
             colour = shift @ colour
         if s["contrast"] > 0:
-            c = torch.where(gate(s["contrast"]), torch.exp2(randn() * self.contrast_std), one)
+            c = torch.where(gate("contrast", s["contrast"]), torch.exp2(g["contrast"] * self.contrast_std), one)
             gain = torch.diag_embed(torch.stack([c, c, c, one], dim=1))
             colour = gain @ colour
         if s["lumaflip"] > 0:
-            i = torch.where(gate(s["lumaflip"]), torch.floor(rand() * 2), zero)
+            i = torch.where(gate("lumaflip", s["lumaflip"]), torch.floor(u["lumaflip"] * 2), zero)
             colour = (eye4 - 2 * luma_outer * i[:, None, None]) @ colour  # Householder about luma
         if s["hue"] > 0:
-            theta = torch.where(gate(s["hue"]), (rand() * 2 - 1) * math.pi * self.hue_max, zero)
+            theta = torch.where(gate("hue", s["hue"]), (u["hue"] * 2 - 1) * math.pi * self.hue_max, zero)
             colour = _rotate_about_axis(luma[:3], theta) @ colour
         if s["saturation"] > 0:
-            sat = torch.where(gate(s["saturation"]), torch.exp2(randn() * self.saturation_std), one)
+            sat = torch.where(gate("saturation", s["saturation"]), torch.exp2(g["saturation"] * self.saturation_std), one)
             colour = (luma_outer + (eye4 - luma_outer) * sat[:, None, None]) @ colour
         return blit_inv, geom_inv, colour
 
@@ -261,7 +276,7 @@ def _rotate_about_axis(v: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 def _apply_colour(x: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
     """Applies [N, 4, 4] colour matrices to [N, C, H, W] images; images whose matrix is the
     identity keep their values bit for bit (x * 1 + 0 would turn -0.0 into +0.0)."""
-    n, c = x.shape[0], x.shape[1]
+    c = x.shape[1]
     eye4 = torch.eye(4, device=x.device, dtype=colour.dtype)
     touched = (colour != eye4).flatten(1).any(dim=1)[:, None, None, None]
     m = colour.to(x.dtype)

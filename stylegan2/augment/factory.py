@@ -16,7 +16,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .ada import AdaPipeline
+from .ada import AdaPipeline, pipe_strengths
 from .controller import AdaController
 from .diffaugment import DiffAugment
 
@@ -116,6 +116,7 @@ def make_augment(
     interval: int = 4,
     device: Union[torch.device, str] = "cpu",
     policy: str = "color,translation,cutout",
+    pipe: str = "bgc",
     **pipeline_kwargs: Any,
 ) -> Augment:
     """Builds the augmentation for `train --aug KIND`.
@@ -128,17 +129,19 @@ def make_augment(
         target, ada_kimg, interval: ADA's controller settings.
         device: where ADA's p lives (the training device).
         policy: DiffAugment's transforms.
+        pipe: 'ada' and 'fixed': which of ADA's groups run, one of PIPES ('bgc': blitting,
+            general geometry and colour, the paper's default; 'bg', 'c', ...: a subset).
         pipeline_kwargs: passed to AdaPipeline (strengths and ranges) for 'ada' and 'fixed'.
     """
     if kind not in KINDS:
         raise ValueError(f"augmentation kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    if kind in ("diffaugment", "none") and (p is not None or pipeline_kwargs):
+    if kind in ("diffaugment", "none") and (p is not None or pipeline_kwargs or pipe != "bgc"):
         raise ValueError(f"--aug {kind} takes no p or ADA pipeline settings")
     if kind == "none":
         return Augment("none")
     if kind == "diffaugment":
         return Augment("diffaugment", DiffAugment(policy, num_channels=num_channels))
-    pipeline = AdaPipeline(num_channels, **pipeline_kwargs)
+    pipeline = AdaPipeline(num_channels, **{**pipe_strengths(pipe), **pipeline_kwargs})
     if kind == "fixed":
         if p is None or not 0 <= p <= 1:
             raise ValueError(f"--aug fixed needs a p in [0, 1] (--aug-p), got {p!r}")

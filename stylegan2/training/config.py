@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..augment.ada import PIPES as AUG_PIPES
 from ..augment.factory import KINDS as AUG_KINDS
 from ..data.detect import BUILTIN
 from ..networks.config import DEFAULT_MBSTD_GROUP, precision_defaults
@@ -70,6 +71,7 @@ class TrainConfig(PlainDict):
     aug_p: float | None = None      # fixed: the p (required); ada: the initial p (None: 0)
     ada_target: float = 0.6         # ADA: the r_t = E[sign(D(real))] that p steers toward
     ada_kimg: float = 500.0         # ADA: kimg for p to go from 0 to 1 at the fastest
+    aug_pipe: str = "bgc"           # ada/fixed: ADA's groups (b blit, g geometry, c colour)
     # Bookkeeping.
     tick_kimg: float = 0.5          # read losses, update progress and stats this often
     snap_kimg: float = 2.0          # checkpoint + fake grid + plots this often
@@ -217,6 +219,10 @@ def _check(c: TrainConfig) -> None:
 def _check_aug(c: TrainConfig) -> None:
     if c.aug not in AUG_KINDS:
         raise ValueError(f"aug: must be one of {AUG_KINDS}, got {c.aug!r}")
+    if c.aug_pipe not in AUG_PIPES:
+        raise ValueError(f"aug_pipe: must be one of {AUG_PIPES}, got {c.aug_pipe!r}")
+    if c.aug in ("diffaugment", "none") and c.aug_pipe != "bgc":
+        raise ValueError(f"aug_pipe: aug {c.aug!r} has no ADA pipeline, got {c.aug_pipe!r}")
     if c.aug_p is not None and not 0.0 <= c.aug_p <= 1.0:
         raise ValueError(f"aug_p: must lie in [0, 1], got {c.aug_p}")
     if c.aug == "fixed" and c.aug_p is None:

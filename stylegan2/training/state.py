@@ -89,7 +89,7 @@ def build_augment(cfg: TrainConfig, device: torch.device) -> Augment:
     if cfg.aug in ("none", "diffaugment"):
         return make_augment(cfg.aug, num_channels=cfg.channels, device=device)
     aug = make_augment(cfg.aug, num_channels=cfg.channels, p=cfg.aug_p, target=cfg.ada_target,
-                       ada_kimg=cfg.ada_kimg, device=device)
+                       ada_kimg=cfg.ada_kimg, pipe=cfg.aug_pipe, device=device)
     if aug.controller is not None and distributed.current().active:
         # r_t over every rank's real logits: p then moves alike everywhere (the loop also copies
         # and checks it with the networks' shared state).
