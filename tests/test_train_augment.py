@@ -59,7 +59,7 @@ def train(cfg, run_dir, ds, **kw):
 
 def test_config_fields_presets_and_derived_p():
     assert [PRESETS[p].get("aug", "none") for p in ("gpu256", "gpu128", "cpu-small", "tiny")] == \
-        ["ada", "ada", "none", "none"]
+        ["ada", "ada", "diffaugment", "none"]
     cfg, _ = make_config("gpu128")
     assert (cfg.aug, cfg.aug_p, cfg.ada_target, cfg.ada_kimg) == ("ada", 0.0, 0.6, 500.0)
     cfg, _ = make_config("tiny", dict(aug="fixed", aug_p=0.25))
