@@ -47,7 +47,8 @@ def fakes_of(ckpt: dict, n: int, seed: int) -> torch.Tensor:
 
 
 def row(label: str, score: dict[str, float]) -> str:
-    return f"| {label} | {score['centroid']:.4f} | {score['centroid_spread']:+.4f} | {score['angle_deg']:+.2f} |"
+    return (f"| {label} | {score['centroid']:.4f} | {score['centroid_spread']:+.4f} | {score['angle_deg']:+.2f} "
+            f"| {score['alignment']:+.3f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             f", {ck['progress']['cur_nimg'] / 1000:g} kimg ({path})"
         results[label] = leak_score(fakes_of(ck, args.n, args.seed), reals)
     print(f"placement vs {args.n} reals (0 = alike): centroid distance and spread difference in "
-          f"fractions of the image size, main-axis tilt difference in degrees")
-    print("| sample | centroid | centroid spread | tilt (deg) |\n|---|---|---|---|")
+          f"fractions of the image size, main-axis tilt difference in degrees, alignment difference "
+          f"(negative: less upright; round images do not count)")
+    print("| sample | centroid | centroid spread | tilt (deg) | alignment |\n|---|---|---|---|---|")
     for label, score in results.items():
         print(row(label, score))
     if args.json:

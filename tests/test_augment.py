@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from stylegan2.augment import (
-    GROUPS, PIPES, SYM6, AdaController, AdaPipeline, DiffAugment, affine_warp, blit, leak_score, make_augment,
+    GROUPS, PIPES, SYM6, AdaController, AdaPipeline, DiffAugment, affine_warp, alignment, blit, leak_score,
+    make_augment,
     make_filter, orientation_stats, pipe_strengths, same_bits,
 )
 from stylegan2.augment import matrices as M
@@ -454,9 +455,18 @@ def test_leak_statistics_see_rotation_and_shift():
     theta = consts(8, 0.6)
     turned = affine_warp(reals, M.rotate_inv(torch.cos(theta), torch.sin(theta)), make_filter())
     assert leak_score(turned, reals)["angle_deg"] == pytest.approx(0.6 * 180 / math.pi, abs=3)
+    # Alignment: cos(2 x 0.6) for all turned by 0.6; -1 lying sideways; round blobs do not count.
+    assert alignment(orientation_stats(reals)) == pytest.approx(1.0, abs=1e-9)
+    assert leak_score(turned, reals)["alignment"] == pytest.approx(math.cos(1.2) - 1, abs=0.03)
+    sideways = torch.rot90(reals, 1, dims=(2, 3))
+    assert alignment(orientation_stats(sideways)) == pytest.approx(-1.0, abs=1e-9)
+    disc = ((r[None, :] / 6) ** 2 + (r[:, None] / 6) ** 2 < 1).double() * 2 - 1
+    blobs_and_brains = torch.cat([reals[:2], disc[None, None].expand(6, 1, 32, 32)])
+    assert alignment(orientation_stats(blobs_and_brains)) == pytest.approx(1.0, abs=1e-6)
     shifted = blit(reals, M.translate_inv(consts(8, 4), consts(8, 0)))
     assert leak_score(shifted, reals)["centroid"] == pytest.approx(4 / 32, abs=0.01)
-    assert leak_score(reals, reals) == {"centroid": 0.0, "centroid_spread": 0.0, "angle_deg": 0.0}
+    assert leak_score(reals, reals) == {"centroid": 0.0, "centroid_spread": 0.0, "angle_deg": 0.0,
+                                        "alignment": 0.0}
 
 
 @pytest.mark.parametrize("pipe", PIPES)

@@ -35,6 +35,8 @@ def orientation_stats(images: torch.Tensor) -> dict[str, torch.Tensor]:
             vertical, in (-pi/2, pi/2].
         elongation: [N] ratio of the main to the minor axis's spread (1 = no main axis, when
             the angle means little).
+        anisotropy: [N] (major - minor) / (major + minor) of the second moments, in [0, 1):
+            0 for a round mass, which has no direction to rotate.
     """
     x = images.detach().double().mean(dim=1)
     n, h, w = x.shape
@@ -52,7 +54,19 @@ def orientation_stats(images: torch.Tensor) -> dict[str, torch.Tensor]:
     angle = 0.5 * torch.atan2(2 * sxy, syy - sxx)
     spread = torch.sqrt(((sxx - syy) / 2) ** 2 + sxy**2)
     major, minor = (sxx + syy) / 2 + spread, ((sxx + syy) / 2 - spread).clamp(min=1e-12)
-    return {"cx": cx, "cy": cy, "angle": angle, "elongation": torch.sqrt(major / minor)}
+    return {"cx": cx, "cy": cy, "angle": angle, "elongation": torch.sqrt(major / minor),
+            "anisotropy": (major - minor) / (major + minor).clamp(min=1e-12)}
+
+
+def alignment(stats: dict[str, torch.Tensor]) -> float:
+    """How upright a sample is, from orientation_stats(): the anisotropy-weighted mean of
+    cos(2 angle), over the mean anisotropy. 1 when every elongated image points up and down, 0 for
+    directions spread evenly (or as many lying sideways as upright), -1 when all lie sideways.
+    Round images weigh nothing, so a generator that draws blobs is not mistaken for one that
+    draws rotated brains (the plain mean |angle| of leak_score's tilt is: a round blob's axis is
+    arbitrary, 45 degrees on average)."""
+    a = stats["anisotropy"]
+    return float((a * torch.cos(2 * stats["angle"])).sum() / a.sum().clamp(min=1e-12))
 
 
 def leak_score(fakes: torch.Tensor, reals: torch.Tensor) -> dict[str, float]:
@@ -62,10 +76,12 @@ def leak_score(fakes: torch.Tensor, reals: torch.Tensor) -> dict[str, float]:
         centroid: distance between the mean centroids, fraction of the size.
         centroid_spread: difference of the per-image centroid spreads (shifted fakes spread more).
         angle_deg: difference of the mean |main-axis angle|, in degrees (rotated fakes tilt more).
+        alignment: difference of alignment() (rotated fakes are less upright: negative).
     """
     f, r = orientation_stats(fakes), orientation_stats(reals)
     centroid = math.hypot(float(f["cx"].mean() - r["cx"].mean()), float(f["cy"].mean() - r["cy"].mean()))
     spread_f = float(torch.sqrt(f["cx"].var(unbiased=False) + f["cy"].var(unbiased=False)))
     spread_r = float(torch.sqrt(r["cx"].var(unbiased=False) + r["cy"].var(unbiased=False)))
     angle = float(f["angle"].abs().mean() - r["angle"].abs().mean()) * 180 / math.pi
-    return {"centroid": centroid, "centroid_spread": spread_f - spread_r, "angle_deg": angle}
+    return {"centroid": centroid, "centroid_spread": spread_f - spread_r, "angle_deg": angle,
+            "alignment": alignment(f) - alignment(r)}
