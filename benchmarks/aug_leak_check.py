@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     for ck, path in tqdm(list(zip(ckpts, args.runs)), desc="fakes", unit="run"):
         cfg = ck["config"]
         kind = cfg.get("aug", "none")
-        label = f"fakes, --aug {kind}" + (f" p={cfg['aug_p']:g}" if kind == "fixed" else "") + \
+        pipe = f" --aug-pipe {cfg['aug_pipe']}" if cfg.get("aug_pipe", "bgc") != "bgc" else ""
+        label = f"fakes, --aug {kind}" + (f" p={cfg['aug_p']:g}" if kind == "fixed" else "") + pipe + \
             f", {ck['progress']['cur_nimg'] / 1000:g} kimg ({path})"
         results[label] = leak_score(fakes_of(ck, args.n, args.seed), reals)
     print(f"placement vs {args.n} reals (0 = alike): centroid distance and spread difference in "
