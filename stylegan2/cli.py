@@ -123,8 +123,8 @@ def main() -> None:
               help="ADA: the r_t = E[sign D(real)] that p steers toward.")
 @click.option("--ada-kimg", type=FiniteFloatRange(0, MAX_KIMG, min_open=True), default=None, show_default="500",
               help="ADA: kimg for p to go from 0 to 1 at the fastest.")
-@click.option("--threads", type=click.IntRange(1, 512), default=None, show_default="all cores but one on a CPU",
-              help="CPU threads (torch.set_num_threads); on a busy 2-core machine 1 beats 2.")
+@click.option("--threads", type=click.IntRange(1, 512), default=None, show_default="every core on a CPU",
+              help="CPU threads (torch.set_num_threads); on a machine other jobs keep busy, 1 can beat 2.")
 @click.option("--device", default=None, show_default="cuda if available, else cpu")
 @click.option("--channels-last/--no-channels-last", default=None, show_default="off",
               help="NHWC activations in G and D (speed only: same weights, same numbers up to rounding).")

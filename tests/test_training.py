@@ -112,7 +112,7 @@ def test_thread_choice():
     import os
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert state.pick_threads(tiny(threads=3), torch.device("cpu")) == 3
-    assert state.pick_threads(tiny(), torch.device("cpu")) == max(1, cores - 1)
+    assert state.pick_threads(tiny(), torch.device("cpu")) == cores
     assert state.pick_threads(tiny(), torch.device("cuda")) is None
 
 

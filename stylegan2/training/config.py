@@ -77,7 +77,7 @@ class TrainConfig(PlainDict):
     snap_kimg: float = 2.0          # checkpoint + fake grid + plots this often
     grid_images: int = 32           # images in reals.png / fakes_*.png
     seed: int = 0
-    threads: int | None = None      # torch.set_num_threads; None: all cores but one on a CPU run
+    threads: int | None = None      # torch.set_num_threads; None: every core on a CPU run
     device: str | None = None       # None: cuda if available, else cpu
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. the CLI line)
 
@@ -100,7 +100,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         resolution=128, z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=512,
         batch=32, kimg=10000.0, precision="fp16", tick_kimg=4.0, snap_kimg=100.0, aug="ada",
     ),
-    # A CPU run of about ten minutes on 2 cores (one thread), chosen at equal wall time by
+    # A CPU run of about ten minutes on 2 cores (both threads), chosen at equal wall time by
     # benchmarks/cpu_preset_sweep.py (docs/cpu-preset-sweep.md). Half the channels of the earlier
     # preset (base 1024, max 64: 32 channels at 32x32, 64 below) and no path-length penalty make
     # ~3x the images per second (about 60 img/s vs 20 scaled to one uncontended thread: 2.6x and
