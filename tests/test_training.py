@@ -3,6 +3,7 @@ checkpoints, bit-exact resume, NaN stop, signal stop. Tiny networks (16x16, chan
 max 32, z = w = 32, 2 mapping layers, batch 4) on small synthetic datasets."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from stylegan2.data import ImageDataset
+from stylegan2.networks import ModelConfig
 from stylegan2.training import checkpoint as ckpt_io
 from stylegan2.training import loop, state
 from stylegan2.training.config import PRESETS, TrainConfig, make_config
@@ -88,14 +90,19 @@ def test_presets_resolve_derived_fields(preset):
     assert math.isclose(cfg.gamma, 0.0002 * cfg.resolution**2 / 12)
     assert math.isclose(cfg.ema_kimg, 12 * 10 / 32)
     assert 12 % cfg.mbstd_group == 0 and cfg.mbstd_group <= 4
-    assert (cfg.num_fp16_res > 0) == (cfg.precision != "fp32")
+    # The precision pair passes through untouched; the networks' config fills it in.
+    assert (cfg.num_fp16_res, cfg.conv_clamp) == (None, None)
+    mc = ModelConfig.from_dict(state.model_config_dict(cfg, 0))
+    assert (mc.num_fp16_res > 0) == (cfg.precision != "fp32")
     again = TrainConfig.from_dict(cfg.to_dict())
     assert again == cfg
 
 
 def test_explicit_values_win_and_bad_values_are_named():
     cfg, _ = make_config("tiny", {"gamma": 3.5, "ema_kimg": 0.5, "precision": "bf16", "batch": 6})
-    assert (cfg.gamma, cfg.ema_kimg, cfg.num_fp16_res, cfg.conv_clamp, cfg.mbstd_group) == (3.5, 0.5, 4, 256.0, 3)
+    assert (cfg.gamma, cfg.ema_kimg, cfg.num_fp16_res, cfg.conv_clamp, cfg.mbstd_group) == (3.5, 0.5, None, None, 3)
+    mc = ModelConfig.from_dict(state.model_config_dict(cfg, 0))
+    assert (mc.num_fp16_res, mc.conv_clamp) == (4, 256.0)
     cfg, _ = make_config("tiny", {"loss": "wgan-gp"})
     assert cfg.r1_interval == 1
     for bad, name in [({"resolution": 48}, "resolution"), ({"batch": 0}, "batch"),
@@ -224,6 +231,71 @@ def test_resume_is_bit_exact(tmp_path, gen, variant):
     _assert_same_state(a, b)
     rows = StatsWriter(tmp_path / "split").rows()
     assert [r["nimg"] for r in rows] == sorted(r["nimg"] for r in rows)
+
+
+# The model_config the main branch wrote before ModelConfig filled in the precision defaults
+# itself: only the fields the training config decides, with the numbers its config resolution
+# chose written out in both config and model_config (typed here, not computed by the code).
+_EARLIER_MODEL_KEYS = ("resolution", "channels", "c_dim", "z_dim", "w_dim", "mapping_layers", "channel_base",
+                       "channel_max", "num_fp16_res", "precision", "conv_clamp", "mbstd_group")
+_EARLIER_PRECISION = {"fp32": (0, None), "bf16": (4, 256.0)}
+
+
+def _as_earlier_version(ck, precision):
+    fp16, clamp = _EARLIER_PRECISION[precision]
+    old = dict(ck, config=dict(ck["config"], num_fp16_res=fp16, conv_clamp=clamp))
+    old["model_config"] = dict({k: ck["model_config"][k] for k in _EARLIER_MODEL_KEYS},
+                               num_fp16_res=fp16, conv_clamp=clamp)
+    old.pop("path", None)
+    return old
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_checkpoint_of_the_earlier_form_loads_generates_and_resumes_bit_exactly(tmp_path, gen, precision):
+    ds = blob_dataset(gen, 9)
+    k = 3
+    whole = tiny(kimg=2 * k * 4 / 1000, snap_kimg=1.0, precision=precision)
+    _run(whole, tmp_path / "whole", ds)
+    _run(tiny(kimg=k * 4 / 1000, snap_kimg=1.0, precision=precision), tmp_path / "split", ds)
+    path = ckpt_io.find_checkpoint(tmp_path / "split")
+    new = ckpt_io.load_checkpoint(path)
+    # This version: the training config leaves the pair to the networks, which state the numbers
+    # in the checkpoint and in config.json.
+    numbers = _EARLIER_PRECISION[precision]
+    assert (new["config"]["num_fp16_res"], new["config"]["conv_clamp"]) == (None, None)
+    assert (new["model_config"]["num_fp16_res"], new["model_config"]["conv_clamp"]) == numbers
+    doc = json.loads((tmp_path / "split" / "config.json").read_text())
+    assert (doc["model"]["num_fp16_res"], doc["model"]["conv_clamp"]) == numbers
+
+    ckpt_io.atomic_save(_as_earlier_version(new, precision), path)
+    old = ckpt_io.load_checkpoint(path)  # validated: its config and model_config agree
+    assert sorted(old["model_config"]) == sorted(_EARLIER_MODEL_KEYS)
+    z = torch.randn(3, 32, generator=gen)
+    images = [ckpt_io.load_generator(c)(z, noise_mode="const") for c in (old, new)]
+    assert torch.equal(images[0], images[1])
+
+    torch.manual_seed(12345)  # whatever the process did in between must not matter
+    _run(TrainConfig.from_dict(dict(old["config"], kimg=whole.kimg)), tmp_path / "split", ds, resume=old)
+    b = ckpt_io.load_checkpoint(tmp_path / "split")
+    assert b["progress"]["step"] == 2 * k
+    _assert_same_state(ckpt_io.load_checkpoint(tmp_path / "whole"), b)
+
+
+def test_resume_refuses_a_checkpoint_of_other_networks(tmp_path, gen):
+    ds = blob_dataset(gen, 6)
+    _run(tiny(kimg=0.004), tmp_path / "r", ds)
+    ck = ckpt_io.load_checkpoint(tmp_path / "r")
+    old = _as_earlier_version(ck, "fp32")
+    for saved, change in [(ck, dict(channel_base=128)), (ck, dict(precision="bf16")),
+                          (old, dict(channel_base=128)), (old, dict(mapping_layers=3))]:
+        cfg = TrainConfig.from_dict(dict(saved["config"], kimg=0.008, **change))
+        with pytest.raises(loop.ResumeError, match="differs"):
+            _run(cfg, tmp_path / "r", ds, resume=saved)
+    # A field the training config does not decide still counts.
+    other = dict(old, model_config=dict(old["model_config"], w_avg_beta=0.9))
+    with pytest.raises(loop.ResumeError, match="differs"):
+        _run(TrainConfig.from_dict(dict(old["config"], kimg=0.008)), tmp_path / "r", ds, resume=other)
+    assert ckpt_io.load_checkpoint(tmp_path / "r")["progress"]["cur_nimg"] == 4  # nothing written
 
 
 def test_checkpoint_loads_with_weights_only_and_holds_everything(tmp_path, gen):
