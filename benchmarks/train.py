@@ -100,6 +100,14 @@ class TrainSetup:
     cycle: int  # steps per regularization cycle
 
 
+def networks_fp16_res(cfg: Any) -> int:
+    """The reduced-precision resolutions the networks of `cfg` run: ModelConfig fills them in when
+    the training config leaves them None."""
+    from stylegan2.networks import ModelConfig
+    from stylegan2.training.state import model_config_dict
+    return ModelConfig.from_dict(model_config_dict(cfg, 0)).num_fp16_res
+
+
 def make_setup(quick: bool, precision: str, device: torch.device, channels_last: bool = False) -> TrainSetup:
     """The gpu256 preset (256x256, batch 32, ADA's recipe) or, quick, the tiny one at 16x16
     with both lazy intervals 2 so a cycle is two steps."""
@@ -201,7 +209,7 @@ def train_rows(device: torch.device, ceilings: Ceilings, *, quick: bool, precisi
                               f"{c_img / 1e9:.3g} G ({F.relative_gap(per_img, c_img):+.1%})")
         shape = (f"{cfg.batch}x{cfg.channels}x{cfg.resolution}x{cfg.resolution} G+D step, cycle of "
                  f"{setup.cycle} (pl every {cfg.pl_interval}, R1 every {cfg.r1_interval})")
-        policy = "fp32" if precision == "fp32" else f"{precision} in {cfg.num_fp16_res} top res"
+        policy = "fp32" if precision == "fp32" else f"{precision} in {networks_fp16_res(cfg)} top res"
         peak_dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
         peak, peak_name = ceilings.peak_for(peak_dtype)
         for impl in impls:

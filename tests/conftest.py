@@ -97,13 +97,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True, scope="session")
-def one_intra_op_thread():
-    """The suite's tensors are tiny: on a small (2-core) VM each multi-threaded op pays ~20 ms of
-    thread wake-up, which made float64 gradchecks 10-100x slower than on one thread."""
+def process_threads() -> Iterator[None]:
+    """The process's intra-op thread count, given back when the session ends."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(process_threads: None) -> None:
+    """Every test starts on one intra-op thread, whatever an earlier test (or a command it ran)
+    set. Bitwise comparisons (exact resume, ranks against one process) need a fixed count, and the
+    suite's tensors are tiny: on a small (2-core) VM each multi-threaded op pays ~20 ms of thread
+    wake-up, which made float64 gradchecks 10-100x slower than on one thread."""
+    torch.set_num_threads(1)
 
 
 def seed_for(nodeid: str) -> int:

@@ -168,16 +168,6 @@ def test_markdown_and_json_round_trip(tmp_path: Path) -> None:
 # FLOP counts: analytic (flops.py) against FlopCounterMode on the reference path.
 
 
-@pytest.fixture
-def one_thread() -> object:
-    """Counting does not depend on threads, and on a loaded 2-core machine one thread runs these
-    small models several times faster than two fighting over the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TOL = 1e-3  # the forward counts are exact by construction; 0.1% leaves room for nothing else
 
 
@@ -188,7 +178,7 @@ TOL = 1e-3  # the forward counts are exact by construction; 0.1% leaves room for
 ])
 @pytest.mark.parametrize("training", [True, False])
 def test_generator_and_discriminator_flops_match_counter(kw: dict, training: bool, gen: torch.Generator,
-                                                         monkeypatch: pytest.MonkeyPatch, one_thread: object) -> None:
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from stylegan2.networks import Discriminator, Generator, ModelConfig
     monkeypatch.setenv("STYLEGAN2_OPS_IMPL", "ref")
     cfg = ModelConfig(**kw)
@@ -209,8 +199,7 @@ def test_generator_and_discriminator_flops_match_counter(kw: dict, training: boo
 
 
 @pytest.mark.parametrize("up,cin,cout,res", [(1, 8, 12, 5), (2, 6, 4, 8), (1, 3, 3, 7)])
-def test_modconv_flops_match_counter(up: int, cin: int, cout: int, res: int, gen: torch.Generator,
-                                     one_thread: object) -> None:
+def test_modconv_flops_match_counter(up: int, cin: int, cout: int, res: int, gen: torch.Generator) -> None:
     import stylegan2_ops as ops
     n = 2
     x = torch.randn(n, cin, res // up, res // up, generator=gen)
@@ -225,7 +214,7 @@ def test_modconv_flops_match_counter(up: int, cin: int, cout: int, res: int, gen
         assert counted == conv + filt, (fused, counted, conv, filt)
 
 
-def test_training_flop_estimate_tracks_counter(one_thread: object) -> None:
+def test_training_flop_estimate_tracks_counter() -> None:
     """Main phases exactly; the lazy phases' double-backward estimate within 5%."""
     from benchmarks import train as T
     setup = T.make_setup(True, "fp32", torch.device("cpu"))

@@ -20,13 +20,6 @@ from stylegan2.training.run_dir import dataset_name, new_run_dir
 FAST = ["--preset", "tiny", "--threads", "1", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    old = torch.get_num_threads()
-    yield
-    torch.set_num_threads(old)
-
-
 def write_images(folder: Path, gen: torch.Generator, n: int, size: tuple[int, int] = (20, 18)) -> Path:
     """n grayscale PNGs (non-square, so the loader pads) of bright ellipses on a dark ground."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -474,7 +474,7 @@ def test_nvlabs_pickle_matches_reference(tmp_path, c_dim, fp16, d_lr):
     assert (mc.resolution, mc.channels, mc.c_dim, mc.z_dim, mc.w_dim, mc.mapping_layers) == (RES, 3, c_dim, Z, W, 2)
     assert (mc.channel_base, mc.channel_max, mc.mbstd_group) == (BASE, CMAX, 2)
     assert mc.resolved_d_mapping_layers == (3 if c_dim else 2)
-    assert (mc.precision, mc.num_fp16_res, mc.resolved_conv_clamp) == (("fp16", 2, 256.0) if fp16 else ("fp32", 0, None))
+    assert (mc.precision, mc.num_fp16_res, mc.conv_clamp) == (("fp16", 2, 256.0) if fp16 else ("fp32", 0, None))
     assert not conv.report.partial
     assert any("as a plain dict" in n for n in conv.report.notes)
     assert any("rescaled" in n for n in conv.report.notes) == (d_lr != 0.01)

@@ -39,14 +39,6 @@ RUNTIME = ["--kimg", "0.032", "--snap", "0.016", "--tick", "0.016", "--threads",
 FRESH = ["--preset", "tiny", "--batch", "8", "--seed", "3", *RUNTIME]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # --------------------------------------------------------------------------------------------
 # In this process: the split's arithmetic, the shards, the running statistics.
 

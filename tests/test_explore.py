@@ -26,6 +26,8 @@ from stylegan2.training import checkpoint, state
 from stylegan2.training.config import make_config
 from stylegan2.training.state import model_config_dict
 
+from helpers import ellipse_slices, untrained_run, write_pngs
+
 SCALE = 4  # save_grid and the GIF enlarge 16x16 images to 64x64
 PAD = 2
 
@@ -33,16 +35,9 @@ PAD = 2
 def write_adni(root: Path, per_folder: int, seed: int = 0) -> Path:
     """An ADNI AD_NC layout (train/test x AD/NC) of 16x16 grayscale ellipses: AD ones darker."""
     g = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:16, 0:16] / 7.5 - 1
     for split in ("train", "test"):
         for k, cls in enumerate(("AD", "NC")):
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i in range(per_folder):
-                cx, cy, rx, ry, v = g.random(5)
-                inside = ((xx - cx + 0.5) / (0.3 + 0.5 * rx)) ** 2 + ((yy - cy + 0.5) / (0.3 + 0.5 * ry)) ** 2 < 1
-                img = np.clip(inside * (80 + 80 * k + 60 * v) + 15 * g.random((16, 16)), 0, 255).astype(np.uint8)
-                Image.fromarray(img, "L").save(folder / f"{cls}_{split}_{i:03d}.png")
+            write_pngs(root / split / cls, ellipse_slices(g, per_folder, base=80 + 80 * k, scale=60), f"{cls}_{split}_")
     return root
 
 
@@ -51,18 +46,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder with one untrained tiny checkpoint whose data is an ADNI layout; its w_avg is
     set to the mean mapped w (an untrained run has zeros there), so projection starts sensibly."""
     root = tmp_path_factory.mktemp("explore")
-    adni = write_adni(root / "AD_NC", 5)
-    cfg, _ = make_config("tiny", {"data": str(adni)})
-    dataset = open_dataset(str(adni), cfg.resolution, cfg.channels, cache_dir=str(root / "cache"), progress=False)
-    r = state.setup_run(cfg, dataset, torch.device("cpu"))
-    with torch.no_grad():
-        G = r.G_ema if hasattr(r, "G_ema") else None
-        for net in [m for m in (getattr(r, "G", None), G) if m is not None]:
+
+    @torch.no_grad()
+    def mean_w_avg(r) -> None:
+        for net in (r.G, r.G_ema):
             z = torch.randn(2000, net.z_dim, generator=torch.Generator().manual_seed(1))
             net.mapping.w_avg.copy_(net.mapping(z, None)[:, 0].mean(0))
-    run_dir = root / "00000-AD_NC-tiny"
-    checkpoint.save_checkpoint(r, run_dir)
-    return run_dir
+    return untrained_run(root, write_adni(root / "AD_NC", 5), "00000-AD_NC-tiny", prepare=mean_w_avg)
 
 
 @pytest.fixture(autouse=True)
@@ -71,9 +61,6 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv(INCEPTION_WEIGHTS_ENV, raising=False)
     monkeypatch.delenv("STYLEGAN2_LPIPS_WEIGHTS", raising=False)
-    old = torch.get_num_threads()
-    yield
-    torch.set_num_threads(old)
 
 
 def invoke(*args: object) -> Result:

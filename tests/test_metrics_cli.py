@@ -9,28 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner, Result
 from PIL import Image
 
 from stylegan2 import cli
-from stylegan2.data import open_dataset
 from stylegan2.metrics import INCEPTION_FILE, INCEPTION_WEIGHTS_ENV
-from stylegan2.training import checkpoint, state
-from stylegan2.training.config import make_config
+
+from helpers import ellipse_slices, untrained_run, write_pngs
 
 
 def write_slices(folder: Path, n: int, seed: int = 0) -> Path:
     """n 16x16 grayscale PNGs: bright ellipses of random size and position on noise."""
-    folder.mkdir(parents=True)
-    g = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:16, 0:16] / 7.5 - 1
-    for i in range(n):
-        cx, cy, rx, ry, v = g.random(5)
-        inside = ((xx - cx + 0.5) / (0.3 + 0.5 * rx)) ** 2 + ((yy - cy + 0.5) / (0.3 + 0.5 * ry)) ** 2 < 1
-        img = np.clip(inside * (120 + 120 * v) + 15 * g.random((16, 16)), 0, 255).astype(np.uint8)
-        Image.fromarray(img, "L").save(folder / f"slice_{i:03d}.png")
-    return folder
+    return write_pngs(folder, ellipse_slices(np.random.default_rng(seed), n), "slice_")
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +28,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder with one untrained checkpoint of the tiny preset, whose config names the
     slices folder as its data (so the commands find it without --data)."""
     root = tmp_path_factory.mktemp("metrics_cli")
-    slices = write_slices(root / "slices", 24)
-    cfg, _ = make_config("tiny", {"data": str(slices)})
-    dataset = open_dataset(str(slices), cfg.resolution, cfg.channels, cache_dir=str(root / "cache"), progress=False)
-    run_dir = root / "00000-slices-tiny"
-    checkpoint.save_checkpoint(state.setup_run(cfg, dataset, torch.device("cpu")), run_dir)
-    return run_dir
+    return untrained_run(root, write_slices(root / "slices", 24), "00000-slices-tiny")
 
 
 @pytest.fixture(autouse=True)
@@ -52,9 +37,6 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STYLEGAN2_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv(INCEPTION_WEIGHTS_ENV, raising=False)
-    old = torch.get_num_threads()
-    yield
-    torch.set_num_threads(old)
 
 
 def invoke(*args: object) -> Result:

@@ -86,7 +86,7 @@ def test_parameter_counts_match_nvlabs_256():
     "kw",
     [
         dict(resolution=48), dict(resolution=2), dict(resolution=2048), dict(channels=2),
-        dict(precision="fp8"), dict(precision="fp16"), dict(num_fp16_res=2),
+        dict(precision="fp8"), dict(precision="fp16", num_fp16_res=0), dict(num_fp16_res=2),
         dict(conv_clamp=-1.0), dict(z_dim=0), dict(c_dim=-1), dict(mapping_lr_mult=0.0),
     ],
 )
@@ -102,12 +102,39 @@ def test_config_round_trip_and_derived_values():
         ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})
     assert cfg.fp16_resolution == 32
     assert [cfg.block_dtype(r) for r in (16, 32, 256)] == [torch.float32, torch.bfloat16, torch.bfloat16]
-    assert cfg.resolved_conv_clamp == 256.0
-    assert ModelConfig().resolved_conv_clamp is None
+    assert cfg.conv_clamp == 256.0
+    assert ModelConfig().conv_clamp is None
     assert [cfg.channels_at(r) for r in (4, 32, 64, 256)] == [512, 512, 256, 64]
     big = ModelConfig(resolution=1024, channel_base=32768, precision="fp16", num_fp16_res=4)
     assert big.num_ws == 18 and big.block_resolutions[-1] == 1024 and big.fp16_resolution == 128
     assert ModelConfig(resolution=4).num_ws == 2 and ModelConfig(resolution=4, num_fp16_res=1, precision="fp16").fp16_resolution == 8
+
+
+@pytest.mark.parametrize("precision, given, filled", [
+    ("fp32", {}, (0, None)),
+    ("fp16", {}, (4, 256.0)),
+    ("bf16", {}, (4, 256.0)),
+    ("bf16", dict(num_fp16_res=2), (2, 256.0)),
+    ("fp16", dict(conv_clamp=8), (4, 8.0)),
+    ("fp32", dict(conv_clamp=64.0), (0, 64.0)),
+])
+def test_config_fills_in_the_precision_defaults_once(precision, given, filled):
+    """None -> NVlabs' mixed-precision numbers, filled in on construction (the one place the rule
+    lives), so to_dict states them and a dict of an earlier version (which stated them) or of this
+    one builds an equal config."""
+    cfg = ModelConfig(**{**TINY, "resolution": 64, "precision": precision, **given})
+    assert (cfg.num_fp16_res, cfg.conv_clamp) == filled
+    d = cfg.to_dict()
+    assert (d["num_fp16_res"], d["conv_clamp"]) == filled
+    assert ModelConfig.from_dict(d) == cfg
+    assert ModelConfig.from_dict({**d, "num_fp16_res": None, "conv_clamp": None}) == \
+        ModelConfig(**{**TINY, "resolution": 64, "precision": precision})
+    # The blocks get exactly these: dtype from num_fp16_res, the clamp in every conv layer.
+    G = Generator(cfg)
+    reduced = [b.resolution for b in G.synthesis.blocks.values() if b.dtype != torch.float32]
+    assert reduced == ([] if filled[0] == 0 else [64 // 2**i for i in range(filled[0])][::-1])
+    clamps = {m.conv_clamp for m in G.modules() if hasattr(m, "conv_clamp") and m is not G}
+    assert clamps == {filled[1]}
 
 
 # --- layers against the definitions -----------------------------------------------------------

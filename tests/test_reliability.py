@@ -24,15 +24,10 @@ from stylegan2 import cli, fileio
 from stylegan2.training import checkpoint as ckpt_io
 from stylegan2.training import loop
 
+from helpers import sigterm_after_step
+
 FAST = ["--preset", "tiny", "--threads", "1", "--no-progress"]
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    old = torch.get_num_threads()
-    yield
-    torch.set_num_threads(old)
 
 
 def write_images(folder: Path, n: int = 8, seed: int = 0) -> Path:
@@ -397,15 +392,7 @@ def test_config_refuses_non_finite_values():
 
 def test_sigterm_exits_143_after_saving(tmp_path, monkeypatch):
     data = write_images(tmp_path / "slices")
-    real_step = loop.train_step
-    steps = {"n": 0}
-
-    def step_then_signal(run, acc):
-        real_step(run, acc)
-        steps["n"] += 1
-        if steps["n"] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-    monkeypatch.setattr(loop, "train_step", step_then_signal)
+    sigterm_after_step(monkeypatch, 2)
     r = invoke("train", "--data", data, "--out", tmp_path / "runs", "--kimg", "1", *FAST)
     assert r.exit_code == 143, r.output
     assert "stopped at 0.008 kimg" in r.output and "SIGTERM: saved" in r.output

@@ -17,41 +17,23 @@ from stylegan2 import cli
 from stylegan2.augment import same_bits
 from stylegan2.data import ImageDataset
 from stylegan2.training import checkpoint as ckpt_io
-from stylegan2.training import loop, state
+from stylegan2.training import state
 from stylegan2.training.config import PRESETS, TrainConfig, make_config, resolve
 from stylegan2.training.phases import train_step
 from stylegan2.training.stats import StatsAccumulator, StatsWriter
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Bitwise comparisons need a fixed thread count; one thread is also fastest on a busy box.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from helpers import assert_same_weights, assert_steps_never_wait, blob_dataset, tiny, train_quietly, whole_and_resumed
 
 
 def blobs(gen: torch.Generator, n: int, res: int = 16) -> ImageDataset:
-    """n uint8 images [n, 1, res, res]: bright ellipses of random size and place on a dark ground."""
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, res), torch.linspace(-1, 1, res), indexing="ij")
-    p = torch.rand(n, 5, generator=gen)
-    cx, cy = (p[:, 0] - 0.5)[:, None, None] * 0.6, (p[:, 1] - 0.5)[:, None, None] * 0.6
-    ax, ay = 0.3 + 0.4 * p[:, 2, None, None], 0.3 + 0.4 * p[:, 3, None, None]
-    inside = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 < 1
-    img = inside * (120 + 120 * p[:, 4, None, None]) + 15 * torch.rand(n, res, res, generator=gen)
-    return ImageDataset(img.clamp(0, 255).to(torch.uint8)[:, None].numpy(), source=f"blobs ({n})")
-
-
-def tiny(**overrides) -> TrainConfig:
-    cfg, _ = make_config("tiny", dict(dict(r1_interval=3, pl_interval=2, grid_images=4), **overrides))
-    return cfg
+    """This file's images: helpers.blob_dataset's ellipses, a little smaller."""
+    return blob_dataset(gen, n, res, spread=0.4)
 
 
 def train(cfg, run_dir, ds, **kw):
+    """(loop.train's result, the lines it logged)."""
     lines = []
-    res = loop.train(cfg, run_dir, ds, progress=False, log=lines.append, **kw)
-    return res, lines
+    return train_quietly(cfg, run_dir, ds, log=lines.append, **kw), lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,33 +317,19 @@ def test_ada_at_p_zero_leaves_every_image_bit_for_bit(tmp_path, gen):
 # --------------------------------------------------------------------------------------------
 # checkpoints
 
-def _same_weights(a, b) -> None:
-    for key in ("G", "D", "G_ema"):
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
-
-
 def test_ada_resume_is_exact(tmp_path, gen):
     """2k steps in one go == k steps, a checkpoint, another process state, k more: the same p,
     accumulators and weights. k = 5 stops between two adjustments (every 4 steps)."""
-    ds = blobs(gen, 40)
-    k, batch = 5, 4
-    kw = dict(aug="ada", ada_kimg=0.1, snap_kimg=1.0)
-    train(tiny(kimg=2 * k * batch / 1000, **kw), tmp_path / "whole", ds)
-    train(tiny(kimg=k * batch / 1000, **kw), tmp_path / "split", ds)
-    mid = ckpt_io.load_checkpoint(tmp_path / "split")
+    a, mid, b = whole_and_resumed(tmp_path, blobs(gen, 40),
+                                  lambda kimg: tiny(kimg=kimg, aug="ada", ada_kimg=0.1, snap_kimg=1.0), 5, 4)
     assert mid["augment"]["controller"]["steps"] == 1 and mid["augment"]["controller"]["count"] > 0
-    torch.manual_seed(12345)
-    cont = TrainConfig.from_dict(dict(mid["config"], kimg=2 * k * batch / 1000))
-    train(cont, tmp_path / "split", ds, resume=mid)
-    a, b = ckpt_io.load_checkpoint(tmp_path / "whole"), ckpt_io.load_checkpoint(tmp_path / "split")
     ca, cb = a["augment"]["controller"], b["augment"]["controller"]
     assert float(ca["p"]) > 0
     for key in ("p", "rt", "sign_sum"):
         assert same_bits(ca[key], cb[key]), key
     assert (ca["count"], ca["steps"], ca["nimg"], ca["adjustments"]) == \
         (cb["count"], cb["steps"], cb["nimg"], cb["adjustments"])
-    _same_weights(a, b)
+    assert_same_weights(a, b)
 
 
 def test_checkpoint_without_augment_entry_still_resumes(tmp_path, gen):
@@ -424,18 +392,5 @@ def test_augmented_steps_never_wait_for_the_gpu(gen, kind):
     with sync debug mode 'error', anything that makes the host wait for the GPU raises."""
     extra = dict(ada=dict(ada_kimg=0.05), fixed=dict(aug_p=0.8), diffaugment={})[kind]
     cfg = tiny(aug=kind, device="cuda", **extra)  # R1 every 3, path length every 2, ADA every 4
-    run = state.setup_run(cfg, blobs(gen, 12), torch.device("cuda"))
-    acc = StatsAccumulator()
-    for _ in range(8):  # warm-up: kernel loading and self-checks, cuDNN autotuning, Adam state
-        train_step(run, acc)
-    acc.reduce()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(8):
-            train_step(run, acc)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    values = acc.reduce()  # the tick boundary: the one read-back
-    assert all(math.isfinite(v) for v in values.values())
+    values = assert_steps_never_wait(state.setup_run(cfg, blobs(gen, 12), torch.device("cuda")), 8)
     assert ("Aug/p" in values) == (kind != "diffaugment")

@@ -21,50 +21,30 @@ from stylegan2.data import (DatasetError, ImageDataset, dataset_splits, describe
                             open_dataset, resolve_split)
 from stylegan2.metrics import INCEPTION_WEIGHTS_ENV, FeatureNetwork, get_feature_network, real_features
 from stylegan2.training import checkpoint as ckpt_io
-from stylegan2.training import loop
 from stylegan2.training import snapshot_metrics as sm_mod
 from stylegan2.training import tensorboard as tb_mod
-from stylegan2.training.config import make_config
 from stylegan2.training.snapshot_metrics import SnapshotMetrics
 from stylegan2.training.stats import StatsWriter
+
+from helpers import ellipse_slices, tiny, train_quietly
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Caches in tmp_path, no Inception weights anywhere, one thread (restored after)."""
+    """Caches in tmp_path, no Inception weights anywhere (one thread: conftest's one_thread)."""
     monkeypatch.setenv("STYLEGAN2_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv(INCEPTION_WEIGHTS_ENV, raising=False)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def blobs(n: int, seed: int, res: int = 16) -> np.ndarray:
     """uint8 [n, 1, res, res]: bright ellipses of random size and position on faint noise."""
-    g = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:res, 0:res] / ((res - 1) / 2) - 1
-    out = np.empty((n, 1, res, res), np.uint8)
-    for i in range(n):
-        cx, cy, rx, ry, v = g.random(5)
-        inside = ((xx - cx + 0.5) / (0.3 + 0.5 * rx)) ** 2 + ((yy - cy + 0.5) / (0.3 + 0.5 * ry)) ** 2 < 1
-        out[i, 0] = np.clip(inside * (120 + 120 * v) + 15 * g.random((res, res)), 0, 255)
-    return out
+    return ellipse_slices(np.random.default_rng(seed), n, res)
 
 
 def pooled_net() -> FeatureNetwork:
     """16 features: 4x4 average pools of a 16x16 image (small, fixed, no weights to fetch)."""
     return FeatureNetwork("pool4", 16, lambda x: F.adaptive_avg_pool2d(x, 4).flatten(1), torch.device("cpu"))
-
-
-def tiny(**overrides):
-    cfg, _ = make_config("tiny", dict(dict(r1_interval=3, pl_interval=2, grid_images=4), **overrides))
-    return cfg
-
-
-def run_train(cfg, run_dir, ds, **kw):
-    return loop.train(cfg, run_dir, ds, progress=False, log=lambda s: None, **kw)
 
 
 def invoke(*args: object) -> Result:
@@ -78,7 +58,7 @@ def test_snapshot_metrics_join_the_stats_rows_and_metrics_jsonl(tmp_path):
     ds = ImageDataset(blobs(12, 0), source="blobs (12)")
     ref = ImageDataset(blobs(10, 1), source="held-out blobs (10)")
     sm = SnapshotMetrics(["fid", "kid", "pr"], 8, pooled_net(), ref, "held-out blobs (10 images)", batch=4)
-    res = run_train(tiny(kimg=0.032, snap_kimg=0.016), tmp_path / "r", ds, metrics=sm)
+    res = train_quietly(tiny(kimg=0.032, snap_kimg=0.016), tmp_path / "r", ds, metrics=sm)
     rows = StatsWriter(tmp_path / "r").rows()
     measured = [r for r in rows if "Metrics/fid" in r]
     # One measured row per snapshot (16, 32 images), the row of the tick that ended there.
@@ -106,9 +86,9 @@ def test_metrics_do_not_change_what_training_computes(tmp_path):
     """Fakes for the metrics draw noise from torch's global RNG; it is restored around them."""
     ds = ImageDataset(blobs(8, 2), source="blobs (8)")
     cfg = tiny(kimg=0.016, snap_kimg=0.008)
-    run_train(cfg, tmp_path / "plain", ds)
+    train_quietly(cfg, tmp_path / "plain", ds)
     sm = SnapshotMetrics(["fid"], 6, pooled_net(), ds, "blobs", batch=3)
-    run_train(cfg, tmp_path / "measured", ds, metrics=sm)
+    train_quietly(cfg, tmp_path / "measured", ds, metrics=sm)
     a, b = (ckpt_io.load_checkpoint(tmp_path / d) for d in ("plain", "measured"))
     for key in ("G", "D", "G_ema"):
         for name in a[key]:
@@ -132,7 +112,7 @@ def test_best_checkpoint_tracks_the_minimum_fid_and_keep_never_deletes_it(tmp_pa
     ds = ImageDataset(blobs(8, 3), source="blobs (8)")
     fids = [5.0, 3.0, 4.0, 2.5, 2.7]
     sm = ScriptedMetrics(fids, reference=ds, reference_name="blobs", batch=4)
-    res = run_train(tiny(kimg=0.040, snap_kimg=0.008), tmp_path / "r", ds, metrics=sm, keep=1)
+    res = train_quietly(tiny(kimg=0.040, snap_kimg=0.008), tmp_path / "r", ds, metrics=sm, keep=1)
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     running = [v < min(fids[:i], default=math.inf) for i, v in enumerate(fids)]
     assert [x["best"] for x in lines] == running == [True, True, False, True, False]
@@ -147,13 +127,13 @@ def test_best_checkpoint_tracks_the_minimum_fid_and_keep_never_deletes_it(tmp_pa
 
 def test_best_from_an_abandoned_continuation_or_another_network_is_not_trusted(tmp_path):
     ds = ImageDataset(blobs(8, 4), source="blobs (8)")
-    run_train(tiny(kimg=0.016, snap_kimg=0.008), tmp_path / "r", ds,
+    train_quietly(tiny(kimg=0.016, snap_kimg=0.008), tmp_path / "r", ds,
               metrics=ScriptedMetrics([1.0, 0.5], reference=ds, reference_name="blobs", batch=4))
     ck = ckpt_io.load_checkpoint(tmp_path / "r" / "checkpoints" / ckpt_io.ckpt_name(8))
     cfg = tiny(kimg=0.024, snap_kimg=0.008)
     # Resumed from 8 images: best.pt (16 images, FID 0.5) lies after it and is replaced by the
     # first new measurement even though that is worse.
-    run_train(cfg, tmp_path / "r", ds, resume=ck,
+    train_quietly(cfg, tmp_path / "r", ds, resume=ck,
               metrics=ScriptedMetrics([2.0, 3.0], reference=ds, reference_name="blobs", batch=4))
     best = sm_mod.read_best(tmp_path / "r")
     assert best["fid"] == 2.0 and best["nimg"] == 16
@@ -297,7 +277,7 @@ def test_tensorboard_events_hold_the_scalars_and_the_grids(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     ds = ImageDataset(blobs(8, 6), source="blobs (8)")
     sm = SnapshotMetrics(["fid", "kid"], 6, pooled_net(), ds, "blobs", batch=3)
-    res = run_train(tiny(kimg=0.032, snap_kimg=0.016), tmp_path / "r", ds, metrics=sm, tensorboard=True)
+    res = train_quietly(tiny(kimg=0.032, snap_kimg=0.016), tmp_path / "r", ds, metrics=sm, tensorboard=True)
     assert res.files["tensorboard"] == tmp_path / "r" / "tensorboard"
     acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
@@ -316,7 +296,7 @@ def test_training_without_the_tensorboard_package(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard now fails
     assert not tb_mod.available()
     ds = ImageDataset(blobs(6, 7), source="blobs (6)")
-    res = run_train(tiny(kimg=0.008), tmp_path / "r", ds, tensorboard=True)
+    res = train_quietly(tiny(kimg=0.008), tmp_path / "r", ds, tensorboard=True)
     assert res.status == "done" and not (tmp_path / "r" / "tensorboard").exists()
     r = invoke("train", "--preset", "tiny", "--kimg", "0.004", "--max-images", "8", "--out", tmp_path / "runs",
                "--tensorboard", "--no-progress", "--threads", "1")
@@ -331,7 +311,7 @@ def test_training_without_the_tensorboard_package(tmp_path, monkeypatch):
 def test_minutes_end_the_run_by_the_budget_with_a_final_snapshot(tmp_path):
     ds = ImageDataset(blobs(6, 8), source="blobs (6)")
     # A budget of a fraction of a second and a kimg no tiny run reaches in it.
-    res = run_train(tiny(kimg=1000, snap_kimg=500, tick_kimg=500), tmp_path / "r", ds, minutes=0.0001)
+    res = train_quietly(tiny(kimg=1000, snap_kimg=500, tick_kimg=500), tmp_path / "r", ds, minutes=0.0001)
     assert res.status == "done" and res.ended_by == "minutes" and res.stop_signal is None
     assert 0 < res.cur_nimg < 1_000_000
     assert [n for n, _ in ckpt_io.list_checkpoints(tmp_path / "r")] == [res.cur_nimg]
@@ -339,10 +319,10 @@ def test_minutes_end_the_run_by_the_budget_with_a_final_snapshot(tmp_path):
     rows = StatsWriter(tmp_path / "r").rows()
     assert rows[-1]["nimg"] == res.cur_nimg  # the final tick's row is written too
     # Without a budget the same run ends by kimg.
-    res = run_train(tiny(kimg=0.008), tmp_path / "k", ds)
+    res = train_quietly(tiny(kimg=0.008), tmp_path / "k", ds)
     assert res.ended_by == "kimg" and res.cur_nimg == 8
     with pytest.raises(ValueError, match="minutes"):
-        run_train(tiny(kimg=0.008), tmp_path / "x", ds, minutes=0.0)
+        train_quietly(tiny(kimg=0.008), tmp_path / "x", ds, minutes=0.0)
 
 
 def test_minutes_on_the_command_line_lift_the_image_limit(tmp_path):
@@ -360,7 +340,7 @@ def test_minutes_on_the_command_line_lift_the_image_limit(tmp_path):
 
 def test_a_run_with_old_names_resumes_and_continues_with_new_ones(tmp_path):
     ds = ImageDataset(blobs(6, 9), source="blobs (6)")
-    run_train(tiny(kimg=0.016, snap_kimg=0.008), tmp_path / "r", ds)
+    train_quietly(tiny(kimg=0.016, snap_kimg=0.008), tmp_path / "r", ds)
     d = tmp_path / "r" / "checkpoints"
     # As an earlier version named them: kimg with the images below 1 kimg after a dot.
     for nimg in (8, 16):
@@ -369,7 +349,7 @@ def test_a_run_with_old_names_resumes_and_continues_with_new_ones(tmp_path):
         [(8, "ckpt-000000.008.pt"), (16, "ckpt-000000.016.pt")]
     ck, skipped = ckpt_io.load_newest_valid(tmp_path / "r")
     assert ck["progress"]["cur_nimg"] == 16 and not skipped
-    res = run_train(tiny(kimg=0.024, snap_kimg=0.008), tmp_path / "r", ds, resume=ck)
+    res = train_quietly(tiny(kimg=0.024, snap_kimg=0.008), tmp_path / "r", ds, resume=ck)
     assert res.cur_nimg == 24 and res.checkpoint.name == "ckpt-000000024.pt"
     assert [p.name for _, p in ckpt_io.list_checkpoints(tmp_path / "r")] == \
         ["ckpt-000000.008.pt", "ckpt-000000.016.pt", "ckpt-000000024.pt"]
@@ -379,9 +359,9 @@ def test_a_run_with_old_names_resumes_and_continues_with_new_ones(tmp_path):
 def test_a_resumed_run_hides_the_tensorboard_events_it_writes_again(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     ds = ImageDataset(blobs(6, 10), source="blobs (6)")
-    run_train(tiny(kimg=0.024, snap_kimg=0.008, tick_kimg=0.008), tmp_path / "r", ds, tensorboard=True)
+    train_quietly(tiny(kimg=0.024, snap_kimg=0.008, tick_kimg=0.008), tmp_path / "r", ds, tensorboard=True)
     ck = ckpt_io.load_checkpoint(tmp_path / "r" / "checkpoints" / ckpt_io.ckpt_name(8))
-    run_train(tiny(kimg=0.024, snap_kimg=0.008, tick_kimg=0.008), tmp_path / "r", ds, resume=ck, tensorboard=True)
+    train_quietly(tiny(kimg=0.024, snap_kimg=0.008, tick_kimg=0.008), tmp_path / "r", ds, resume=ck, tensorboard=True)
     acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
     rows = StatsWriter(tmp_path / "r").rows()

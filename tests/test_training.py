@@ -3,6 +3,7 @@ checkpoints, bit-exact resume, NaN stop, signal stop. Tiny networks (16x16, chan
 max 32, z = w = 32, 2 mapping layers, batch 4) on small synthetic datasets."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from stylegan2.data import ImageDataset
+from stylegan2.networks import ModelConfig
 from stylegan2.training import checkpoint as ckpt_io
 from stylegan2.training import loop, state
 from stylegan2.training.config import PRESETS, TrainConfig, make_config
@@ -19,34 +20,8 @@ from stylegan2.training.feed import BatchFeeder
 from stylegan2.images import grid_shape, make_grid, parse_seeds
 from stylegan2.training.stats import StatsAccumulator, StatsWriter, non_finite
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Bitwise comparisons need a fixed thread count; one thread is also fastest on a busy box.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def blob_dataset(gen: torch.Generator, n: int, res: int = 16, labeled: bool = False) -> ImageDataset:
-    """n uint8 images [n, 1, res, res]: bright ellipses of random size and position on noise."""
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, res), torch.linspace(-1, 1, res), indexing="ij")
-    p = torch.rand(n, 5, generator=gen)
-    cx, cy = (p[:, 0] - 0.5)[:, None, None] * 0.6, (p[:, 1] - 0.5)[:, None, None] * 0.6
-    ax, ay = 0.3 + 0.5 * p[:, 2, None, None], 0.3 + 0.5 * p[:, 3, None, None]
-    inside = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 < 1
-    img = inside * (120 + 120 * p[:, 4, None, None]) + 15 * torch.rand(n, res, res, generator=gen)
-    images = img.clamp(0, 255).to(torch.uint8)[:, None].numpy()
-    if labeled:
-        labels = torch.randint(0, 3, (n,), generator=gen).numpy().astype(np.int64)
-        return ImageDataset(images, labels, ["inferior", "middle", "superior"], source=f"blobs ({n})")
-    return ImageDataset(images, source=f"blobs ({n})")
-
-
-def tiny(**overrides) -> TrainConfig:
-    cfg, _ = make_config("tiny", dict(dict(r1_interval=3, pl_interval=2, grid_images=4), **overrides))
-    return cfg
+from helpers import (assert_same_state, assert_steps_never_wait, blob_dataset, sigterm_after_step, tiny, train_quietly,
+                     whole_and_resumed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,14 +63,19 @@ def test_presets_resolve_derived_fields(preset):
     assert math.isclose(cfg.gamma, 0.0002 * cfg.resolution**2 / 12)
     assert math.isclose(cfg.ema_kimg, 12 * 10 / 32)
     assert 12 % cfg.mbstd_group == 0 and cfg.mbstd_group <= 4
-    assert (cfg.num_fp16_res > 0) == (cfg.precision != "fp32")
+    # The precision pair passes through untouched; the networks' config fills it in.
+    assert (cfg.num_fp16_res, cfg.conv_clamp) == (None, None)
+    mc = ModelConfig.from_dict(state.model_config_dict(cfg, 0))
+    assert (mc.num_fp16_res > 0) == (cfg.precision != "fp32")
     again = TrainConfig.from_dict(cfg.to_dict())
     assert again == cfg
 
 
 def test_explicit_values_win_and_bad_values_are_named():
     cfg, _ = make_config("tiny", {"gamma": 3.5, "ema_kimg": 0.5, "precision": "bf16", "batch": 6})
-    assert (cfg.gamma, cfg.ema_kimg, cfg.num_fp16_res, cfg.conv_clamp, cfg.mbstd_group) == (3.5, 0.5, 4, 256.0, 3)
+    assert (cfg.gamma, cfg.ema_kimg, cfg.num_fp16_res, cfg.conv_clamp, cfg.mbstd_group) == (3.5, 0.5, None, None, 3)
+    mc = ModelConfig.from_dict(state.model_config_dict(cfg, 0))
+    assert (mc.num_fp16_res, mc.conv_clamp) == (4, 256.0)
     cfg, _ = make_config("tiny", {"loss": "wgan-gp"})
     assert cfg.r1_interval == 1
     for bad, name in [({"resolution": 48}, "resolution"), ({"batch": 0}, "batch"),
@@ -183,52 +163,83 @@ def test_make_grid_layout(gen):
 # --------------------------------------------------------------------------------------------
 # checkpoints
 
-def _run(cfg, run_dir, ds, **kw):
-    return loop.train(cfg, run_dir, ds, progress=False, log=lambda s: None, **kw)
-
-
-def _assert_same_state(a, b):
-    for key in ("G", "D", "G_ema"):
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
-    for key in ("opt_G", "opt_D"):
-        for i, s in a[key]["state"].items():
-            for k, v in s.items():
-                assert torch.equal(v, b[key]["state"][i][k]), f"{key} state {i}.{k} differs"
-    assert torch.equal(a["loss"]["pl_mean"], b["loss"]["pl_mean"])
-    assert a["progress"]["cur_nimg"] == b["progress"]["cur_nimg"]
-    assert a["progress"]["step"] == b["progress"]["step"]
-
-
 @pytest.mark.parametrize("variant", [dict(), dict(cond=True, mirror=True, batch=6)])
 def test_resume_is_bit_exact(tmp_path, gen, variant):
     """2k steps in one go == k steps, a checkpoint, a fresh process state, k more steps."""
     ds = blob_dataset(gen, 9, labeled=True)
     batch = variant.get("batch", 4)
     k = 5  # with intervals 2 and 3 both lazy penalties run in each half
-    whole = tiny(kimg=2 * k * batch / 1000, snap_kimg=1.0, **variant)
-    _run(whole, tmp_path / "whole", ds)
-
-    half = tiny(kimg=k * batch / 1000, snap_kimg=1.0, **variant)
-    _run(half, tmp_path / "split", ds)
-    torch.manual_seed(12345)  # whatever the process did in between must not matter
-    ck = ckpt_io.load_checkpoint(tmp_path / "split")
-    assert ck["progress"]["step"] == k
-    cont = TrainConfig.from_dict(dict(ck["config"], kimg=whole.kimg))
-    _run(cont, tmp_path / "split", ds, resume=ck)
-
-    a = ckpt_io.load_checkpoint(tmp_path / "whole")
-    b = ckpt_io.load_checkpoint(tmp_path / "split")
-    assert a["progress"]["step"] == 2 * k
-    _assert_same_state(a, b)
+    a, mid, b = whole_and_resumed(tmp_path, ds, lambda kimg: tiny(kimg=kimg, snap_kimg=1.0, **variant), k, batch)
+    assert mid["progress"]["step"] == k and a["progress"]["step"] == 2 * k
+    assert_same_state(a, b)
     rows = StatsWriter(tmp_path / "split").rows()
     assert [r["nimg"] for r in rows] == sorted(r["nimg"] for r in rows)
 
 
+# The model_config the main branch wrote before ModelConfig filled in the precision defaults
+# itself: only the fields the training config decides, with the numbers its config resolution
+# chose written out in both config and model_config (typed here, not computed by the code).
+_EARLIER_MODEL_KEYS = ("resolution", "channels", "c_dim", "z_dim", "w_dim", "mapping_layers", "channel_base",
+                       "channel_max", "num_fp16_res", "precision", "conv_clamp", "mbstd_group")
+_EARLIER_PRECISION = {"fp32": (0, None), "bf16": (4, 256.0)}
+
+
+def _as_earlier_version(ck, precision):
+    fp16, clamp = _EARLIER_PRECISION[precision]
+    old = dict(ck, config=dict(ck["config"], num_fp16_res=fp16, conv_clamp=clamp))
+    old["model_config"] = dict({k: ck["model_config"][k] for k in _EARLIER_MODEL_KEYS},
+                               num_fp16_res=fp16, conv_clamp=clamp)
+    old.pop("path", None)
+    return old
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_checkpoint_of_the_earlier_form_loads_generates_and_resumes_bit_exactly(tmp_path, gen, precision):
+    ds = blob_dataset(gen, 9)
+    k = 3
+    numbers = _EARLIER_PRECISION[precision]
+
+    def as_earlier(new):
+        # This version: the training config leaves the pair to the networks, which state the
+        # numbers in the checkpoint and in config.json.
+        assert (new["config"]["num_fp16_res"], new["config"]["conv_clamp"]) == (None, None)
+        assert (new["model_config"]["num_fp16_res"], new["model_config"]["conv_clamp"]) == numbers
+        doc = json.loads((tmp_path / "split" / "config.json").read_text())
+        assert (doc["model"]["num_fp16_res"], doc["model"]["conv_clamp"]) == numbers
+        ckpt_io.atomic_save(_as_earlier_version(new, precision), new["path"])
+        old = ckpt_io.load_checkpoint(new["path"])  # validated: its config and model_config agree
+        assert sorted(old["model_config"]) == sorted(_EARLIER_MODEL_KEYS)
+        z = torch.randn(3, 32, generator=gen)
+        images = [ckpt_io.load_generator(c)(z, noise_mode="const") for c in (old, new)]
+        assert torch.equal(images[0], images[1])
+        return old
+
+    a, old, b = whole_and_resumed(tmp_path, ds, lambda kimg: tiny(kimg=kimg, snap_kimg=1.0, precision=precision),
+                                  k, 4, before_resume=as_earlier)
+    assert "mapping_lr_mult" not in old["model_config"] and b["progress"]["step"] == 2 * k
+    assert_same_state(a, b)
+
+
+def test_resume_refuses_a_checkpoint_of_other_networks(tmp_path, gen):
+    ds = blob_dataset(gen, 6)
+    train_quietly(tiny(kimg=0.004), tmp_path / "r", ds)
+    ck = ckpt_io.load_checkpoint(tmp_path / "r")
+    old = _as_earlier_version(ck, "fp32")
+    for saved, change in [(ck, dict(channel_base=128)), (ck, dict(precision="bf16")),
+                          (old, dict(channel_base=128)), (old, dict(mapping_layers=3))]:
+        cfg = TrainConfig.from_dict(dict(saved["config"], kimg=0.008, **change))
+        with pytest.raises(loop.ResumeError, match="differs"):
+            train_quietly(cfg, tmp_path / "r", ds, resume=saved)
+    # A field the training config does not decide still counts.
+    other = dict(old, model_config=dict(old["model_config"], w_avg_beta=0.9))
+    with pytest.raises(loop.ResumeError, match="differs"):
+        train_quietly(TrainConfig.from_dict(dict(old["config"], kimg=0.008)), tmp_path / "r", ds, resume=other)
+    assert ckpt_io.load_checkpoint(tmp_path / "r")["progress"]["cur_nimg"] == 4  # nothing written
+
+
 def test_checkpoint_loads_with_weights_only_and_holds_everything(tmp_path, gen):
     ds = blob_dataset(gen, 6)
-    res = _run(tiny(kimg=0.008), tmp_path / "r", ds)
+    res = train_quietly(tiny(kimg=0.008), tmp_path / "r", ds)
     raw = torch.load(res.checkpoint, map_location="cpu", weights_only=True)
     assert raw["format"] == ckpt_io.FORMAT
     for key in ("G", "D", "G_ema", "opt_G", "opt_D", "loss", "config", "model_config", "progress", "rng", "dataset"):
@@ -323,13 +334,13 @@ def test_checkpoint_names_of_earlier_versions_are_still_found_and_ordered(tmp_pa
 
 def test_resume_on_other_data_is_refused(tmp_path, gen):
     ds = blob_dataset(gen, 6)
-    _run(tiny(kimg=0.004), tmp_path / "r", ds)
+    train_quietly(tiny(kimg=0.004), tmp_path / "r", ds)
     ck = ckpt_io.load_checkpoint(tmp_path / "r")
     other = blob_dataset(gen, 6)
     cfg = TrainConfig.from_dict(dict(ck["config"], kimg=0.008))
     with pytest.raises(loop.ResumeError, match="dataset differs.*--allow-data-change"):
-        _run(cfg, tmp_path / "r", other, resume=ck)
-    res = _run(cfg, tmp_path / "r", other, resume=ck, allow_data_change=True)
+        train_quietly(cfg, tmp_path / "r", other, resume=ck)
+    res = train_quietly(cfg, tmp_path / "r", other, resume=ck, allow_data_change=True)
     assert res.cur_nimg == 8
 
 
@@ -354,7 +365,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     monkeypatch.setattr(state, "build_loss", poisoned_build)
     cfg = tiny(kimg=0.1, tick_kimg=0.008, snap_kimg=0.016)
     with pytest.raises(loop.TrainingDiverged) as err:
-        _run(cfg, tmp_path / "r", ds)
+        train_quietly(cfg, tmp_path / "r", ds)
     msg = str(err.value)
     assert "Loss/D/main" in msg and "nan" in msg and "ckpt-000000016.pt" in msg
     found = ckpt_io.list_checkpoints(tmp_path / "r")
@@ -365,15 +376,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
 
 def test_signal_saves_and_stops(tmp_path, monkeypatch, gen):
     ds = blob_dataset(gen, 8)
-    real_step = loop.train_step
-    steps = {"n": 0}
-
-    def step_then_signal(run, acc):
-        real_step(run, acc)
-        steps["n"] += 1
-        if steps["n"] == 3:
-            os.kill(os.getpid(), signal.SIGTERM)  # arrives between steps, like a real one
-    monkeypatch.setattr(loop, "train_step", step_then_signal)
+    sigterm_after_step(monkeypatch, 3)
     messages = []
     before = signal.getsignal(signal.SIGTERM)
     res = loop.train(tiny(kimg=0.1), tmp_path / "r", ds, progress=False, log=messages.append)
@@ -406,20 +409,5 @@ def test_optimizer_is_fused_on_gpu():
 def test_training_steps_never_wait_for_the_gpu(gen, precision):
     """Steps (every phase, lazy ones included), the EMA update and the stats stay on the device:
     with sync debug mode 'error', anything that makes the host wait for the GPU raises."""
-    from stylegan2.training.phases import train_step
-    ds = blob_dataset(gen, 12)
     cfg = tiny(precision=precision, device="cuda", batch=4)  # R1 every 3, path length every 2
-    run = state.setup_run(cfg, ds, torch.device("cuda"))
-    acc = StatsAccumulator()
-    for _ in range(6):  # warm-up: kernel loading and self-checks, cuDNN autotuning, Adam state
-        train_step(run, acc)
-    acc.reduce()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(6):
-            train_step(run, acc)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    values = acc.reduce()  # the tick boundary: the one read-back
-    assert values and all(math.isfinite(v) for v in values.values())
+    assert_steps_never_wait(state.setup_run(cfg, blob_dataset(gen, 12), torch.device("cuda")), 6)

@@ -162,9 +162,9 @@ def make_checkpoint(conv: Converted, source: str = "", fingerprint: str = "") ->
     from stylegan2.training.config import TrainConfig, resolve
     from stylegan2.training.state import make_optimizer
 
-    # An explicit clamp (None means 256 under mixed precision): the training config resolves it
-    # the same way, and the loader checks the two agree.
-    mc = dataclasses.replace(conv.model_config, conv_clamp=conv.model_config.resolved_conv_clamp)
+    # The numbers the networks use (ModelConfig filled in the precision defaults), written into
+    # the training config too, so the two agree as the loader checks.
+    mc = conv.model_config
     g = mc.mbstd_group
     tc = resolve(TrainConfig(
         preset="custom", data=f"converted:{source}", resolution=mc.resolution, channels=mc.channels,

@@ -344,10 +344,10 @@ def nvlabs_init_kwargs(cfg: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]
              mapping_kwargs=dict(num_layers=cfg.mapping_layers, lr_multiplier=cfg.mapping_lr_mult,
                                  w_avg_beta=cfg.w_avg_beta),
              synthesis_kwargs=dict(channel_base=cfg.channel_base, channel_max=cfg.channel_max,
-                                   num_fp16_res=fp16, conv_clamp=cfg.resolved_conv_clamp))
+                                   num_fp16_res=fp16, conv_clamp=cfg.conv_clamp))
     d = dict(c_dim=cfg.c_dim, img_resolution=cfg.resolution, img_channels=cfg.channels, architecture="resnet",
              channel_base=cfg.channel_base, channel_max=cfg.channel_max, num_fp16_res=fp16,
-             conv_clamp=cfg.resolved_conv_clamp,
+             conv_clamp=cfg.conv_clamp,
              mapping_kwargs=dict(num_layers=cfg.resolved_d_mapping_layers, lr_multiplier=cfg.mapping_lr_mult),
              epilogue_kwargs=dict(mbstd_group_size=cfg.mbstd_group, mbstd_num_channels=cfg.mbstd_channels))
     return g, d

@@ -21,19 +21,6 @@ DEFAULT_NUM_FP16_RES = 4  # NVlabs' count of highest resolutions in reduced prec
 DEFAULT_MBSTD_GROUP = 4   # NVlabs' minibatch standard deviation group size
 
 
-def precision_defaults(precision: str, num_fp16_res: Optional[int],
-                       conv_clamp: Optional[float]) -> tuple[int, Optional[float]]:
-    """(num_fp16_res, conv_clamp) with None filled in: NVlabs' 4 highest resolutions and a clamp
-    of 256 under mixed precision, none of either at fp32. The one place this rule lives: the
-    training config resolves through it and ModelConfig.resolved_conv_clamp reads it."""
-    mixed = precision != "fp32"
-    if num_fp16_res is None:
-        num_fp16_res = DEFAULT_NUM_FP16_RES if mixed else 0
-    if conv_clamp is None and mixed:
-        conv_clamp = DEFAULT_CONV_CLAMP
-    return num_fp16_res, conv_clamp
-
-
 def block_resolutions(resolution: int) -> list[int]:
     """Block resolutions of a StyleGAN2 at `resolution`, low to high: [4, 8, ..., resolution]."""
     return [2**i for i in range(2, int(math.log2(resolution)) + 1)]
@@ -59,19 +46,24 @@ class ModelConfig(PlainDict):
         channel_base, channel_max: a block at resolution r has min(channel_base // r,
             channel_max) feature maps.
         num_fp16_res: how many of the highest resolutions run in the reduced dtype that
-            `precision` names (NVlabs' num_fp16_res; 4 is its usual value). Must be 0 when
-            precision is "fp32" and positive otherwise, so a config never asks for mixed
-            precision and silently gets none.
+            `precision` names (NVlabs' num_fp16_res); None = 4 under mixed precision, 0 at fp32.
+            Must be 0 when precision is "fp32" and positive otherwise, so a config never asks
+            for mixed precision and silently gets none.
         precision: "fp32" (everything float32), "fp16" or "bf16" (the reduced dtype of those
             layers; mappings, ToRGB sums and the discriminator epilogue stay float32).
         conv_clamp: clamp every conv output to [-conv_clamp, conv_clamp]; None = 256 when
-            mixed precision is on, no clamping otherwise (see `resolved_conv_clamp`).
+            mixed precision is on, no clamping otherwise.
+
         mbstd_group: minibatch standard deviation group size (the largest divisor of the
             batch size not above it is used, so odd batch sizes still work).
         mbstd_channels: feature maps the minibatch standard deviation layer appends.
         d_mapping_layers: layers of the discriminator's conditioning mapping (c_dim > 0 only);
             None = mapping_layers. NVlabs keeps it separate (8 whatever G's depth is), so
             imported conditional networks need their own value here.
+
+    The precision defaults are filled in here, on construction, and nowhere else: callers (the
+    training config, converters, notebooks) pass None through, and the fields hold the numbers
+    the networks use from then on, so `to_dict()` (a checkpoint's model_config) states them.
     """
 
     resolution: int = 256
@@ -84,7 +76,7 @@ class ModelConfig(PlainDict):
     w_avg_beta: float = 0.995
     channel_base: int = 16384
     channel_max: int = 512
-    num_fp16_res: int = 0
+    num_fp16_res: Optional[int] = None
     precision: str = "fp32"
     conv_clamp: Optional[float] = None
     mbstd_group: int = DEFAULT_MBSTD_GROUP
@@ -92,7 +84,20 @@ class ModelConfig(PlainDict):
     d_mapping_layers: Optional[int] = None
 
     def __post_init__(self) -> None:
+        self._fill_precision_defaults()
         self.validate()
+
+    def _fill_precision_defaults(self) -> None:
+        """None -> NVlabs' mixed-precision defaults (4 highest resolutions, clamp 256), or none
+        of either at fp32. Explicit values are kept (validate() then judges them); a config
+        already filled in (a checkpoint's) comes out unchanged."""
+        mixed = self.precision != "fp32"
+        if self.num_fp16_res is None:
+            self.num_fp16_res = DEFAULT_NUM_FP16_RES if mixed else 0
+        if self.conv_clamp is None and mixed:
+            self.conv_clamp = DEFAULT_CONV_CLAMP
+        elif isinstance(self.conv_clamp, int) and not isinstance(self.conv_clamp, bool):
+            self.conv_clamp = float(self.conv_clamp)  # the layers scale it by float gains
 
     def validate(self) -> None:
         """Raises ValueError naming the first field that does not make sense."""
@@ -167,12 +172,6 @@ class ModelConfig(PlainDict):
     def block_dtype(self, res: int) -> torch.dtype:
         """Compute dtype of the block at resolution `res`."""
         return self.reduced_dtype if res >= self.fp16_resolution else torch.float32
-
-    @property
-    def resolved_conv_clamp(self) -> Optional[float]:
-        """conv_clamp, or 256 when it is None and mixed precision is on."""
-        clamp = precision_defaults(self.precision, self.num_fp16_res, self.conv_clamp)[1]
-        return None if clamp is None else float(clamp)
 
     @property
     def resolved_d_mapping_layers(self) -> int:

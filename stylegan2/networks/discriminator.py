@@ -17,7 +17,7 @@ import torch.nn as nn
 from .config import DEFAULT_MBSTD_GROUP, ModelConfig
 from .layers import Conv2dLayer, FullyConnected, MinibatchStd
 from .mapping import MappingNetwork
-from .memory_format import LayoutSwitch, to_block_layout
+from .memory_format import LayoutSwitch
 
 
 class DiscriminatorBlock(LayoutSwitch, nn.Module):
@@ -46,10 +46,10 @@ class DiscriminatorBlock(LayoutSwitch, nn.Module):
     def forward(self, x: Optional[torch.Tensor], img: torch.Tensor, force_fp32: bool = False) -> torch.Tensor:
         dtype = torch.float32 if force_fp32 else self.dtype
         if self.in_channels == 0:
-            x = self.fromrgb(to_block_layout(img.to(dtype), self.channels_last))
+            x = self.fromrgb(self.to_block_layout(img.to(dtype)))
         else:
             x = x.to(dtype)
-        x = to_block_layout(x, self.channels_last)
+        x = self.to_block_layout(x)
         y = self.skip(x, gain=math.sqrt(0.5))
         x = self.conv0(x)
         x = self.conv1(x, gain=math.sqrt(0.5))
@@ -102,7 +102,7 @@ class Discriminator(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.c_dim, self.img_resolution, self.img_channels = cfg.c_dim, cfg.resolution, cfg.channels
-        clamp = cfg.resolved_conv_clamp
+        clamp = cfg.conv_clamp
         self.blocks = nn.ModuleDict()
         for res in reversed(cfg.block_resolutions[1:]):  # R, R/2, ..., 8
             self.blocks[f"b{res}"] = DiscriminatorBlock(

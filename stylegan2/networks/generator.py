@@ -16,7 +16,7 @@ import stylegan2_ops as ops
 
 from .config import ModelConfig
 from .layers import RESAMPLE_FILTER, SynthesisLayer, ToRGB
-from .memory_format import LayoutSwitch, to_block_layout
+from .memory_format import LayoutSwitch
 from .mapping import MappingNetwork
 
 
@@ -71,10 +71,10 @@ class SynthesisBlock(LayoutSwitch, nn.Module):
         w = ws.unbind(dim=1)
         if self.in_channels == 0:
             x = self.const.to(dtype).unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
-            x = to_block_layout(x, self.channels_last)
+            x = self.to_block_layout(x)
             x = self.conv1(x, w[0], noise_mode=noise_mode, fused_modconv=fused)
         else:
-            x = to_block_layout(x.to(dtype), self.channels_last)
+            x = self.to_block_layout(x.to(dtype))
             x = self.conv0(x, w[0], noise_mode=noise_mode, fused_modconv=fused)
             x = self.conv1(x, w[1], noise_mode=noise_mode, fused_modconv=fused)
         y = self.torgb(x, w[self.num_conv], fused_modconv=fused).to(torch.float32)
@@ -89,7 +89,7 @@ class SynthesisNetwork(nn.Module):
         super().__init__()
         self.w_dim, self.img_resolution, self.img_channels = cfg.w_dim, cfg.resolution, cfg.channels
         self.block_resolutions = cfg.block_resolutions
-        clamp = cfg.resolved_conv_clamp
+        clamp = cfg.conv_clamp
         self.blocks = nn.ModuleDict()
         for res in self.block_resolutions:
             self.blocks[f"b{res}"] = SynthesisBlock(

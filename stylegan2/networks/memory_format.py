@@ -15,10 +15,18 @@ import torch.nn as nn
 
 class LayoutSwitch:
     """Mixed into the blocks that compute in a chosen layout (synthesis and discriminator
-    blocks): `channels_last`, which use_channels_last sets, and which a block passes to
-    to_block_layout on its inputs."""
+    blocks): the switch `channels_last`, which use_channels_last sets, and `to_block_layout`,
+    which a block applies to its inputs. Both live here so the flag is read where it is set:
+    a block hands on activations, never the flag."""
 
     channels_last: bool = False
+
+    def to_block_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """x in the layout this block computes in: channels_last when switched on, else as
+        given (a copy only when the layout changes)."""
+        if self.channels_last and x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
 
 def use_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
@@ -33,11 +41,3 @@ def use_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
     for block in blocks:
         block.channels_last = bool(enabled)
     return module
-
-
-def to_block_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """x in the layout a block computes in: channels_last when asked, else as given (a copy
-    only when the layout changes)."""
-    if channels_last and x.ndim == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x

@@ -8,7 +8,9 @@ A checkpoint is a plain dict of tensors, dicts, lists, ints, floats and strings,
     opt_G, opt_D         optimizer state dicts
     loss                 the loss's own state (e.g. {"pl_mean": tensor})
     config               TrainConfig.to_dict()
-    model_config         the networks' ModelConfig as a dict
+    model_config         the networks' ModelConfig as a dict, precision defaults filled in (older
+                         files hold only the fields the training config decides: the rest take
+                         ModelConfig's defaults, which is what those networks used)
     progress             {"cur_nimg", "step", "tick", "elapsed_s"}
     rng                  {"torch_cpu", "torch_cuda", "feeder"} (older files also "numpy", "python")
     split                {"world_size", "batch_gpu", "chunk_rng"}: the RNG stream of every chunk
@@ -351,11 +353,17 @@ def _check_contents(ck: dict[str, Any]) -> None:
         cfg = resolve(TrainConfig.from_dict(ck["config"]))
     except (ValueError, TypeError) as e:
         raise ValueError(f"invalid stored config: {e}") from None
-    derived = model_config_dict(cfg, mc.c_dim)
-    differ = [k for k, v in derived.items() if ck["model_config"].get(k) != v]
+    # Compared as the networks see them: a config that leaves the precision pair None (this
+    # version) and one that states the numbers (earlier ones) both build what model_config says.
+    stated = model_config_dict(cfg, mc.c_dim)
+    try:
+        derived = ModelConfig.from_dict(stated)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"the stored config builds no valid model: {e}") from None
+    differ = [k for k in stated if getattr(derived, k) != getattr(mc, k)]
     if differ:
         k = differ[0]
-        raise ValueError(f"config and model_config disagree on {k} ({derived[k]!r} vs {ck['model_config'].get(k)!r})")
+        raise ValueError(f"config and model_config disagree on {k} ({getattr(derived, k)!r} vs {getattr(mc, k)!r})")
 
     _check_fields("progress", ck["progress"], {"cur_nimg": _nonneg_int, "step": _nonneg_int, "tick": _nonneg_int,
                                                "elapsed_s": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -481,6 +489,14 @@ def save_checkpoint(run: Run, run_dir: Path, keep: int = 0) -> Path:
     return path
 
 
+def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two ModelConfig dicts build the same networks. Compared through ModelConfig, not
+    as dicts: a checkpoint of an earlier version holds only the fields its training config
+    decided (the others were ModelConfig's defaults), and a None in the precision pair means the
+    numbers ModelConfig fills in for it."""
+    return ModelConfig.from_dict(a) == ModelConfig.from_dict(b)
+
+
 def restore_run(run: Run, ckpt: dict[str, Any], allow_data_change: bool = False) -> None:
     """Load everything a checkpoint holds into a freshly set-up run (same config)."""
     saved_fp = ckpt["dataset"]["fingerprint"]
@@ -491,7 +507,7 @@ def restore_run(run: Run, ckpt: dict[str, Any], allow_data_change: bool = False)
                 f"(checkpoint: {ckpt['dataset']['source']!r}, fingerprint {saved_fp[:12]}; now: "
                 f"{run.dataset_info['source']!r}, fingerprint {run.dataset_info['fingerprint'][:12]}). "
                 f"Pass --allow-data-change to continue on the new data anyway.")
-    if ckpt["model_config"] != run.model_cfg:
+    if not same_model(ckpt["model_config"], run.model_cfg):
         raise ResumeError(f"checkpoint model {ckpt['model_config']} differs from {run.model_cfg}")
     run.G.load_state_dict(ckpt["G"])
     run.D.load_state_dict(ckpt["D"])

@@ -2,7 +2,9 @@
 
 A run is described by one `TrainConfig`; presets fill it in, command-line options override single
 fields, and `resolve()` turns the remaining "derived" fields (None) into numbers, so the JSON saved
-with every run and printed by `--dry-run` holds no hidden defaults.
+with every run and printed by `--dry-run` holds no hidden defaults. The exception is the precision
+pair num_fp16_res / conv_clamp: the networks' ModelConfig fills those in, the one place that rule
+lives, and the numbers it chose are the "model" entry of config.json and a checkpoint's model_config.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any
 from ..augment.ada import PIPES as AUG_PIPES
 from ..augment.factory import KINDS as AUG_KINDS
 from ..data.detect import BUILTIN
-from ..networks.config import DEFAULT_MBSTD_GROUP, precision_defaults
+from ..networks.config import DEFAULT_MBSTD_GROUP
 from ..networks.config import PRECISIONS as _DTYPES
 from ..networks.layers import mbstd_group_size
 from ..plain_dict import PlainDict
@@ -46,8 +48,8 @@ class TrainConfig(PlainDict):
     channel_max: int = 128
     mbstd_group: int | None = None  # None: min(4, batch), reduced until it divides the batch
     precision: str = "fp32"         # "fp32" | "fp16" | "bf16"
-    num_fp16_res: int | None = None  # None: 4 highest resolutions when precision != fp32, else 0
-    conv_clamp: float | None = None  # None: 256 when precision != fp32, else no clamp
+    num_fp16_res: int | None = None  # None: the networks' default for the precision (ModelConfig)
+    conv_clamp: float | None = None  # None: likewise (ModelConfig: 256 under mixed precision)
     channels_last: bool = False     # NHWC activations in G and D (a speed choice; same numbers)
     # Optimisation.
     batch: int = 32                 # images per step over all ranks (the global batch)
@@ -161,7 +163,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         c.r1_interval = default_d_reg_interval(c.loss)
     wanted = DEFAULT_MBSTD_GROUP if c.mbstd_group is None else max(1, c.mbstd_group)
     c.mbstd_group = mbstd_group_size(c.batch, wanted)
-    c.num_fp16_res, c.conv_clamp = precision_defaults(c.precision, c.num_fp16_res, c.conv_clamp)
     if c.aug == "ada" and c.aug_p is None:
         c.aug_p = 0.0  # ADA starts un-augmented and lets D's overfitting raise p
     return c

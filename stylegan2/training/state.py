@@ -36,7 +36,7 @@ class Run:
     opt_G: torch.optim.Optimizer
     opt_D: torch.optim.Optimizer
     feeder: BatchFeeder
-    model_cfg: dict[str, Any]
+    model_cfg: dict[str, Any]  # the networks' ModelConfig.to_dict(): precision defaults filled in
     dataset_info: dict[str, Any]
     cur_nimg: int = 0
     step: int = 0
@@ -49,7 +49,8 @@ class Run:
 
 
 def model_config_dict(cfg: TrainConfig, c_dim: int) -> dict[str, Any]:
-    """The networks' ModelConfig fields this training config decides."""
+    """The networks' ModelConfig fields this training config decides, as it states them: the
+    precision pair may be None, which ModelConfig fills in when it is built."""
     d = dict(resolution=cfg.resolution, channels=cfg.channels, c_dim=c_dim, z_dim=cfg.z_dim,
              w_dim=cfg.w_dim, mapping_layers=cfg.mapping_layers, channel_base=cfg.channel_base,
              channel_max=cfg.channel_max, num_fp16_res=cfg.num_fp16_res, precision=cfg.precision,
@@ -57,9 +58,11 @@ def model_config_dict(cfg: TrainConfig, c_dim: int) -> dict[str, Any]:
     return d
 
 
-def build_networks(model_cfg: dict[str, Any], device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(G, D) on `device` from a ModelConfig dict (unknown keys are an error from ModelConfig)."""
-    mc = ModelConfig.from_dict(model_cfg)
+def build_networks(model_cfg: ModelConfig | dict[str, Any],
+                   device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(G, D) on `device` from a ModelConfig or its dict (as a checkpoint stores it; unknown keys
+    are an error from ModelConfig)."""
+    mc = model_cfg if isinstance(model_cfg, ModelConfig) else ModelConfig.from_dict(model_cfg)
     return Generator(mc).to(device), Discriminator(mc).to(device)
 
 
@@ -135,8 +138,10 @@ def setup_run(cfg: TrainConfig, dataset: Any, device: torch.device) -> Run:
     """Fresh networks, optimizers and feeder, seeded from cfg.seed."""
     c_dim = condition_dim(cfg, dataset)
     torch.manual_seed(cfg.seed)
-    model_cfg = model_config_dict(cfg, c_dim)
-    G, D = build_networks(model_cfg, device)
+    # Built once: ModelConfig fills in the precision defaults the training config left None, and
+    # the run keeps (and checkpoints, and config.json report) the numbers it chose.
+    mc = ModelConfig.from_dict(model_config_dict(cfg, c_dim))
+    G, D = build_networks(mc, device)
     if cfg.channels_last:
         use_channels_last(G)
         use_channels_last(D)
@@ -153,5 +158,5 @@ def setup_run(cfg: TrainConfig, dataset: Any, device: torch.device) -> Run:
     loss.augment = aug  # after building, so a loss swapped in by a test needs no new argument
     return Run(cfg=cfg, device=device, G=G, D=D, G_ema=G_ema, loss=loss,
                opt_G=make_optimizer(G, cfg, cfg.pl_interval if cfg.pl_weight > 0 else 0),
-               opt_D=make_optimizer(D, cfg, cfg.r1_interval), feeder=feeder, model_cfg=model_cfg,
+               opt_D=make_optimizer(D, cfg, cfg.r1_interval), feeder=feeder, model_cfg=mc.to_dict(),
                dataset_info=dataset_info(dataset), split=split, aug=aug)
