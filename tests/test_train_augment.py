@@ -287,10 +287,17 @@ def test_ada_stats_and_plot_land_in_the_run_directory(tmp_path, gen):
 def test_fixed_p_zero_trains_exactly_as_no_augmentation(tmp_path, gen):
     ds = blobs(gen, 300)
     train(tiny(kimg=0.024), tmp_path / "none", ds)
-    train(tiny(kimg=0.024, aug="fixed", aug_p=0.0), tmp_path / "p0", ds)
+    _, lines = train(tiny(kimg=0.024, aug="fixed", aug_p=0.0), tmp_path / "p0", ds)
+    assert not any(line.startswith("warning:") for line in lines)
     a, b = ckpt_io.load_checkpoint(tmp_path / "none"), ckpt_io.load_checkpoint(tmp_path / "p0")
     for key in ("G", "D", "G_ema"):
         assert all(same_bits(a[key][k], b[key][k]) for k in a[key]), key
+
+
+def test_a_leaky_fixed_p_is_warned_about_once(tmp_path, gen):
+    _, lines = train(tiny(kimg=0.008, aug="fixed", aug_p=0.8), tmp_path / "p08", blobs(gen, 64))
+    warnings = [line for line in lines if line.startswith("warning: fixed p = 0.8")]
+    assert len(warnings) == 1 and "--aug ada" in warnings[0]
 
 
 def test_ada_at_p_zero_leaves_every_image_bit_for_bit(tmp_path, gen):

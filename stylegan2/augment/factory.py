@@ -21,6 +21,9 @@ from .controller import AdaController
 from .diffaugment import DiffAugment
 
 KINDS = ("ada", "diffaugment", "fixed", "none")
+# The lowest fixed p of the bgc pipeline at which the leak check's CPU runs (30 kimg, 32x32)
+# found fakes without the reals' orientation (alignment -0.51 at p = 0.4 against the reals' 0).
+LEAKY_FIXED_P = 0.4
 
 
 class Augment:
@@ -55,6 +58,15 @@ class Augment:
         elif self.kind == "fixed":
             text += f"; fixed p = {self._fixed_p:g}"
         return text
+
+    def caution(self) -> Optional[str]:
+        """A warning for logs when the settings are known to distort the fakes, else None."""
+        if self.kind == "fixed" and self._fixed_p >= LEAKY_FIXED_P and self.pipeline.strength.get("rotate90", 0) > 0:
+            return (f"fixed p = {self._fixed_p:g} with quarter turns and flips: in the runs measured "
+                    f"(README, leak check) every fixed p from {LEAKY_FIXED_P:g} up kept the fakes from "
+                    f"learning the reals' orientation; --aug ada raises p only as far as D's "
+                    f"overfitting needs")
+        return None
 
     @property
     def skipped(self) -> dict[str, str]:

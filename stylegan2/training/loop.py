@@ -147,6 +147,8 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Any, device: torch.device, 
     log(_split_line(run))
     if run.aug.kind != "none":  # once per run; names what is skipped (colour on 1 channel) and why
         log(f"augmentation: {run.aug.describe()}")
+        if run.aug.caution():
+            log(f"warning: {run.aug.caution()}")
     if init is not None:
         apply_init(run, init)
         log(f"networks initialised from {init.report.source}")
