@@ -71,8 +71,9 @@ def write_pngs(folder: Path, images: np.ndarray, stem: str) -> Path:
 
 def tiny(**overrides: Any) -> TrainConfig:
     """The tiny preset with both lazy penalties inside a few steps (R1 every 3, path length every
-    2) and 4-image grids, plus `overrides`, resolved."""
-    cfg, _ = make_config("tiny", dict(dict(r1_interval=3, pl_interval=2, grid_images=4), **overrides))
+    2), 4-image grids and one thread (as conftest sets outside training: a run's numbers then do
+    not depend on the machine's cores), plus `overrides`, resolved."""
+    cfg, _ = make_config("tiny", dict(dict(r1_interval=3, pl_interval=2, grid_images=4, threads=1), **overrides))
     return cfg
 
 
