@@ -496,8 +496,9 @@ def test_pipe_names_and_errors():
 
 
 def test_a_fixed_p_known_to_leak_gets_a_caution():
-    assert make_augment("fixed", num_channels=1, p=0.8).caution().startswith("fixed p = 0.8 with quarter turns")
-    assert make_augment("fixed", num_channels=1, p=0.3).caution() is None
-    assert make_augment("fixed", num_channels=1, p=0.8, pipe="gc").caution() is None  # no quarter turns
+    assert make_augment("fixed", num_channels=1, p=0.8).caution().startswith("fixed p = 0.8 with geometric")
+    assert make_augment("fixed", num_channels=1, p=0.95, pipe="g").caution().startswith("fixed p = 0.95 with")
+    assert make_augment("fixed", num_channels=1, p=0.6).caution() is None
+    assert make_augment("fixed", num_channels=1, p=0.8, pipe="c").caution() is None  # colour only
     assert make_augment("ada", num_channels=1, p=0.9).caution() is None  # ADA moves p itself
     assert make_augment("diffaugment").caution() is None and make_augment("none").caution() is None

@@ -16,14 +16,16 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .ada import AdaPipeline, pipe_strengths
+from .ada import GEOMETRIC, AdaPipeline, pipe_strengths
 from .controller import AdaController
 from .diffaugment import DiffAugment
 
 KINDS = ("ada", "diffaugment", "fixed", "none")
-# The lowest fixed p of the bgc pipeline at which the leak check's CPU runs (30 kimg, 32x32)
-# found fakes without the reals' orientation (alignment -0.51 at p = 0.4 against the reals' 0).
-LEAKY_FIXED_P = 0.4
+# The fixed p of ADA's pipeline from which the leak check's CPU runs (32x32) found a lasting leak:
+# at 0.8 the fakes lay turned through 60 kimg (alignment -0.57 to -1.30 against the reals) and
+# sat off-centre (also with the general geometry alone), where at 0.4 they were upright again by
+# 24 kimg. The ADA paper puts the onset of leaks near 0.8.
+LEAKY_FIXED_P = 0.8
 
 
 class Augment:
@@ -61,11 +63,11 @@ class Augment:
 
     def caution(self) -> Optional[str]:
         """A warning for logs when the settings are known to distort the fakes, else None."""
-        if self.kind == "fixed" and self._fixed_p >= LEAKY_FIXED_P and self.pipeline.strength.get("rotate90", 0) > 0:
-            return (f"fixed p = {self._fixed_p:g} with quarter turns and flips: in the runs measured "
-                    f"(README, leak check) every fixed p from {LEAKY_FIXED_P:g} up kept the fakes from "
-                    f"learning the reals' orientation; --aug ada raises p only as far as D's "
-                    f"overfitting needs")
+        geometric = any(self.pipeline.strength.get(k, 0) > 0 for k in GEOMETRIC) if self.kind == "fixed" else False
+        if geometric and self._fixed_p >= LEAKY_FIXED_P:
+            return (f"fixed p = {self._fixed_p:g} with geometric transforms: from p = {LEAKY_FIXED_P:g} the leak "
+                    f"check's runs drew turned or off-centre heads (README, leak check); --aug ada raises p "
+                    f"only as far as D's overfitting needs")
         return None
 
     @property
