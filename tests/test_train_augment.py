@@ -139,7 +139,7 @@ def test_cli_resume_keeps_the_checkpoints_augmentation(tmp_path, gen):
     # Said once, with why: the colour transforms that need RGB are skipped on grayscale.
     assert r.output.count("skipped: lumaflip, hue, saturation: needs 3 channels, the images have 1") == 1
     run = next((tmp_path / "runs").iterdir())
-    for opt in (["--aug", "none"], ["--aug-p", "0.3"], ["--target", "0.5"], ["--ada-kimg", "9"]):
+    for opt in (["--aug", "none"], ["--aug-p", "0.3"], ["--target", "0.5"], ["--ada-kimg", "9"], ["--aug-pipe", "b"]):
         r = CliRunner().invoke(cli.main, ["train", "--resume", str(run), "--no-progress", *opt])
         assert r.exit_code == 2 and opt[0] in r.output and "fixed by the checkpoint" in r.output, r.output
     r = CliRunner().invoke(cli.main, ["train", "--resume", str(run), "--kimg", "0.032", "--threads", "1",
