@@ -56,3 +56,18 @@ def test_pairwise_distance_matches_a_direct_loop():
         pairs = [float((u[i] - u[j]).norm()) / size for i, j in itertools.permutations(range(n), 2)]
         assert S._pairwise(x) == pytest.approx(sum(pairs) / len(pairs), rel=1e-5)
         assert S._pairwise(x[:1].repeat(3, 1, 1, 1)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_levels_compare_the_mix_of_head_sizes():
+    # Heads of 12 distinct radii: their areas are counted pixels, checked against a direct count.
+    reals = torch.cat([_disc(32, r, 0.5, 0.5) for r in range(3, 15)])
+    direct = torch.tensor([float((_disc(32, r, 0.5, 0.5) > -0.84).sum()) / 32**2 for r in range(3, 15)])
+    assert torch.allclose(S._head_area(reals), direct)
+    w1, low = S._levels(reals, reals)
+    assert w1 == pytest.approx(0.0, abs=1e-9) and low == pytest.approx(3 / 12)  # radii 3-5: below the quartile
+    w1, low = S._levels(reals[6:], reals)  # only the larger half: none of the smallest quarter
+    assert low == 0.0 and w1 > 0.05
+    # The same sample shifted: W1 is the mean absolute difference of matched quantiles.
+    bigger = torch.cat([_disc(32, r + 1, 0.5, 0.5) for r in range(3, 15)])
+    w1, _ = S._levels(bigger, reals)
+    assert w1 == pytest.approx(float((S._head_area(bigger) - S._head_area(reals)).mean()), rel=0.05)
