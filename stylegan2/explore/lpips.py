@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ..metrics.features import local_weights_path
 from .common import ExploreError
 
 LPIPS_WEIGHTS_ENV = "STYLEGAN2_LPIPS_WEIGHTS"
@@ -23,12 +24,7 @@ LPIPS_SIZE = 256
 
 def lpips_weights_path(weights: Optional[str | os.PathLike] = None) -> Path:
     """`weights`, else $STYLEGAN2_LPIPS_WEIGHTS, else torch.hub's checkpoint folder/vgg16.pt."""
-    if weights is not None:
-        return Path(weights).expanduser()
-    env = os.environ.get(LPIPS_WEIGHTS_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_FILE
+    return local_weights_path(weights, LPIPS_WEIGHTS_ENV, LPIPS_FILE)
 
 
 def lpips_features(weights: Optional[str | os.PathLike] = None,

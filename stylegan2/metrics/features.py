@@ -152,12 +152,19 @@ def inception_weights_path(weights: Optional[str | os.PathLike] = None) -> Path:
     """Where the FID Inception weights are read from: `weights`, else $STYLEGAN2_INCEPTION_WEIGHTS,
     else torch.hub's checkpoint folder ($TORCH_HOME/hub/checkpoints, by default
     ~/.cache/torch/hub/checkpoints), where pytorch-fid itself caches the file."""
+    return local_weights_path(weights, INCEPTION_WEIGHTS_ENV, INCEPTION_FILE)
+
+
+def local_weights_path(weights: Optional[str | os.PathLike], env_var: str, filename: str) -> Path:
+    """The one rule for every pretrained file the package reads and never downloads (Inception,
+    LPIPS's VGG16): `weights` if given, else the file $env_var names, else `filename` in torch.hub's
+    checkpoint folder, where the libraries that publish these files cache them."""
     if weights is not None:
         return Path(weights).expanduser()
-    env = os.environ.get(INCEPTION_WEIGHTS_ENV)
+    env = os.environ.get(env_var)
     if env:
         return Path(env).expanduser()
-    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
 def _missing_weights_message(path: Path) -> str:
