@@ -43,7 +43,8 @@ from .sampling import SPEEDUPS, Sampler, class_vector, generate_images
 from .torch_settings import torch_settings
 from .training.checkpoint import (CheckpointError, load_checkpoint, load_discriminator, load_generator,
                                   load_newest_valid, run_dir_of)
-from .training.config import LOSSES, MAX_KIMG, PRECISIONS, PRESET_NAMES, TrainConfig, make_config, resolve
+from .training.config import (LOSSES, MAX_KIMG, PRECISIONS, PRESET_NAMES, TrainConfig, make_config,
+                              preset_defaults_text, resolve)
 from .training.loop import ResumeError, TrainingDiverged, TrainingWriteError
 from .training.init_from import config_overrides, init_mismatch, load_init
 from .training.loop import train as train_loop
@@ -59,7 +60,7 @@ from .training.state import condition_dim, model_config_dict
 # Options that change what the networks are or what data they see: fixed by a checkpoint when
 # resuming. The others (how long, how often, where, with how many threads) may change.
 _MODEL_OPTIONS = ("preset", "resolution", "batch", "cond", "mirror", "gamma", "lr", "loss", "seed",
-                  "precision", "channels", "max_images", "split", "aug", "aug_p", "aug_pipe", "target",
+                  "precision", "channels", "channel_base", "channel_max", "max_images", "split", "aug", "aug_p", "aug_pipe", "target",
                   "ada_kimg")
 _RUNTIME_FIELDS = {"kimg": "kimg", "snap": "snap_kimg", "tick": "tick_kimg", "threads": "threads",
                    "device": "device", "channels_last": "channels_last", "batch_gpu": "batch_gpu"}
@@ -109,9 +110,15 @@ def main() -> None:
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None, show_default="from preset",
               help="fp16/bf16 run the 4 highest resolutions in reduced precision (clamped convs).")
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None, show_default="1")
+@click.option("--channel-base", type=click.IntRange(1, 1 << 20), default=None,
+              show_default=preset_defaults_text("channel_base"),
+              help="Network width: a block at resolution r has min(base / r, --channel-max) channels.")
+@click.option("--channel-max", type=click.IntRange(1, 4096), default=None,
+              show_default=preset_defaults_text("channel_max"),
+              help="The most channels of any block.")
 @click.option("--max-images", type=click.IntRange(1), default=None, help="Use at most this many images.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None, show_default="0")
-@click.option("--aug", type=click.Choice(AUG_KINDS), default=None, show_default="ada on gpu presets, else none",
+@click.option("--aug", type=click.Choice(AUG_KINDS), default=None, show_default=preset_defaults_text("aug"),
               help="Augment every image D sees: ada (p adapted to D's overfitting), diffaugment, "
                    "fixed (p from --aug-p) or none.")
 @click.option("--aug-p", type=FiniteFloatRange(0, 1), default=None,
@@ -355,7 +362,12 @@ def _fresh_config(opts: dict[str, Any], source: dict[str, Any]) -> tuple[TrainCo
                      mirror=opts["mirror"], gamma=opts["gamma"], lr=opts["lr"], loss=opts["loss"],
                      precision=opts["precision"], max_images=opts["max_images"], seed=opts["seed"],
                      threads=opts["threads"], device=opts["device"], channels_last=opts["channels_last"],
-                     channels=int(opts["channels"]) if opts["channels"] else None)
+                     channels=int(opts["channels"]) if opts["channels"] else None,
+                     channel_base=opts["channel_base"], channel_max=opts["channel_max"])
+    for name in ("channel_base", "channel_max"):
+        if opts[name] is not None and name in source and opts[name] != source[name]:
+            raise click.UsageError(f"--{name.replace('_', '-')} {opts[name]}: the weights of --init-from "
+                                   f"{opts['init_from']} have {name} {source[name]}")
     overrides.update(source)
     overrides.update(_aug_overrides(opts))
     if opts["init_from"] is not None:

@@ -54,9 +54,41 @@ def test_dry_run_prints_the_resolved_config_and_says_which_preset(monkeypatch, t
     assert not (tmp_path / "runs").exists()  # a dry run creates nothing
 
 
+def test_help_defaults_come_from_the_presets():
+    from stylegan2.training.config import PRESETS
+    text = invoke("train", "--help").output
+    # One entry per option, its wrapped lines joined.
+    entries = [" ".join(e.split()) for e in re.split(r"\n  (?=-)", text)]
+    for option, field in (("--aug", "aug"), ("--channel-base", "channel_base"), ("--channel-max", "channel_max")):
+        line = next(e for e in entries if e.startswith(option + " "))
+        for name, values in PRESETS.items():
+            value = values.get(field, getattr(cli.TrainConfig, field))
+            assert re.search(rf"\b{re.escape(str(value))} on [^;)]*\b{re.escape(name)}\b", line), (option, name, line)
+
+
+def test_channel_width_options_build_the_networks_they_name(tmp_path, gen):
+    r = invoke("train", "--dry-run", "--preset", "tiny", "--channel-base", "96", "--channel-max", "24")
+    cfg = json.loads(r.output[r.output.index("{"):])
+    assert (cfg["channel_base"], cfg["channel_max"]) == (96, 24)
+    data = write_images(tmp_path / "slices", gen, 4)
+    run = tmp_path / "runs" / "00000-slices-tiny"
+    r = invoke("train", "--preset", "tiny", "--data", data, "--out", tmp_path / "runs", "--channel-base", "96",
+               "--channel-max", "24", "--kimg", "0.004", "--threads", "1", "--no-progress")
+    assert r.exit_code == 0, r.output
+    ck = ckpt_io.load_checkpoint(run)
+    assert (ck["model_config"]["channel_base"], ck["model_config"]["channel_max"]) == (96, 24)
+    G = state.build_networks(ck["model_config"], torch.device("cpu"))[0]
+    # A block at resolution r has min(base / r, max) channels: 96/4 -> 24 (capped), 96/16 -> 6.
+    widths = {p.shape[0] for n, p in G.synthesis.named_parameters() if n.endswith("conv1.weight")}
+    assert widths == {24, 12, 6}, widths
+    for opt in ("--channel-base", "--channel-max"):
+        r = CliRunner().invoke(cli.main, ["train", "--resume", str(run), opt, "64", "--no-progress"])
+        assert r.exit_code == 2 and opt in r.output and "fixed by the checkpoint" in r.output, r.output
+
+
 def test_out_of_range_options_are_rejected():
     for args in (["--batch", "0"], ["--resolution", "2"], ["--kimg", "0"], ["--preset", "huge"],
-                 ["--resolution", "48"]):
+                 ["--resolution", "48"], ["--channel-base", "0"], ["--channel-max", "0"]):
         r = CliRunner().invoke(cli.main, ["train", "--dry-run", *args])
         assert r.exit_code == 2, (args, r.output)
         assert "Error" in r.output

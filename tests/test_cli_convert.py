@@ -181,6 +181,16 @@ def test_train_init_from_refuses_networks_the_run_cannot_build(tmp_path, gen):
     assert r.exit_code == 2 and "give one of them" in r.output
 
 
+def test_train_init_from_refuses_a_width_option_its_weights_contradict(tmp_path, gen):
+    src = rosinality_file(tmp_path / "r.pt")
+    data = write_images(tmp_path / "slices", gen, 4)
+    for opt in ("--channel-base", "--channel-max"):
+        r = invoke("train", "--init-from", src, "--channels", "1", opt, "7", "--data", data,
+                   "--out", tmp_path / "runs", "--kimg", "0.004", *FAST)
+        assert r.exit_code == 2 and f"{opt} 7: the weights of --init-from" in r.output, r.output
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_conversion_our_loader_would_refuse_writes_nothing(tmp_path, monkeypatch):
     from stylegan2.training import checkpoint as ckpt_io
 

@@ -130,6 +130,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESET_NAMES = ("auto", *PRESETS)
 
 
+def preset_defaults_text(field: str) -> str:
+    """What each preset sets `field` to, for --help: e.g. 'ada on gpu256, gpu128; diffaugment on
+    cpu-small; none on tiny'. Built from PRESETS, so the help cannot go stale when a preset changes."""
+    by_value: dict[Any, list[str]] = {}
+    for name, values in PRESETS.items():
+        by_value.setdefault(values.get(field, getattr(TrainConfig, field)), []).append(name)
+    return "; ".join(f"{value} on {', '.join(names)}" for value, names in by_value.items())
+
+
 def pick_preset(name: str, cuda_available: bool) -> tuple[str, str]:
     """Map a preset name (possibly "auto") to a concrete one, with a sentence saying why."""
     if name == "auto":
