@@ -147,6 +147,45 @@ def test_stats_reduce_and_files(tmp_path):
     assert header == ["tick", "kimg", "nimg", "x", "y"]
 
 
+def _csv_from_scratch(rows):
+    """stats.csv as the rows alone define it: a header of every key in first-seen order."""
+    columns = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    lines = [",".join(columns)] + [",".join(repr(r[k]) if k in r else "" for k in columns) for r in rows]
+    return "".join(line + "\r\n" for line in lines)
+
+
+def test_stats_writer_reads_its_files_once_and_keeps_them_as_a_rewrite_would(tmp_path, gen, monkeypatch):
+    w = StatsWriter(tmp_path)
+    written = []
+    reads = []
+    real_read = StatsWriter._read
+    monkeypatch.setattr(StatsWriter, "_read", lambda self: reads.append(1) or real_read(self))
+    keys = ["tick", "kimg", "nimg", "Loss/G", "Loss/D", "Aug/p"]
+    for i in range(1, 41):
+        # Random key subsets: new columns appear late, some ticks lack some keys.
+        present = [k for k in keys if k in ("tick", "nimg") or torch.rand([], generator=gen) < 0.7]
+        row = {k: (i if k in ("tick", "nimg") else round(float(torch.randn([], generator=gen)), 6)) for k in present}
+        w.append(row)
+        written.append(row)
+        if i % 13 == 0:  # a snapshot's metrics merged into its tick
+            w.add_to_last(i, {"fid": float(i)})
+            written[-1] = {**written[-1], "fid": float(i)}
+        assert (tmp_path / "stats.csv").read_bytes().decode() == _csv_from_scratch(written), i
+    assert reads == [1]  # the first append read the (absent) file; nothing since
+    assert w.rows() == written
+    w.rows()[0]["tick"] = -1  # a copy: the writer's rows and files stay as they were
+    assert w.rows() == written
+    w.truncate_after(25)
+    assert (tmp_path / "stats.csv").read_bytes().decode() == _csv_from_scratch(written[:25])
+    # A fresh writer (a resumed run) reads the same rows back from stats.jsonl.
+    assert StatsWriter(tmp_path).rows() == written[:25]
+    w.append({"tick": 26, "nimg": 26, "new": 1.5})
+    assert (tmp_path / "stats.csv").read_bytes().decode() == _csv_from_scratch(written[:25] + [{"tick": 26, "nimg": 26, "new": 1.5}])
+    assert reads == [1, 1]
+
+
 @pytest.mark.parametrize("n, shape", [(1, (1, 1)), (7, (3, 3)), (10, (2, 5)), (16, (4, 4)), (32, (4, 8)),
                                       (13, (4, 4))])
 def test_grid_shape(n, shape):
