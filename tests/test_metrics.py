@@ -308,6 +308,22 @@ def test_metrics_and_audit_of_a_checkpoint_end_to_end(tiny_checkpoint, tmp_path)
     a = torch.cat(list(fake_batches(G, 4, batch=3, noise_mode="const")))
     # (up to rounding: batched matrix products may sum in another order)
     assert torch.allclose(a, torch.cat(list(fake_batches(G, 4, batch=4, noise_mode="const"))), atol=1e-5)
+    # Random noise: the same call gives the same fakes, and the caller's random stream goes on
+    # as if nothing had been drawn; another seed gives other noise on the same latents.
+    with torch.no_grad():  # a trained G's noise strengths (a tiny run leaves them near 0)
+        for name, param in G.named_parameters():
+            if name.endswith("noise_strength"):
+                param.fill_(0.5)
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    r1 = torch.cat(list(fake_batches(G, 5, batch=2, seed=7)))
+    assert torch.equal(torch.get_rng_state(), before)
+    r2 = torch.cat(list(fake_batches(G, 5, batch=2, seed=7)))
+    assert torch.equal(r1, r2)
+    const = torch.cat(list(fake_batches(G, 5, batch=2, seed=7, noise_mode="const")))
+    assert not torch.allclose(r1, const, atol=1e-3)  # the noise does act
+    other = torch.cat(list(fake_batches(G, 5, batch=2, seed=8)))
+    assert not torch.allclose(r1[:4], other[:4], atol=1e-3)
     res = audit_memorization(a, dataset, tmp_path / "audit", net=net)
     assert res.num_fake == 4 and (tmp_path / "audit" / "closest_pairs.png").is_file()
     with pytest.raises(ValueError, match="unknown metric"):

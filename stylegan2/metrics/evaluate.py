@@ -38,6 +38,11 @@ def fake_batches(G: torch.nn.Module, n: int, batch: int = 32, seed: int = 0, *, 
     regenerated on its own; a conditional G gets a label drawn uniformly from its classes by the
     same per-seed generator. Truncation 1 (none) is the convention for FID/KID; CPU runs use
     float32 throughout.
+
+    The per-layer noise (noise_mode 'random') is drawn from a stream seeded by `seed` and the
+    batch's first index, inside a fork of the global random state: the same call gives the same
+    fakes bit for bit (on one device and batch size), and the caller's random stream is left as
+    it was (a training run with snapshot metrics draws the same numbers as one without).
     """
     device = next(G.parameters()).device
     c_dim = getattr(G, "c_dim", 0) or 0
@@ -48,7 +53,28 @@ def fake_batches(G: torch.nn.Module, n: int, batch: int = 32, seed: int = 0, *, 
         if c_dim > 0:
             labels = torch.cat([torch.randint(0, c_dim, (1,), generator=g) for g in gens])
             c = torch.nn.functional.one_hot(labels, c_dim).float().to(device)
-        yield G(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode, force_fp32=device.type == "cpu")
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            _seed_device(device, noise_stream_seed(seed, start))
+            img = G(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode, force_fp32=device.type == "cpu")
+        yield img
+
+
+def noise_stream_seed(seed: int, start: int) -> int:
+    """The seed of the noise of the batch that begins at fake `start`: a mix of both numbers (a
+    plain seed + start would restart the latent stream of fake `start` as its noise)."""
+    x = (seed * 0x9E3779B97F4A7C15 + start * 0xBF58476D1CE4E5B9 + 0x6E6F697365) & ((1 << 64) - 1)
+    x ^= x >> 31
+    return x & ((1 << 63) - 1)
+
+
+def _seed_device(device: torch.device, seed: int) -> None:
+    """Seeds the default generator of `device` alone (torch.manual_seed would seed every GPU too,
+    outside the fork)."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
 
 
 def compute_metrics(fakes: torch.Tensor | np.ndarray | Iterable[torch.Tensor], real: RealFeatures,
