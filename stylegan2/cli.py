@@ -658,10 +658,14 @@ def _evaluation_options(command: Any) -> Any:
 @click.option("--n", "count", type=click.IntRange(2, 1_000_000), default=10000, help="Number of fakes.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               show_default="the run folder", help="Folder for the metrics JSON.")
+@click.option("--kid-subsets", type=click.IntRange(1, 100_000), default=100,
+              help="KID: the number of random subsets it averages over.")
+@click.option("--kid-subset-size", type=click.IntRange(2, 1_000_000), default=1000,
+              help="KID: images per subset and side (capped at the smaller set).")
 @_evaluation_options
 def metrics(ckpt: Path, metric_names: str, data: str | None, count: int, feature_net: str | None,
-            inception_weights: Path | None, out: Path | None, seed: int, batch: int, device: str | None,
-            progress: bool) -> None:
+            inception_weights: Path | None, out: Path | None, kid_subsets: int, kid_subset_size: int, seed: int,
+            batch: int, device: str | None, progress: bool) -> None:
     """FID, KID and precision/recall ("pr") of a checkpoint's generator against real images."""
     names = [m.strip() for m in metric_names.split(",") if m.strip()]
     unknown = [m for m in names if m not in METRICS]
@@ -690,7 +694,8 @@ def metrics(ckpt: Path, metric_names: str, data: str | None, count: int, feature
         # iterator); each batch is generated and passed through the network before the next.
         fakes = tqdm(fake_batches(G, count, batch=batch, seed=seed), total=-(-count // batch), desc="fakes",
                      unit="batch", disable=not progress, leave=False)
-        results = compute_metrics(fakes, real, net, names, k=_PR_K, seed=seed, batch=batch)
+        results = compute_metrics(fakes, real, net, names, k=_PR_K, seed=seed, batch=batch, kid_subsets=kid_subsets,
+                                  kid_subset_size=kid_subset_size)
     except fileio.WriteError as e:  # the real-feature cache
         raise click.ClickException(str(e)) from None
     except ValueError as e:  # what the checks above did not foresee, still in one line

@@ -72,6 +72,20 @@ def test_metrics_writes_finite_numbers_named_with_network_counts_and_reference(r
     assert len(doc["results"]) == 1 and doc["results"][0]["num_real"] == 12 and "note:" not in r.output
 
 
+def test_metrics_repeat_exactly_and_take_the_kid_subsets_asked_for(run: Path, tmp_path: Path):
+    docs = []
+    for out in ("a", "b"):
+        r = invoke("metrics", "--ckpt", run, "--metrics", "fid,kid", "--n", 9, "--batch", 4, "--kid-subsets", 7,
+                   "--kid-subset-size", 5, "--seed", 3, "--out", tmp_path / out, "--no-progress")
+        assert r.exit_code == 0, r.output
+        docs.append(json.loads(next((tmp_path / out).glob("metrics-*.json")).read_text()))
+    assert docs[0]["results"] == docs[1]["results"]  # the same fakes, noise included, and subsets
+    kid = docs[0]["results"][1]
+    assert kid["metric"] == "kid" and (kid["details"]["num_subsets"], kid["details"]["subset_size"]) == (7, 5)
+    r = invoke("metrics", "--ckpt", run, "--metrics", "kid", "--n", 9, "--kid-subset-size", 1, "--no-progress")
+    assert r.exit_code == 2 and "--kid-subset-size" in r.output
+
+
 def test_metrics_bad_inputs_are_one_line_errors_that_write_nothing(run: Path, tmp_path: Path):
     before = files_under(run)
     out = tmp_path / "res"
