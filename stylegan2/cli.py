@@ -60,8 +60,8 @@ from .training.state import condition_dim, model_config_dict
 # Options that change what the networks are or what data they see: fixed by a checkpoint when
 # resuming. The others (how long, how often, where, with how many threads) may change.
 _MODEL_OPTIONS = ("preset", "resolution", "batch", "cond", "mirror", "gamma", "lr", "loss", "seed",
-                  "precision", "channels", "channel_base", "channel_max", "max_images", "split", "aug", "aug_p", "aug_pipe", "target",
-                  "ada_kimg")
+                  "precision", "channels", "channel_base", "channel_max", "max_images", "split", "aug", "aug_p",
+                  "aug_pipe", "target", "ada_kimg")
 _RUNTIME_FIELDS = {"kimg": "kimg", "snap": "snap_kimg", "tick": "tick_kimg", "threads": "threads",
                    "device": "device", "channels_last": "channels_last", "batch_gpu": "batch_gpu"}
 
@@ -151,7 +151,7 @@ def main() -> None:
               f"{', '.join(METRICS)}; best FID kept as checkpoints/best.pt.")
 @click.option("--metrics-n", type=click.IntRange(4, 1_000_000), default=5000, help="Fakes per snapshot for --metrics.")
 @click.option("--feature-net", default=None, show_default="inception if its weights are here, else random",
-              help="For --metrics: 'inception', 'random[:SEED]' or 'torchscript:PATH'.")
+              help="For --metrics: 'inception', 'random[:SEED]', 'torchscript:PATH' or 'exported:PATH'.")
 @click.option("--inception-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               show_default=f"${INCEPTION_WEIGHTS_ENV}, else torch.hub's cache", help=f"The file {INCEPTION_FILE}.")
 @click.option("--tensorboard/--no-tensorboard", default=None, show_default="on when tensorboard is installed",
@@ -270,7 +270,8 @@ def _train_feature_net(opts: dict[str, Any]) -> FeatureNetwork:
     name = opts["feature_net"]
     if name == "discriminator":
         raise click.BadParameter("the discriminator changes at every step, so its features would not compare "
-                                 "across snapshots: use 'inception', 'random' or 'torchscript:PATH'",
+                                 "across snapshots: use 'inception', 'random', 'torchscript:PATH' or "
+                                 "'exported:PATH'",
                                  param_hint="--feature-net")
     if name is None:
         name = _default_feature_net(opts["inception_weights"], "random",
@@ -638,7 +639,8 @@ def _evaluation_options(command: Any) -> Any:
     the batch, the device and the progress bar."""
     for option in reversed([
         click.option("--feature-net", default=None, show_default="inception if its weights are here, else discriminator",
-                     help="'discriminator', 'inception', 'random[:SEED]' or 'torchscript:PATH'."),
+                     help="'discriminator', 'inception', 'random[:SEED]', 'torchscript:PATH' or "
+                          "'exported:PATH' (torch.export)."),
         click.option("--inception-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      show_default=f"${INCEPTION_WEIGHTS_ENV}, else torch.hub's cache", help=f"The file {INCEPTION_FILE}."),
         click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, help="Fake i uses the latent of seed+i."),

@@ -239,7 +239,8 @@ def project(ckpt: Path, out: Optional[Path], device: Optional[str], progress: bo
               help="Ground truth to colour by: class (AD/NC for ADNI, slice band for mni152), split (OASIS, "
                    "ADNI), none; auto: class if the dataset has labels, else split, else none.")
 @click.option("--feature-net", default="discriminator",
-              help="'discriminator' (its last hidden layer), 'inception' or 'torchscript:PATH' (as metrics).")
+              help="'discriminator' (its last hidden layer), 'inception', 'torchscript:PATH' or 'exported:PATH' "
+                   "(as metrics).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               show_default=f"${INCEPTION_WEIGHTS_ENV}, else torch.hub's cache", help=f"The file {INCEPTION_FILE}.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0,

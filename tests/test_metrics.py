@@ -250,6 +250,42 @@ def test_torchscript_feature_network(tmp_path):
         get_feature_network("vgg")
 
 
+@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic-batch", "fixed-batch"])
+def test_exported_feature_network(tmp_path, gen, dynamic):
+    """A torch.export program (TorchScript's successor): the features are the module's own, for
+    any batch size, also when it was exported with a fixed one (fed padded batches)."""
+    encoder = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3), torch.nn.BatchNorm2d(6), torch.nn.Tanh(),
+                                  torch.nn.AdaptiveAvgPool2d(2)).eval()
+    with torch.no_grad():  # running statistics that are not the identity
+        encoder[1].running_mean.normal_(generator=gen)
+        encoder[1].running_var.uniform_(0.5, 2, generator=gen)
+    example = torch.rand(4, 1, 12, 12, generator=gen) * 2 - 1
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
+    path = tmp_path / "enc.pt2"
+    torch.export.save(torch.export.export(encoder, (example,), dynamic_shapes=shapes), str(path))
+    net = get_feature_network(f"exported:{path}")
+    images = torch.rand(11, 1, 12, 12, generator=gen) * 2 - 1
+    feats = extract_features(net, images, batch=3)  # batches of 3 and a last one of 2
+    with torch.no_grad():
+        expected = encoder(images).flatten(1).double().numpy()
+    np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-6)
+    assert feats.shape == (11, 24) and net.dim == 24 and net.name == "exported:enc.pt2"
+    assert net.key.startswith("exported-")
+
+
+def test_exported_feature_network_bad_files(tmp_path):
+    with pytest.raises(FeatureNetworkError, match="no file"):
+        get_feature_network(f"exported:{tmp_path / 'missing.pt2'}")
+    junk = tmp_path / "junk.pt2"
+    junk.write_text("not a program")
+    with pytest.raises(FeatureNetworkError, match="junk.pt2 is not a torch.export program"):
+        get_feature_network(f"exported:{junk}")
+    state = tmp_path / "weights.pt"
+    torch.save({"w": torch.ones(2)}, state)  # a zip, but a state dict
+    with pytest.raises(FeatureNetworkError, match="weights.pt is not a torch.export program"):
+        get_feature_network(f"exported:{state}")
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """A checkpoint of the tiny preset (16x16), made with the project's own training code."""

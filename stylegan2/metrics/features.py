@@ -3,6 +3,7 @@
     net = get_feature_network("discriminator", ckpt="runs/00000-slices-tiny")  # always available
     net = get_feature_network("inception")            # FID Inception-v3 (pytorch-fid), local weights
     net = get_feature_network("torchscript:/models/my_encoder.pt")
+    net = get_feature_network("exported:/models/my_encoder.pt2")   # torch.export.save's file
     feats = extract_features(net, images)             # float64 numpy [N, net.dim]
 
 Every network takes images as float [N, C, R, R] in [-1, 1] (what the generator produces) or
@@ -11,6 +12,7 @@ uint8 [N, C, R, R] (what datasets hold); each converts them to what it was train
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
@@ -41,7 +43,7 @@ class FeatureNetwork:
     returns float32 features [N, dim] on the network's device.
 
     name: what every reported number is labelled with (e.g. "inception", "discriminator:ckpt-...").
-    dim: feature length (-1 until the first call for a TorchScript module).
+    dim: feature length (-1 until the first call for a user's TorchScript or exported module).
     key: identifies the weights, not just the kind (two runs' discriminators share a name but
         not a key); cached real-data statistics are filed under it.
     """
@@ -57,7 +59,7 @@ class FeatureNetwork:
             raise ValueError(f"images must be [N, C, R, R], got shape {list(images.shape)}")
         feats = self._fn(to_unit_range(images.to(self.device)))
         feats = feats.reshape(feats.shape[0], -1).float()
-        if self.dim < 0:  # a TorchScript module's length is known only once it has run
+        if self.dim < 0:  # a user module's length is known only once it has run
             self.dim = feats.shape[1]
         return feats
 
@@ -240,6 +242,56 @@ def torchscript_network(path: str | os.PathLike, device: torch.device) -> Featur
 
 
 # --------------------------------------------------------------------------------------------
+# torch.export (TorchScript's successor: torch.jit is deprecated from torch 2.10 on)
+
+def exported_network(path: str | os.PathLike, device: torch.device) -> FeatureNetwork:
+    """A user's torch.export program (the file torch.export.save writes), called like
+    torchscript_network's module. Loading it runs no Python code of the file's. A program
+    exported with a fixed batch size is fed batches of exactly that size (the last one padded
+    with copies of its last image, whose features are dropped), so it must treat the images of a
+    batch independently (eval-mode layers); one exported with a dynamic batch dimension is
+    called as it is. It is moved to `device` with .to(device)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FeatureNetworkError(f"exported feature network: no file {p}")
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    export_log.setLevel(logging.CRITICAL)  # a failed load also logs its traceback as a warning
+    try:
+        program = torch.export.load(str(p))
+    except Exception as e:  # a zip of another kind, or not a zip at all
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FeatureNetworkError(f"{p} is not a torch.export program (torch.export.save): {first}") from None
+    finally:
+        export_log.setLevel(level)
+    module = program.module().to(device)
+    batch = exported_batch_size(program)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        if batch is None:
+            return module(x)
+        out = []
+        for start in range(0, x.shape[0], batch):
+            chunk = x[start:start + batch]
+            n = chunk.shape[0]
+            if n < batch:
+                chunk = torch.cat([chunk, chunk[-1:].expand(batch - n, *chunk.shape[1:])])
+            out.append(module(chunk)[:n])
+        return torch.cat(out)
+
+    return FeatureNetwork(f"exported:{p.name}", -1, fn, device, key="exported-" + sha256_file(p)[:16])
+
+
+def exported_batch_size(program: Any) -> Optional[int]:
+    """The batch size an exported program was fixed to, or None when its first input's batch
+    dimension is dynamic (a symbol rather than a number)."""
+    first = program.graph_signature.user_inputs[0]
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == first)
+    size = node.meta["val"].shape[0]
+    return size if isinstance(size, int) else None
+
+
+# --------------------------------------------------------------------------------------------
 
 def get_feature_network(name: str, ckpt: str | os.PathLike | dict[str, Any] | None = None,
                         device: str | torch.device = "cpu", *,
@@ -248,7 +300,8 @@ def get_feature_network(name: str, ckpt: str | os.PathLike | dict[str, Any] | No
     """A feature network by name: 'discriminator' (needs `ckpt`: a checkpoint file, run folder or
     loaded checkpoint dict), 'inception' (weights from `inception_weights`,
     $STYLEGAN2_INCEPTION_WEIGHTS or torch.hub's cache; see inception_network), 'random[:SEED]'
-    (a fixed random conv net, see random_net.py) or 'torchscript:PATH'. Raises FeatureNetworkError
+    (a fixed random conv net, see random_net.py), 'torchscript:PATH' or 'exported:PATH' (a
+    torch.export program). Raises FeatureNetworkError
     (one line) when it cannot be made."""
     device = torch.device(device)
     if name == "discriminator":
@@ -259,6 +312,8 @@ def get_feature_network(name: str, ckpt: str | os.PathLike | dict[str, Any] | No
         return inception_network(device, inception_weights, check_hash=check_hash)
     if name.startswith("torchscript:"):
         return torchscript_network(name[len("torchscript:"):], device)
+    if name.startswith("exported:"):
+        return exported_network(name[len("exported:"):], device)
     if name == "random" or name.startswith("random:"):
         seed = name[len("random:"):] if ":" in name else "0"
         if not seed.isdigit():
@@ -266,4 +321,4 @@ def get_feature_network(name: str, ckpt: str | os.PathLike | dict[str, Any] | No
         from .random_net import random_network  # here: random_net imports FeatureNetwork from this module
         return random_network(int(seed), device)
     raise FeatureNetworkError(f"unknown feature network {name!r}: use 'discriminator', 'inception', "
-                              f"'random[:SEED]' or 'torchscript:PATH'")
+                              f"'random[:SEED]', 'torchscript:PATH' or 'exported:PATH'")
