@@ -300,6 +300,22 @@ def test_a_leaky_fixed_p_is_warned_about_once(tmp_path, gen):
     assert len(warnings) == 1 and "--aug ada" in warnings[0]
 
 
+def test_ada_warns_once_when_its_p_reaches_the_leaky_range(tmp_path, gen):
+    # Started at p = 0.79 and adjusted every step at 0 -> 1 in 0.05 kimg: an untrained D calls
+    # most reals real, so p rises past 0.8 within the first ticks (a tick per 2 steps).
+    cfg = tiny(aug="ada", aug_p=0.79, ada_kimg=0.05, kimg=0.048, tick_kimg=0.008)
+    _, lines = train(cfg, tmp_path / "r", blobs(gen, 64))
+    rows = StatsWriter(tmp_path / "r").rows()
+    first = next(r for r in rows if r["Aug/p"] >= 0.8)
+    warnings = [line for line in lines if "ADA's p reached" in line]
+    assert warnings == [f"warning at {first['kimg']:.3f} kimg: ADA's p reached {first['Aug/p']:.2f}: from p = 0.8 "
+                        f"the leak check's runs drew turned or off-centre heads (README, leak check); watch the "
+                        f"fake grids, and compare them with python -m benchmarks.aug_leak_check"]
+    # Below the range, or without geometric transforms, it stays silent.
+    _, lines = train(tiny(aug="ada", kimg=0.016), tmp_path / "low", blobs(gen, 64))
+    assert not any("ADA's p reached" in line for line in lines)
+
+
 def test_ada_at_p_zero_leaves_every_image_bit_for_bit(tmp_path, gen):
     """With ADA's p a device tensor held at 0 (target 1: r_t can never exceed it), the pipeline
     still draws its transforms, but every image D sees keeps its bits."""

@@ -39,6 +39,7 @@ class Augment:
     ) -> None:
         self.kind, self.pipeline, self.controller = kind, pipeline, controller
         self._fixed_p = float(p)  # 'fixed' only
+        self._warned_high_p = False  # 'ada': tick_caution() has spoken
         # Where 'fixed' reports its p: the stats accumulator stacks every value on one device.
         self.device = torch.device(device)
 
@@ -69,6 +70,19 @@ class Augment:
                     f"check's runs drew turned or off-centre heads (README, leak check); --aug ada raises p "
                     f"only as far as D's overfitting needs")
         return None
+
+    def tick_caution(self, p: Optional[float]) -> Optional[str]:
+        """For 'ada', called at each tick with the tick's mean p: a warning the first time p
+        reaches LEAKY_FIXED_P with geometric transforms on, else None. ADA raises p as far as D
+        overfits, and on a very small set that can be past where the leak check saw leaks."""
+        if self.kind != "ada" or self._warned_high_p or p is None or p < LEAKY_FIXED_P:
+            return None
+        if not any(self.pipeline.strength.get(k, 0) > 0 for k in GEOMETRIC):
+            return None
+        self._warned_high_p = True
+        return (f"ADA's p reached {p:.2f}: from p = {LEAKY_FIXED_P:g} the leak check's runs drew turned or "
+                f"off-centre heads (README, leak check); watch the fake grids, and compare them with "
+                f"python -m benchmarks.aug_leak_check")
 
     @property
     def skipped(self) -> dict[str, str]:

@@ -227,7 +227,7 @@ def _loop(run: Run, run_dir: Path, grid_z: torch.Tensor, grid_c: torch.Tensor, s
                         done, ended_by = True, "minutes"
                 snap = done or stop.requested is not None or _crossed(prev, run.cur_nimg, snap_nimg)
                 if snap or _crossed(prev, run.cur_nimg, tick_nimg):
-                    tick_start = _end_tick(run, acc, stats, bar, tick_start, extras)
+                    tick_start = _end_tick(run, acc, stats, bar, tick_start, extras, bar.write if progress else log)
                 if snap:
                     t0 = time.perf_counter()
                     _snapshot(run, run_dir, grid_z, grid_c, stats, keep, files, extras, bar.write if progress else log)
@@ -276,7 +276,8 @@ def _write_config(run: Run, path: Path) -> None:
 
 
 def _end_tick(run: Run, acc: StatsAccumulator, stats: StatsWriter, bar: Any,
-              tick_start: tuple[float, int], extras: _Extras | None = None) -> tuple[float, int]:
+              tick_start: tuple[float, int], extras: _Extras | None = None,
+              say: Callable[[str], None] = print) -> tuple[float, int]:
     """Read the tick's losses (the only host sync), stop on NaN/Inf, write a stats row."""
     values = acc.reduce(distributed.mean_across if run_world().active else None)  # means over ranks too
     now = time.perf_counter()
@@ -303,6 +304,9 @@ def _end_tick(run: Run, acc: StatsAccumulator, stats: StatsWriter, bar: Any,
     if run_world().is_main:
         stats.append(row)
         extras.tb.tick(row, run.cur_nimg)
+        caution = run.aug.tick_caution(values.get("Aug/p"))
+        if caution:
+            say(f"warning at {run.cur_nimg / 1000:.3f} kimg: {caution}")
     post = f"kimg {row['kimg']:.2f}"
     if extras.deadline is not None:
         left = max(0.0, extras.deadline - now)
