@@ -9,9 +9,11 @@ import pickle
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +98,19 @@ def _bad_resolution(ck: dict) -> None:
     ck["config"] = dict(ck["config"], resolution=17)
 
 
+def _flip_a_weight_bit(good: dict, p: Path) -> None:
+    """A copy of the checkpoint with one bit flipped inside its largest tensor record: torch.load
+    alone reads it without complaint, as a wrong weight."""
+    data = bytearray(Path(good["path"]).read_bytes())
+    with zipfile.ZipFile(Path(good["path"])) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + info.file_size // 2] ^= 0x10
+    p.write_bytes(bytes(data))
+    torch.load(p, weights_only=True)  # the point: torch's own loader does not notice
+
+
 MALFORMED = {
     # name: (how to write it, what the one line must say)
     "missing model_config": (lambda good, p, m: torch.save(_edited(good, lambda c: c.pop("model_config")), p),
@@ -111,6 +126,8 @@ MALFORMED = {
     "truncated": (lambda good, p, m: p.write_bytes(Path(good["path"]).read_bytes()[:50000]),
                   "not a readable checkpoint of this project: truncated"),
     "empty": (lambda good, p, m: p.write_bytes(b""), "not a readable checkpoint of this project: the file is empty"),
+    "flipped bit": (lambda good, p, m: _flip_a_weight_bit(good, p),
+                    "not a readable checkpoint of this project: damaged (archive/data/"),
     "random bytes": (lambda good, p, m: p.write_bytes(np.random.default_rng(1).bytes(4000)),
                      "not a readable checkpoint of this project: not a checkpoint"),
     "not a checkpoint": (lambda good, p, m: torch.save({"weights": torch.ones(3)}, p),
