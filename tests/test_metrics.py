@@ -236,6 +236,17 @@ def test_inception_wiring_with_stand_in_weights(tmp_path, monkeypatch):
     assert torch.isfinite(feats).all()
     # A grayscale image is the same image as its 3-channel copy.
     assert torch.allclose(feats, net(gray.repeat(1, 3, 1, 1)))
+    # Built from several threads at once: every one gets the local weights, and pytorch-fid's
+    # downloader is its own again afterwards (an unguarded swap could leave a stand-in behind).
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pytorch_fid import inception as pfid
+    original = pfid.load_state_dict_from_url
+    with ThreadPoolExecutor(3) as pool:
+        nets = list(pool.map(lambda _: get_feature_network("inception", check_hash=False), range(3)))
+    assert pfid.load_state_dict_from_url is original
+    for other in nets:
+        assert torch.allclose(other(gray), feats, atol=1e-5)
 
 
 def test_torchscript_feature_network(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -176,6 +177,9 @@ def _missing_weights_message(path: Path) -> str:
             f"feature network (e.g. 'discriminator')")
 
 
+_PFID_SWAP = threading.Lock()  # held while pytorch_fid.inception.load_state_dict_from_url is ours
+
+
 def inception_network(device: torch.device, weights: Optional[str | os.PathLike] = None,
                       check_hash: bool = True) -> FeatureNetwork:
     """pytorch-fid's InceptionV3 (the TensorFlow FID graph ported; pool3 features, 2048 long).
@@ -205,15 +209,18 @@ def inception_network(device: torch.device, weights: Optional[str | os.PathLike]
 
     # pytorch-fid fetches its weights through load_state_dict_from_url inside InceptionV3();
     # handing it our local file instead keeps its network definition and loading code unchanged
-    # while guaranteeing nothing is downloaded.
-    original = pfid.load_state_dict_from_url
-    pfid.load_state_dict_from_url = lambda *a, **k: state
-    try:
-        model = pfid.InceptionV3([pfid.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
-    except RuntimeError as e:  # load_state_dict: wrong keys or shapes
-        raise FeatureNetworkError(f"{path} does not fit pytorch-fid's InceptionV3: {str(e).splitlines()[0]}") from None
-    finally:
-        pfid.load_state_dict_from_url = original
+    # while guaranteeing nothing is downloaded. The swap is a module global: the lock keeps two
+    # threads building networks at once from restoring each other's stand-in.
+    with _PFID_SWAP:
+        original = pfid.load_state_dict_from_url
+        pfid.load_state_dict_from_url = lambda *a, **k: state
+        try:
+            model = pfid.InceptionV3([pfid.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+        except RuntimeError as e:  # load_state_dict: wrong keys or shapes
+            raise FeatureNetworkError(f"{path} does not fit pytorch-fid's InceptionV3: "
+                                      f"{str(e).splitlines()[0]}") from None
+        finally:
+            pfid.load_state_dict_from_url = original
     model.eval().to(device)
 
     def fn(x: torch.Tensor) -> torch.Tensor:
