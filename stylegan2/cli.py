@@ -112,7 +112,7 @@ def main() -> None:
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None, show_default="1")
 @click.option("--channel-base", type=click.IntRange(1, 1 << 20), default=None,
               show_default=preset_defaults_text("channel_base"),
-              help="Network width: a block at resolution r has min(base / r, --channel-max) channels.")
+              help="Network width: a block at resolution r has min(base // r, --channel-max) channels.")
 @click.option("--channel-max", type=click.IntRange(1, 4096), default=None,
               show_default=preset_defaults_text("channel_max"),
               help="The most channels of any block.")

@@ -512,3 +512,9 @@ def test_ada_cautions_once_when_its_p_reaches_the_leaky_range():
     assert ada.tick_caution(0.9) is None and ada.tick_caution(0.81) is None  # once per run
     assert make_augment("ada", num_channels=1, pipe="c").tick_caution(0.95) is None  # colour only
     assert make_augment("fixed", num_channels=1, p=0.9).tick_caution(0.9) is None  # caution() covers it
+    # Resumed: a state past the range has warned already; one below it has not.
+    for p, expected in ((0.85, None), (0.5, "ADA's p reached 0.90")):
+        resumed = make_augment("ada", num_channels=1, p=p)
+        resumed.load_state_dict(make_augment("ada", num_channels=1, p=p).state_dict())
+        message = resumed.tick_caution(0.9)
+        assert (message if message is None else message[:len(expected)]) == expected

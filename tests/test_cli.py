@@ -88,7 +88,8 @@ def test_channel_width_options_build_the_networks_they_name(tmp_path, gen):
 
 def test_out_of_range_options_are_rejected():
     for args in (["--batch", "0"], ["--resolution", "2"], ["--kimg", "0"], ["--preset", "huge"],
-                 ["--resolution", "48"], ["--channel-base", "0"], ["--channel-max", "0"]):
+                 ["--resolution", "48"], ["--channel-base", "0"], ["--channel-max", "0"],
+                 ["--preset", "tiny", "--channel-base", "8"]):  # 8 // 16 = no channels at 16x16
         r = CliRunner().invoke(cli.main, ["train", "--dry-run", *args])
         assert r.exit_code == 2, (args, r.output)
         assert "Error" in r.output

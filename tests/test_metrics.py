@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -261,27 +264,49 @@ def test_torchscript_feature_network(tmp_path):
         get_feature_network("vgg")
 
 
-@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic-batch", "fixed-batch"])
+@pytest.mark.parametrize("dynamic", ["unbounded", "bounded", "fixed"])
 def test_exported_feature_network(tmp_path, gen, dynamic):
     """A torch.export program (TorchScript's successor): the features are the module's own, for
-    any batch size, also when it was exported with a fixed one (fed padded batches)."""
+    any batch size, also when it was exported with a fixed one (fed padded batches) or a bounded
+    dynamic one (fed chunks within the bounds)."""
     encoder = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3), torch.nn.BatchNorm2d(6), torch.nn.Tanh(),
                                   torch.nn.AdaptiveAvgPool2d(2)).eval()
     with torch.no_grad():  # running statistics that are not the identity
         encoder[1].running_mean.normal_(generator=gen)
         encoder[1].running_var.uniform_(0.5, 2, generator=gen)
     example = torch.rand(4, 1, 12, 12, generator=gen) * 2 - 1
-    shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
+    dims = {"unbounded": torch.export.Dim("batch"), "bounded": torch.export.Dim("batch", min=2, max=4)}
+    shapes = ({0: dims[dynamic]},) if dynamic in dims else None
     path = tmp_path / "enc.pt2"
     torch.export.save(torch.export.export(encoder, (example,), dynamic_shapes=shapes), str(path))
     net = get_feature_network(f"exported:{path}")
     images = torch.rand(11, 1, 12, 12, generator=gen) * 2 - 1
-    feats = extract_features(net, images, batch=3)  # batches of 3 and a last one of 2
+    feats = extract_features(net, images, batch=5)  # batches of 5 and a last one of 1
     with torch.no_grad():
         expected = encoder(images).flatten(1).double().numpy()
     np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-6)
     assert feats.shape == (11, 24) and net.dim == 24 and net.name == "exported:enc.pt2"
     assert net.key.startswith("exported-")
+
+
+class _TwoOut(torch.nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3)), x.amax((2, 3))
+
+
+class _TwoIn(torch.nn.Module):
+    def forward(self, x, y):
+        return x.mean((2, 3)) + y.mean((2, 3))
+
+
+class _Payload:
+    """Unpickling this would run `touch MARKER`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_exported_feature_network_bad_files(tmp_path):
@@ -295,6 +320,26 @@ def test_exported_feature_network_bad_files(tmp_path):
     torch.save({"w": torch.ones(2)}, state)  # a zip, but a state dict
     with pytest.raises(FeatureNetworkError, match="weights.pt is not a torch.export program"):
         get_feature_network(f"exported:{state}")
+    x = torch.rand(2, 1, 8, 8)
+    for module, args, words in ((_TwoOut(), (x,), "takes 1 and returns 2"), (_TwoIn(), (x, x), "takes 2 and returns 1")):
+        path = tmp_path / f"{type(module).__name__}.pt2"
+        torch.export.save(torch.export.export(module, args), str(path))
+        with pytest.raises(FeatureNetworkError, match=words):
+            get_feature_network(f"exported:{path}")
+    # A program with a pickle that calls code inside (where torch.export.load would unpickle it
+    # with weights_only=False): refused from its opcodes, and nothing runs.
+    good = tmp_path / "good.pt2"
+    torch.export.save(torch.export.export(torch.nn.Flatten(), (x,)), str(good))
+    get_feature_network(f"exported:{good}")  # the unmodified file loads
+    marker = tmp_path / "MARKER"
+    hostile = tmp_path / "hostile.pt2"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(hostile, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        dst.writestr("good/data/constants/tensor_constant0", pickle.dumps(_Payload(marker)))
+    with pytest.raises(FeatureNetworkError, match="refused because loading it would unpickle code .*system"):
+        get_feature_network(f"exported:{hostile}")
+    assert not marker.exists()
 
 
 @pytest.fixture(scope="module")

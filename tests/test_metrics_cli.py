@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner, Result
 from PIL import Image
 
@@ -72,17 +73,27 @@ def test_metrics_writes_finite_numbers_named_with_network_counts_and_reference(r
     assert len(doc["results"]) == 1 and doc["results"][0]["num_real"] == 12 and "note:" not in r.output
 
 
-def test_metrics_repeat_exactly_and_take_the_kid_subsets_asked_for(run: Path, tmp_path: Path):
+def _noisy(run) -> None:
+    """Noise strengths of a trained G (an untrained one's are 0: its noise would not show)."""
+    with torch.no_grad():
+        for G in (run.G, run.G_ema):
+            for name, param in G.named_parameters():
+                if name.endswith("noise_strength"):
+                    param.fill_(0.5)
+
+
+def test_metrics_repeat_exactly_and_take_the_kid_subsets_asked_for(tmp_path: Path):
+    noisy = untrained_run(tmp_path, write_slices(tmp_path / "slices", 24), "00000-slices-tiny", prepare=_noisy)
     docs = []
     for out in ("a", "b"):
-        r = invoke("metrics", "--ckpt", run, "--metrics", "fid,kid", "--n", 9, "--batch", 4, "--kid-subsets", 7,
+        r = invoke("metrics", "--ckpt", noisy, "--metrics", "fid,kid", "--n", 9, "--batch", 4, "--kid-subsets", 7,
                    "--kid-subset-size", 5, "--seed", 3, "--out", tmp_path / out, "--no-progress")
         assert r.exit_code == 0, r.output
         docs.append(json.loads(next((tmp_path / out).glob("metrics-*.json")).read_text()))
     assert docs[0]["results"] == docs[1]["results"]  # the same fakes, noise included, and subsets
     kid = docs[0]["results"][1]
     assert kid["metric"] == "kid" and (kid["details"]["num_subsets"], kid["details"]["subset_size"]) == (7, 5)
-    r = invoke("metrics", "--ckpt", run, "--metrics", "kid", "--n", 9, "--kid-subset-size", 1, "--no-progress")
+    r = invoke("metrics", "--ckpt", noisy, "--metrics", "kid", "--n", 9, "--kid-subset-size", 1, "--no-progress")
     assert r.exit_code == 2 and "--kid-subset-size" in r.output
 
 

@@ -88,6 +88,7 @@ def test_parameter_counts_match_nvlabs_256():
         dict(resolution=48), dict(resolution=2), dict(resolution=2048), dict(channels=2),
         dict(precision="fp8"), dict(precision="fp16", num_fp16_res=0), dict(num_fp16_res=2),
         dict(conv_clamp=-1.0), dict(z_dim=0), dict(c_dim=-1), dict(mapping_lr_mult=0.0),
+        dict(resolution=32, channel_base=16),  # 16 // 32: no channels at 32x32
     ],
 )
 def test_config_rejects_bad_values(kw):

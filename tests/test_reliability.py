@@ -161,6 +161,28 @@ def test_malformed_checkpoints_are_one_line_errors_and_run_nothing(trained, tmp_
     assert not (tmp_path / "gen").exists()
 
 
+def test_checkpoints_saved_without_checksums_load_and_are_refused_for_the_right_reason(trained, tmp_path):
+    """torch.save with its CRC-32 option off stores 0 for every record: such a file cannot be
+    checked, so it loads (not 'damaged'), and one refused for code says so."""
+    _, run = trained
+    good = ckpt_io.load_checkpoint(run)
+    plain, hostile = tmp_path / "plain.pt", tmp_path / "hostile.pt"
+    marker = tmp_path / "MARKER"
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(_edited(good, lambda c: None), plain)
+        torch.save(_edited(good, lambda c: c.update(G=_Payload(marker))), hostile)
+    finally:
+        torch.serialization.set_crc32_options(True)
+    with zipfile.ZipFile(plain) as z:
+        assert all(i.CRC == 0 for i in z.infolist() if i.file_size)
+    loaded = ckpt_io.load_checkpoint(plain)
+    assert all(torch.equal(loaded["G"][k], good["G"][k]) for k in good["G"])
+    with pytest.raises(ckpt_io.CheckpointError, match="refused because it contains code"):
+        ckpt_io.load_checkpoint(hostile)
+    assert not marker.exists()
+
+
 def test_validate_names_each_problem(trained):
     _, run = trained
     good = ckpt_io.load_checkpoint(run)

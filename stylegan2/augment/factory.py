@@ -132,6 +132,8 @@ class Augment:
             raise ValueError(f"augmentation state is for {state.get('kind')!r}, this run uses {self.kind!r}")
         if self.controller is not None:
             self.controller.load_state_dict(state["controller"])
+            # A run resumed past the leaky range warned when it got there (tick_caution): once.
+            self._warned_high_p = float(self.controller.p) >= LEAKY_FIXED_P
 
 
 def make_augment(

@@ -34,15 +34,16 @@ def fake_batches(G: torch.nn.Module, n: int, batch: int = 32, seed: int = 0, *, 
     """n fakes from G, `batch` at a time: float32 [b, C, R, R] in about [-1, 1].
 
     Fake i has the latent of seed `seed + i` as `generate --seeds` draws it (torch.randn(z_dim)
-    from a generator seeded with it), so the set does not depend on `batch` and any fake can be
-    regenerated on its own; a conditional G gets a label drawn uniformly from its classes by the
-    same per-seed generator. Truncation 1 (none) is the convention for FID/KID; CPU runs use
+    from a generator seeded with it), so the latents (and labels) do not depend on `batch`; a
+    conditional G gets a label drawn uniformly from its classes by the same per-seed generator. Truncation 1 (none) is the convention for FID/KID; CPU runs use
     float32 throughout.
 
     The per-layer noise (noise_mode 'random') is drawn from a stream seeded by `seed` and the
     batch's first index, inside a fork of the global random state: the same call gives the same
-    fakes bit for bit (on one device and batch size), and the caller's random stream is left as
-    it was (a training run with snapshot metrics draws the same numbers as one without).
+    fakes (on one device, with the same `batch`: the noise of fake i depends on its batch), and
+    the caller's random stream is left as it was (a training run with snapshot metrics draws the
+    same numbers as one without). This holds on CPUs and CUDA GPUs; on other devices (mps, xpu)
+    the noise comes from that device's own unseeded generator.
     """
     device = next(G.parameters()).device
     c_dim = getattr(G, "c_dim", 0) or 0

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import threading
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -24,6 +25,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..fileio import sha256_file
+from ..pickle_scan import archive_code
 from ..training.checkpoint import load_checkpoint, load_discriminator
 
 INCEPTION_WEIGHTS_ENV = "STYLEGAN2_INCEPTION_WEIGHTS"
@@ -253,49 +255,91 @@ def torchscript_network(path: str | os.PathLike, device: torch.device) -> Featur
 
 def exported_network(path: str | os.PathLike, device: torch.device) -> FeatureNetwork:
     """A user's torch.export program (the file torch.export.save writes), called like
-    torchscript_network's module. Loading it runs no Python code of the file's. A program
-    exported with a fixed batch size is fed batches of exactly that size (the last one padded
-    with copies of its last image, whose features are dropped), so it must treat the images of a
-    batch independently (eval-mode layers); one exported with a dynamic batch dimension is
-    called as it is. It is moved to `device` with .to(device)."""
+    torchscript_network's module: one input, images [N, C, R, R] in [-1, 1], one output.
+
+    torch.export.load unpickles some members of an archive with weights_only=False (pickled
+    weights or constants, its sample inputs on a fallback path), so every pickle in the archive
+    is read first by its opcodes, and a file whose pickles name anything but tensors and plain
+    containers is refused before torch sees it: nothing in it runs. The batch: a program exported
+    with a fixed batch size gets batches of exactly that size (the last one padded with copies of
+    its last image, whose features are dropped), one with a bounded dynamic batch gets chunks
+    within its bounds, an unbounded one the whole batch; so it must treat the images of a batch
+    independently (eval-mode layers). It is moved to `device` with torch.export's own pass,
+    which also moves constants and the devices written into its graph."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise FeatureNetworkError(f"exported feature network: no file {p}")
-    export_log = logging.getLogger("torch.export")
-    level = export_log.level
-    export_log.setLevel(logging.CRITICAL)  # a failed load also logs its traceback as a warning
+    try:
+        code = archive_code(p)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise FeatureNetworkError(f"{p} is not a torch.export program (torch.export.save): not a readable zip "
+                                  f"archive ({type(e).__name__})") from None
+    if code:
+        raise FeatureNetworkError(f"{p}: refused because loading it would unpickle code ({'; '.join(code[:3])}); "
+                                  f"nothing in it was run")
+    quiet = [logging.getLogger(name) for name in ("torch.export", "torch._export")]
+    levels = [log.level for log in quiet]
+    for log in quiet:  # a failed load also logs its traceback as a warning
+        log.setLevel(logging.CRITICAL)
     try:
         program = torch.export.load(str(p))
-    except Exception as e:  # a zip of another kind, or not a zip at all
+    except Exception as e:  # a zip of another kind (e.g. a state dict)
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise FeatureNetworkError(f"{p} is not a torch.export program (torch.export.save): {first}") from None
     finally:
-        export_log.setLevel(level)
-    module = program.module().to(device)
-    batch = exported_batch_size(program)
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
+    low, high = exported_batch_range(program, p)
+    module = _exported_module(program, device)
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        if batch is None:
-            return module(x)
+        step = x.shape[0] if high is None else high
         out = []
-        for start in range(0, x.shape[0], batch):
-            chunk = x[start:start + batch]
+        for start in range(0, x.shape[0], step):
+            chunk = x[start:start + step]
             n = chunk.shape[0]
-            if n < batch:
-                chunk = torch.cat([chunk, chunk[-1:].expand(batch - n, *chunk.shape[1:])])
+            if n < low:
+                chunk = torch.cat([chunk, chunk[-1:].expand(low - n, *chunk.shape[1:])])
             out.append(module(chunk)[:n])
         return torch.cat(out)
 
     return FeatureNetwork(f"exported:{p.name}", -1, fn, device, key="exported-" + sha256_file(p)[:16])
 
 
-def exported_batch_size(program: Any) -> Optional[int]:
-    """The batch size an exported program was fixed to, or None when its first input's batch
-    dimension is dynamic (a symbol rather than a number)."""
-    first = program.graph_signature.user_inputs[0]
-    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == first)
-    size = node.meta["val"].shape[0]
-    return size if isinstance(size, int) else None
+def exported_batch_range(program: Any, path: Path | str = "program") -> tuple[int, Optional[int]]:
+    """(smallest, largest) batch an exported program accepts: (b, b) for a fixed batch size b,
+    the bounds of a dynamic one (largest None: unbounded). Raises FeatureNetworkError unless it
+    takes one 4-D tensor and returns one value."""
+    sig = program.graph_signature
+    if len(sig.user_inputs) != 1 or len(sig.user_outputs) != 1:
+        raise FeatureNetworkError(f"{path}: a feature network takes one input (the images) and returns one "
+                                  f"output; this program takes {len(sig.user_inputs)} and returns "
+                                  f"{len(sig.user_outputs)}")
+    node = next((n for n in program.graph.nodes if n.op == "placeholder" and n.name == sig.user_inputs[0]), None)
+    val = None if node is None else node.meta.get("val")
+    if not isinstance(val, torch.Tensor) or val.ndim != 4:
+        raise FeatureNetworkError(f"{path}: its input must be images [N, C, R, R], it was exported with "
+                                  f"{list(val.shape) if isinstance(val, torch.Tensor) else type(val).__name__}")
+    size = val.shape[0]
+    if isinstance(size, int):
+        return size, size
+    bounds = program.range_constraints.get(size.node.expr)
+    if bounds is None:
+        return 1, None
+    low = max(1, int(bounds.lower))
+    try:
+        high: Optional[int] = int(bounds.upper)
+    except (TypeError, ValueError, OverflowError, AttributeError):  # unbounded: torch's or sympy's infinity
+        high = None
+    return low, high
+
+
+def _exported_module(program: Any, device: torch.device) -> Any:
+    try:
+        from torch.export.passes import move_to_device_pass
+    except ImportError:  # torch before 2.6: parameters and buffers only
+        return program.module().to(device)
+    return move_to_device_pass(program, device).module()
 
 
 # --------------------------------------------------------------------------------------------

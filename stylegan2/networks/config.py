@@ -110,6 +110,9 @@ class ModelConfig(PlainDict):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.channel_base // r < 1:
+            raise ValueError(f"channel_base {self.channel_base} gives no channels at resolution {r} (a block at "
+                             f"resolution r has channel_base // r): use at least {r}")
         if self.d_mapping_layers is not None and (
             not isinstance(self.d_mapping_layers, int) or self.d_mapping_layers < 1
         ):

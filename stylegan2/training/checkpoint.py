@@ -22,9 +22,9 @@ A checkpoint is a plain dict of tensors, dicts, lists, ints, floats and strings,
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
-import pickletools
 import re
 import time
 import warnings
@@ -36,6 +36,7 @@ from typing import Any, Callable
 import torch
 
 from .. import fileio
+from ..pickle_scan import ZIP_MAGIC, pickle_globals
 from ..networks import Discriminator, Generator, ModelConfig
 from .config import TrainConfig, resolve
 from .split import check_saved as check_split
@@ -138,29 +139,10 @@ def atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
 # three it is (truncated/damaged, not a checkpoint, refused because it holds code). torch's own
 # message is never shown: it suggests loading with weights_only=False, which is how a payload runs.
 
-_ZIP_MAGIC = b"PK\x03\x04"   # torch.save writes a zip archive
 _PICKLE_PROTO = b"\x80"      # a bare pickle (torch's legacy format, or pickle.dump)
 # Modules whose globals a plain torch.save of tensors, dicts and lists may name in its pickle
 # (builtins is not one: builtins.eval and builtins.exec are how payloads run code).
 _DATA_MODULES = ("torch", "collections", "_codecs", "numpy")
-
-
-def _pickle_globals(data: bytes) -> list[str] | None:
-    """The module.name globals a pickle refers to, found by reading its opcodes (nothing is
-    unpickled, so nothing runs), or None when the bytes are not a complete pickle."""
-    found: list[str] = []
-    strings: list[str] = []
-    try:
-        for op, arg, _ in pickletools.genops(data):
-            if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
-                found.append(arg.replace(" ", "."))
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found.append(f"{strings[-2]}.{strings[-1]}")
-            if isinstance(arg, str) and "UNICODE" in op.name:
-                strings.append(arg)
-    except Exception:  # truncated or not a pickle at all: genops raises several types
-        return None
-    return found
 
 
 def _code_in(globals_: list[str]) -> list[str]:
@@ -184,19 +166,19 @@ def _why_unreadable(p: Path) -> str:
             "pickled objects other than tensors and plain data"
         return f"refused because it contains code ({what}); nothing in it was run"
 
-    if head == _ZIP_MAGIC:
+    if head == ZIP_MAGIC:
         try:
             with zipfile.ZipFile(p) as z:
-                broken = z.testzip()  # reads every member: only on this failure path
+                broken = _bad_record(z)
                 if broken is not None:
-                    return f"damaged ({broken} fails its checksum)"
-                pkl = [n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+                    return broken
+                pkl = [i for i in z.infolist() if i.filename == "data.pkl" or i.filename.endswith("/data.pkl")]
                 if not pkl:
                     return "not a checkpoint (a zip archive without the data.pkl that torch.save writes)"
-                data = z.read(pkl[0])
+                data = _read_member(z, pkl[0])
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error):
             return "truncated or damaged (its zip archive is incomplete)"
-        names = _pickle_globals(data)
+        names = pickle_globals(data)
         if names is None:
             return "truncated or damaged (its data.pkl is incomplete)"
         # An intact archive with a complete pickle that torch's safe loader refused: the pickle
@@ -204,7 +186,7 @@ def _why_unreadable(p: Path) -> str:
         return refused(_code_in(names))
     if head[:1] == _PICKLE_PROTO:
         with open(p, "rb") as f:
-            code = _code_in(_pickle_globals(f.read()) or [])
+            code = _code_in(pickle_globals(f.read()) or [])
         if code:
             return refused(code)
         return "not a checkpoint (a plain pickle, not the zip archive torch.save writes)"
@@ -218,14 +200,21 @@ def read_checkpoint_file(p: str | os.PathLike, map_location: str | torch.device 
 
     torch.load does not check the CRC-32 that torch.save stores for each record of its zip
     archive: a flipped bit in a tensor's bytes (a failing disk, a bad copy) loads silently as a
-    wrong weight. So the records are checked here too (about 1 s per GB)."""
+    wrong weight. So the records are checked here too (about 1 s per GB), in the same open file
+    that was loaded (a file replaced in between cannot pass for the one that was read)."""
     p = Path(p)
     try:
-        with warnings.catch_warnings():
-            # e.g. "Detected pickle protocol 4": noise about a file we are about to reject anyway.
-            warnings.simplefilter("ignore")
-            loaded = torch.load(p, map_location=map_location, weights_only=True)
-        reason = _bad_record(p)
+        with open(p, "rb") as f:
+            with warnings.catch_warnings():
+                # e.g. "Detected pickle protocol 4": noise about a file we are about to reject anyway.
+                warnings.simplefilter("ignore")
+                loaded = torch.load(f, map_location=map_location, weights_only=True)
+            f.seek(0)
+            reason = None
+            if f.read(4) == ZIP_MAGIC:  # torch's legacy format, a bare pickle, has no checksums
+                f.seek(0)
+                with zipfile.ZipFile(f) as z:
+                    reason = _bad_record(z)
         if reason is None:
             return loaded
     except Exception:  # torch raises RuntimeError, UnpicklingError, EOFError, KeyError, OSError...
@@ -236,23 +225,30 @@ def read_checkpoint_file(p: str | os.PathLike, map_location: str | torch.device 
                           reason=f"not a readable checkpoint: {reason}") from None
 
 
-def _bad_record(p: Path) -> str | None:
-    """'damaged (<record> fails its checksum)' when a record of a zip-format file does not match
-    its stored CRC-32, else None. Records stored with a CRC of 0 and some content are skipped:
-    torch.save writes those when its compute_crc32 option is off, and they cannot be checked."""
-    with open(p, "rb") as f:
-        if f.read(4) != _ZIP_MAGIC:
-            return None  # torch's legacy format: a bare pickle, no checksums
-    with zipfile.ZipFile(p) as z:
-        for info in z.infolist():
-            if info.CRC == 0 and info.file_size > 0:
-                continue
-            try:
-                with z.open(info) as member:  # reading to the end compares the CRC-32
-                    while member.read(1 << 24):
-                        pass
-            except zipfile.BadZipFile:
-                return f"damaged ({info.filename} fails its checksum)"
+def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A record's bytes; one stored without a CRC-32 (0, see _bad_record) is read unchecked
+    (zipfile would compare it with 0 and call it damaged)."""
+    if info.CRC == 0 and info.file_size > 0:
+        info = copy.copy(info)
+        del info.CRC  # zipfile checks a record's CRC only when its ZipInfo has one
+    with z.open(info) as member:
+        return member.read()
+
+
+def _bad_record(z: zipfile.ZipFile) -> str | None:
+    """'damaged (<record> fails its checksum)' for the first record of `z` whose content does not
+    match its stored CRC-32, else None. Records stored with a CRC of 0 and some content are
+    skipped: torch.save writes those when its compute_crc32 option is off, and they cannot be
+    checked (zipfile's testzip() would call every one of them damaged)."""
+    for info in z.infolist():
+        if info.CRC == 0 and info.file_size > 0:
+            continue
+        try:
+            with z.open(info) as member:  # reading to the end compares the CRC-32
+                while member.read(1 << 24):
+                    pass
+        except zipfile.BadZipFile:
+            return f"damaged ({info.filename} fails its checksum)"
     return None
 
 

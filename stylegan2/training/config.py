@@ -210,6 +210,9 @@ def _check(c: TrainConfig) -> None:
                  "grid_images"):
         if getattr(c, name) < 1:
             raise ValueError(f"{name}: must be at least 1, got {getattr(c, name)}")
+    if c.channel_base // res < 1:
+        raise ValueError(f"channel_base: {c.channel_base} gives no channels at resolution {res} (a block at "
+                         f"resolution r has channel_base // r): use at least {res}")
     for name in ("kimg", "tick_kimg", "snap_kimg", "lr", "eps"):
         if not getattr(c, name) > 0:
             raise ValueError(f"{name}: must be positive, got {getattr(c, name)}")
