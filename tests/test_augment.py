@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from stylegan2.augment import (
     GROUPS, PIPES, SYM6, AdaController, AdaPipeline, DiffAugment, affine_warp, alignment, blit, leak_score,
     make_augment,
-    make_filter, orientation_stats, pipe_strengths, same_bits,
+    make_filter, orientation_stats, pipe_strengths, reals_template, same_bits, template_angles,
 )
 from stylegan2.augment import matrices as M
 from stylegan2.augment.warp import filter_delay
@@ -466,7 +466,34 @@ def test_leak_statistics_see_rotation_and_shift():
     shifted = blit(reals, M.translate_inv(consts(8, 4), consts(8, 0)))
     assert leak_score(shifted, reals)["centroid"] == pytest.approx(4 / 32, abs=0.01)
     assert leak_score(reals, reals) == {"centroid": 0.0, "centroid_spread": 0.0, "angle_deg": 0.0,
-                                        "alignment": 0.0}
+                                        "alignment": 0.0, "turned": 0.0, "template_deg": 0.0}
+
+
+def _round_heads(gen, n, size=32):
+    """n round 'heads' of random radius with a dark midline and a bright frontal spot, upright:
+    the outline says nothing about which way they point, the inside does."""
+    r = torch.arange(size, dtype=torch.float64) + 0.5 - size / 2
+    yy, xx = r[:, None], r[None, :]
+    radius = 9 + 3 * torch.rand(n, 1, 1, generator=gen, dtype=torch.float64)
+    head = ((xx ** 2 + yy ** 2)[None] < radius ** 2).double()
+    head = head * (1 - 0.8 * (xx.abs() < 1.0)[None] * (yy.abs() < radius * 0.8))  # the midline
+    head = head + 0.5 * ((xx ** 2 + (yy + radius * 0.5) ** 2) < 4).double()
+    return (head.clamp(0, 1) * 2 - 1)[:, None].float()
+
+
+@pytest.mark.parametrize("degrees, turned", [(0, False), (35, True), (90, True), (-60, True), (180, False)])
+def test_template_registration_sees_turned_round_heads(gen, degrees, turned):
+    reals, others = _round_heads(gen, 64), _round_heads(gen, 64)
+    a = math.radians(degrees)
+    moved = affine_warp(others.double(), M.rotate_inv(consts(64, math.cos(a)), consts(64, math.sin(a))),
+                        make_filter()).float()
+    score = leak_score(moved, reals)
+    # Registration against the reals' templates: a half turn is folded (it looks the same).
+    folded = abs((degrees + 90) % 180 - 90)
+    assert score["turned"] == pytest.approx(1.0 if turned else 0.0, abs=0.05)
+    assert score["template_deg"] == pytest.approx(folded, abs=6)
+    angles = template_angles(moved, reals_template(reals))
+    assert angles.abs().sub(folded).abs().max() <= 10
 
 
 @pytest.mark.parametrize("pipe", PIPES)

@@ -13,12 +13,12 @@ from .ada import COLOUR, GEOMETRIC, GROUPS, NEEDS_RGB, PIPES, AdaPipeline, pipe_
 from .controller import AdaController
 from .diffaugment import DiffAugment
 from .factory import KINDS, Augment, make_augment
-from .leak import alignment, leak_score, orientation_stats, same_bits
+from .leak import alignment, leak_score, orientation_stats, reals_template, same_bits, template_angles
 from .warp import SYM6, affine_warp, blit, make_filter
 
 __all__ = [
     "COLOUR", "GEOMETRIC", "GROUPS", "KINDS", "NEEDS_RGB", "PIPES", "SYM6",
     "AdaController", "AdaPipeline", "Augment", "DiffAugment",
     "affine_warp", "alignment", "blit", "leak_score", "make_augment", "make_filter", "orientation_stats", "pipe_strengths",
-    "same_bits",
+    "reals_template", "same_bits", "template_angles",
 ]

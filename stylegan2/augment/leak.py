@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -69,19 +70,92 @@ def alignment(stats: dict[str, torch.Tensor]) -> float:
     return float((a * torch.cos(2 * stats["angle"])).sum() / a.sum().clamp(min=1e-12))
 
 
-def leak_score(fakes: torch.Tensor, reals: torch.Tensor) -> dict[str, float]:
+# Registration (template_angles): images are compared at 64x64 at most, every 5 degrees; an image
+# turned by more than TURNED_DEG from where it best matches the reals' template counts as turned.
+_REGISTER_SIZE = 64
+_REGISTER_STEP_DEG = 5.0
+TURNED_DEG = 20.0
+
+
+def _centred_mass(images: torch.Tensor) -> torch.Tensor:
+    """[N, 1, h, w] intensity mass in [0, 1] (background 0), at most 64x64, each image moved so
+    that its centroid sits at the centre (the shift is leak_score's centroid's business)."""
+    x = images.detach().float().mean(dim=1, keepdim=True)
+    mass = ((x + 1) / 2).clamp(0, 1)
+    if mass.shape[-1] > _REGISTER_SIZE:
+        mass = F.adaptive_avg_pool2d(mass, _REGISTER_SIZE)
+    st = orientation_stats(mass * 2 - 1)
+    n = mass.shape[0]
+    theta = torch.zeros(n, 2, 3, dtype=mass.dtype, device=mass.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, 0, 2], theta[:, 1, 2] = 2 * st["cx"].to(mass.dtype), 2 * st["cy"].to(mass.dtype)
+    grid = F.affine_grid(theta, list(mass.shape), align_corners=False)
+    return F.grid_sample(mass, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+_TEMPLATE_GROUPS = 4
+
+
+def reals_template(reals: torch.Tensor) -> torch.Tensor:
+    """Templates of the reals, [K, 1, h, w]: the mean centred intensity mass of each quarter of
+    them by head area (small lower slices, ..., large ventricle-level ones), upright heads with
+    their midline, what template_angles() registers each image against. One template for all
+    would fit the lower slices' lobes poorly and misread them as turned."""
+    mass = _centred_mass(reals)
+    order = mass.flatten(1).sum(dim=1).argsort()
+    groups = order.tensor_split(min(_TEMPLATE_GROUPS, len(order)))
+    return torch.cat([mass[g].mean(dim=0, keepdim=True) for g in groups if len(g)])
+
+
+def template_angles(images: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """Per image, the rotation (degrees, every 5, folded into [-90, 90): see below) that best
+    matches a template: the angle by which turning the centred image back correlates most with
+    one of them. Unlike the main
+    axis of orientation_stats(), this sees a turned head whose outline is round or square, by
+    its midline and the shape of its lobes. [N] float32 on the images' device."""
+    mass = _centred_mass(images)
+    t = template.to(mass.device, mass.dtype).flatten(1)  # [K, h*w], each zero-mean, unit norm
+    t = t - t.mean(dim=1, keepdim=True)
+    t = t / t.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    angles = torch.arange(-180.0, 180.0, _REGISTER_STEP_DEG, device=mass.device)
+    n = mass.shape[0]
+    scores = []
+    for a in angles.tolist():
+        c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
+        theta = torch.tensor([[c, -s, 0.0], [s, c, 0.0]], dtype=mass.dtype, device=mass.device).expand(n, 2, 3)
+        grid = F.affine_grid(theta, list(mass.shape), align_corners=False)
+        turned = F.grid_sample(mass, grid, mode="bilinear", padding_mode="zeros", align_corners=False).flatten(1)
+        centred = turned - turned.mean(dim=1, keepdim=True)
+        norm = centred.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        scores.append(((centred / norm) @ t.T).amax(dim=1))  # the best-fitting template
+    best = angles[torch.stack(scores, dim=1).argmax(dim=1)]
+    # Axial slices are close to symmetric under a half turn at these sizes (the outline and the
+    # midline stay): registration confuses a head with its half turn, so the angle is of the
+    # head's axis, folded into [-90, 90).
+    return torch.remainder(best + 90, 180) - 90
+
+
+def leak_score(fakes: torch.Tensor, reals: torch.Tensor, template: torch.Tensor | None = None) -> dict[str, float]:
     """How far the fakes' placement departs from the reals' (host floats; 0 = alike).
 
+    template: reals_template() of a reference set of reals; None uses `reals` itself.
     Returns:
         centroid: distance between the mean centroids, fraction of the size.
         centroid_spread: difference of the per-image centroid spreads (shifted fakes spread more).
         angle_deg: difference of the mean |main-axis angle|, in degrees (rotated fakes tilt more).
         alignment: difference of alignment() (rotated fakes are less upright: negative).
+        turned: difference of the shares of images turned by more than TURNED_DEG from where they
+            best match the reals' template (template_angles(); turned fakes: positive).
+        template_deg: difference of the mean |template angle|, in degrees.
     """
     f, r = orientation_stats(fakes), orientation_stats(reals)
     centroid = math.hypot(float(f["cx"].mean() - r["cx"].mean()), float(f["cy"].mean() - r["cy"].mean()))
     spread_f = float(torch.sqrt(f["cx"].var(unbiased=False) + f["cy"].var(unbiased=False)))
     spread_r = float(torch.sqrt(r["cx"].var(unbiased=False) + r["cy"].var(unbiased=False)))
     angle = float(f["angle"].abs().mean() - r["angle"].abs().mean()) * 180 / math.pi
+    template = reals_template(reals) if template is None else template
+    tf, tr = template_angles(fakes, template).abs(), template_angles(reals, template).abs()
     return {"centroid": centroid, "centroid_spread": spread_f - spread_r, "angle_deg": angle,
-            "alignment": alignment(f) - alignment(r)}
+            "alignment": alignment(f) - alignment(r),
+            "turned": float((tf > TURNED_DEG).float().mean() - (tr > TURNED_DEG).float().mean()),
+            "template_deg": float(tf.mean() - tr.mean())}
