@@ -525,7 +525,8 @@ def test_pipe_names_and_errors():
 def test_a_fixed_p_known_to_leak_gets_a_caution():
     assert make_augment("fixed", num_channels=1, p=0.8).caution().startswith("fixed p = 0.8 with geometric")
     assert make_augment("fixed", num_channels=1, p=0.95, pipe="g").caution().startswith("fixed p = 0.95 with")
-    assert make_augment("fixed", num_channels=1, p=0.6).caution() is None
+    assert make_augment("fixed", num_channels=1, p=0.6).caution().startswith("fixed p = 0.6 with geometric")
+    assert make_augment("fixed", num_channels=1, p=0.55).caution() is None
     assert make_augment("fixed", num_channels=1, p=0.8, pipe="c").caution() is None  # colour only
     assert make_augment("ada", num_channels=1, p=0.9).caution() is None  # ADA moves p itself
     assert make_augment("diffaugment").caution() is None and make_augment("none").caution() is None
@@ -535,7 +536,7 @@ def test_ada_cautions_once_when_its_p_reaches_the_leaky_range():
     ada = make_augment("ada", num_channels=1)
     assert [ada.tick_caution(p) for p in (None, 0.0, 0.5, 0.79)] == [None] * 4
     first = ada.tick_caution(0.81)
-    assert first.startswith("ADA's p reached 0.81: from p = 0.8")
+    assert first.startswith("ADA's p reached 0.81: from p = 0.8 the ADA paper saw leaks")
     assert ada.tick_caution(0.9) is None and ada.tick_caution(0.81) is None  # once per run
     assert make_augment("ada", num_channels=1, pipe="c").tick_caution(0.95) is None  # colour only
     assert make_augment("fixed", num_channels=1, p=0.9).tick_caution(0.9) is None  # caution() covers it

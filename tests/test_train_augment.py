@@ -309,8 +309,9 @@ def test_ada_warns_once_when_its_p_reaches_the_leaky_range(tmp_path, gen):
     first = next(r for r in rows if r["Aug/p"] >= 0.8)
     warnings = [line for line in lines if "ADA's p reached" in line]
     assert warnings == [f"warning at {first['kimg']:.3f} kimg: ADA's p reached {first['Aug/p']:.2f}: from p = 0.8 "
-                        f"the leak check's runs drew turned or off-centre heads (README, leak check); watch the "
-                        f"fake grids, and compare them with python -m benchmarks.aug_leak_check"]
+                        f"the ADA paper saw leaks, and the leak check's runs drew turned or off-centre heads "
+                        f"(README, leak check); watch the fake grids, and compare them with python -m "
+                        f"benchmarks.aug_leak_check"]
     # Below the range, or without geometric transforms, it stays silent.
     _, lines = train(tiny(aug="ada", kimg=0.016), tmp_path / "low", blobs(gen, 64))
     assert not any("ADA's p reached" in line for line in lines)
