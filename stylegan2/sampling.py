@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -39,6 +40,7 @@ from . import fileio
 from .image_writer import PngWriter
 from .images import save_grid, to_uint8
 from .networks import use_channels_last
+from .torch_settings import seeded_rng
 
 SPEEDUPS = ("none", "cudagraph", "compile")
 NOISE_MODES = ("const", "random", "none")
@@ -296,9 +298,8 @@ def generate_images(sampler: Sampler, seeds: Sequence[int], out: str | os.PathLi
         for i in tqdm(range(0, len(seeds), step), desc="generate", unit="batch", disable=not progress):
             chunk = seeds[i:i + step]
             z = seed_latents(chunk, sampler.z_dim, sampler.device)
-            if sampler.noise_mode == "random":
-                torch.manual_seed(chunk[0])
-            img = sampler(z, None if c is None else c.expand(len(chunk), -1))
+            with seeded_rng(sampler.device, chunk[0]) if sampler.noise_mode == "random" else nullcontext():
+                img = sampler(z, None if c is None else c.expand(len(chunk), -1))
             sink.add(img, [f"seed{s:04d}.png" for s in chunk])
     return Generated(out=out, count=len(seeds), grid=sink.grid, grid_count=sink.kept)
 

@@ -213,6 +213,24 @@ def test_generate_images_writes_each_seed_and_a_grid_independent_of_batching(gen
     assert np.abs(got - (want[0, 0].numpy() * 127.5 + 128).clip(0, 255)).max() <= 1
 
 
+def test_generate_with_random_noise_repeats_per_seed_and_leaves_the_callers_rng(gen, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    G = generator(gen)  # noise strengths 0.5-ish: the noise shows in the pixels
+    torch.manual_seed(77)
+    before = torch.get_rng_state()
+    images = {}
+    for name, batch in (("a", 2), ("b", 1)):
+        generate_images(Sampler(G, noise_mode="random"), [5, 6], tmp_path / name, batch=batch)
+        images[name] = [np.asarray(Image.open(tmp_path / name / f"seed{s:04d}.png")) for s in (5, 6)]
+    assert torch.equal(torch.get_rng_state(), before)  # a notebook's random stream goes on untouched
+    assert all(np.array_equal(x, y) for x, y in zip(images["a"], images["b"]))
+    generate_images(Sampler(G, noise_mode="const"), [5], tmp_path / "const")
+    const = np.asarray(Image.open(tmp_path / "const" / "seed0005.png"))
+    assert not np.array_equal(const, images["a"][0])  # the random noise did act
+
+
 def test_class_vector_names_what_is_wrong():
     assert class_vector(None, 0) is None
     assert class_vector("1", 3).tolist() == [[0.0, 1.0, 0.0]]

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..torch_settings import seeded_rng
 from ..training.checkpoint import load_generator
 from .cache import RealFeatures
 from .features import FeatureNetwork, extract_features
@@ -54,8 +55,7 @@ def fake_batches(G: torch.nn.Module, n: int, batch: int = 32, seed: int = 0, *, 
         if c_dim > 0:
             labels = torch.cat([torch.randint(0, c_dim, (1,), generator=g) for g in gens])
             c = torch.nn.functional.one_hot(labels, c_dim).float().to(device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            _seed_device(device, noise_stream_seed(seed, start))
+        with seeded_rng(device, noise_stream_seed(seed, start)):
             img = G(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode, force_fp32=device.type == "cpu")
         yield img
 
@@ -66,16 +66,6 @@ def noise_stream_seed(seed: int, start: int) -> int:
     x = (seed * 0x9E3779B97F4A7C15 + start * 0xBF58476D1CE4E5B9 + 0x6E6F697365) & ((1 << 64) - 1)
     x ^= x >> 31
     return x & ((1 << 63) - 1)
-
-
-def _seed_device(device: torch.device, seed: int) -> None:
-    """Seeds the default generator of `device` alone (torch.manual_seed would seed every GPU too,
-    outside the fork)."""
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            torch.cuda.manual_seed(seed)
-    else:
-        torch.default_generator.manual_seed(seed)
 
 
 def compute_metrics(fakes: torch.Tensor | np.ndarray | Iterable[torch.Tensor], real: RealFeatures,
