@@ -36,7 +36,7 @@ from typing import Any, Callable
 import torch
 
 from .. import fileio
-from ..pickle_scan import ZIP_MAGIC, pickle_globals
+from ..pickle_scan import ZIP_MAGIC, non_tensor_globals, pickle_globals
 from ..networks import Discriminator, Generator, ModelConfig
 from .config import TrainConfig, resolve
 from .split import check_saved as check_split
@@ -140,14 +140,6 @@ def atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
 # message is never shown: it suggests loading with weights_only=False, which is how a payload runs.
 
 _PICKLE_PROTO = b"\x80"      # a bare pickle (torch's legacy format, or pickle.dump)
-# Modules whose globals a plain torch.save of tensors, dicts and lists may name in its pickle
-# (builtins is not one: builtins.eval and builtins.exec are how payloads run code).
-_DATA_MODULES = ("torch", "collections", "_codecs", "numpy")
-
-
-def _code_in(globals_: list[str]) -> list[str]:
-    """Globals outside the modules plain tensor data needs: what a payload would call."""
-    return sorted({g for g in globals_ if g.split(".")[0] not in _DATA_MODULES})
 
 
 def _why_unreadable(p: Path) -> str:
@@ -183,10 +175,10 @@ def _why_unreadable(p: Path) -> str:
             return "truncated or damaged (its data.pkl is incomplete)"
         # An intact archive with a complete pickle that torch's safe loader refused: the pickle
         # asks for something other than tensors and containers.
-        return refused(_code_in(names))
+        return refused(non_tensor_globals(names))
     if head[:1] == _PICKLE_PROTO:
         with open(p, "rb") as f:
-            code = _code_in(pickle_globals(f.read()) or [])
+            code = non_tensor_globals(pickle_globals(f.read()) or [])
         if code:
             return refused(code)
         return "not a checkpoint (a plain pickle, not the zip archive torch.save writes)"
