@@ -66,8 +66,7 @@ class Augment:
 
     def caution(self) -> Optional[str]:
         """A warning for logs when the settings are known to distort the fakes, else None."""
-        geometric = any(self.pipeline.strength.get(k, 0) > 0 for k in GEOMETRIC) if self.kind == "fixed" else False
-        if geometric and self._fixed_p >= LEAKY_FIXED_P:
+        if self.kind == "fixed" and self._geometric_on() and self._fixed_p >= LEAKY_FIXED_P:
             return (f"fixed p = {self._fixed_p:g} with geometric transforms: from p = {LEAKY_FIXED_P:g} the leak "
                     f"check's runs still drew turned heads after 60 kimg (README, leak check); --aug ada raises p "
                     f"only as far as D's overfitting needs")
@@ -77,14 +76,16 @@ class Augment:
         """For 'ada', called at each tick with the tick's mean p: a warning the first time p
         reaches LEAKY_ADA_P with geometric transforms on, else None. ADA raises p as far as D
         overfits, and on a very small set that can be past where leaks begin."""
-        if self.kind != "ada" or self._warned_high_p or p is None or p < LEAKY_ADA_P:
-            return None
-        if not any(self.pipeline.strength.get(k, 0) > 0 for k in GEOMETRIC):
+        if self.kind != "ada" or self._warned_high_p or p is None or p < LEAKY_ADA_P or not self._geometric_on():
             return None
         self._warned_high_p = True
         return (f"ADA's p reached {p:.2f}: from p = {LEAKY_ADA_P:g} the ADA paper saw leaks, and the leak "
                 f"check's runs drew turned or off-centre heads (README, leak check); watch the fake grids, and "
                 f"compare them with python -m benchmarks.aug_leak_check")
+
+    def _geometric_on(self) -> bool:
+        """Whether ADA's pipeline runs any geometric transform (what can turn or move a head)."""
+        return any(self.pipeline.strength.get(k, 0) > 0 for k in GEOMETRIC)
 
     @property
     def skipped(self) -> dict[str, str]:

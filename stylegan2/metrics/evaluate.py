@@ -36,8 +36,8 @@ def fake_batches(G: torch.nn.Module, n: int, batch: int = 32, seed: int = 0, *, 
 
     Fake i has the latent of seed `seed + i` as `generate --seeds` draws it (torch.randn(z_dim)
     from a generator seeded with it), so the latents (and labels) do not depend on `batch`; a
-    conditional G gets a label drawn uniformly from its classes by the same per-seed generator. Truncation 1 (none) is the convention for FID/KID; CPU runs use
-    float32 throughout.
+    conditional G gets a label drawn uniformly from its classes by the same per-seed generator.
+    Truncation 1 (none) is the convention for FID/KID; CPU runs use float32 throughout.
 
     The per-layer noise (noise_mode 'random') is drawn from a stream seeded by `seed` and the
     batch's first index, inside a fork of the global random state: the same call gives the same

@@ -12,8 +12,9 @@ and cached per dataset and network. The numbers join the snapshot's stats row ("
 (network, image counts, reference). When FID is measured, checkpoints/best.pt holds the snapshot
 with the lowest FID so far, its "best" entry saying which (nimg, kimg, fid, network, reference).
 
-Generating the fakes draws random noise from torch's global generator; the RNG state is saved
-and restored around it, so a run with metrics trains exactly as one without.
+The fakes' per-layer noise is seeded and drawn inside a fork of torch's random state
+(metrics.fake_batches), so a snapshot's numbers depend only on its weights and a run with
+metrics trains exactly as one without.
 """
 from __future__ import annotations
 
@@ -63,15 +64,11 @@ class SnapshotMetrics:
         return self.real
 
     def measure(self, G: torch.nn.Module) -> list[MetricResult]:
-        """The metrics of generator G (G_ema), with torch's RNG state left as it was."""
+        """The metrics of generator G (G_ema), with torch's RNG state left as it was (the fakes'
+        noise is seeded and forked inside fake_batches)."""
         real = self.prepare()
-        device = next(G.parameters()).device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            # The per-layer noise comes from the global generator: seeded, a snapshot's numbers
-            # depend only on its weights (measure() of its checkpoint gives them again).
-            torch.manual_seed(self.seed)
-            fakes = fake_batches(G, self.num_fakes, batch=self.batch, seed=self.seed)
-            return compute_metrics(fakes, real, self.net, self.names, k=PR_K, seed=self.seed, batch=self.batch)
+        fakes = fake_batches(G, self.num_fakes, batch=self.batch, seed=self.seed)
+        return compute_metrics(fakes, real, self.net, self.names, k=PR_K, seed=self.seed, batch=self.batch)
 
 
 def stats_values(results: list[MetricResult]) -> dict[str, float]:
